@@ -1,0 +1,288 @@
+//! The inode table: FUSE node ids, what each node is backed by, lookup
+//! counts, and the map of live names.
+//!
+//! A node's id is also its `st_ino`. It is derived from the identity of the
+//! topmost object that backs it (`device index << 56 | inode number`), so it
+//! is stable across remounts and unique across layers on different
+//! filesystems, and `readdir` can compute the same number without a lookup.
+//! A node keeps its id for as long as the kernel remembers it, even after
+//! copy-up moves it to another inode of the upper layer; while alive, the
+//! `dentries` map makes lookups and `readdir` of that name report it.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use rustix::fs::FileType;
+
+/// FUSE's id for the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// A directory (or object) in one layer, held open.
+#[derive(Debug, Clone)]
+pub struct LayerFd {
+    /// Layer index in the stack (0 = top).
+    pub layer: usize,
+    /// `O_PATH` descriptor of the object in that layer.
+    pub fd: Arc<OwnedFd>,
+}
+
+/// The mutable part of a node.
+#[derive(Debug)]
+pub struct NodeState {
+    /// Parent node id of the name this node was last reached by.
+    pub parent: u64,
+    /// That name.
+    pub name: Box<[u8]>,
+    /// The object in the upper layer, once there is one.
+    pub upper: Option<Arc<OwnedFd>>,
+    /// For directories: the lower directories merged below, top first.
+    /// For other objects without an upper copy: the lower object itself.
+    pub lowers: Vec<LayerFd>,
+    /// The name was removed (unlink, rmdir, rename over it); the node lives
+    /// on only for open files and kernel references.
+    pub detached: bool,
+}
+
+/// One node of the merged tree.
+#[derive(Debug)]
+pub struct Node {
+    /// FUSE node id and `st_ino`.
+    pub ino: u64,
+    /// File type; never changes for a node.
+    pub kind: FileType,
+    /// Kernel lookup references.
+    pub lookups: AtomicU64,
+    /// Backing objects and location.
+    pub state: RwLock<NodeState>,
+    /// Serialises copy-up of this node.
+    pub copy_lock: Mutex<()>,
+    /// For directories: readers resolve names, writers change entries.
+    pub dir_lock: RwLock<()>,
+}
+
+impl Node {
+    /// A new node with no kernel references yet.
+    pub fn new(ino: u64, kind: FileType, state: NodeState) -> Node {
+        Node {
+            ino,
+            kind,
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(state),
+            copy_lock: Mutex::new(()),
+            dir_lock: RwLock::new(()),
+        }
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileType::Directory
+    }
+
+    /// The object that answers for this node: the upper copy if any, else
+    /// the topmost lower one. `None` only for a broken node.
+    pub fn top(&self) -> Option<Arc<OwnedFd>> {
+        let st = self.state.read();
+        st.upper
+            .clone()
+            .or_else(|| st.lowers.first().map(|l| l.fd.clone()))
+    }
+
+    /// The upper object, if there is one.
+    pub fn upper(&self) -> Option<Arc<OwnedFd>> {
+        self.state.read().upper.clone()
+    }
+
+    /// For a directory: every layer directory merged into it, top first
+    /// (upper as layer 0).
+    pub fn dir_layers(&self) -> Vec<LayerFd> {
+        let st = self.state.read();
+        let mut v = Vec::with_capacity(st.lowers.len() + 1);
+        if let Some(u) = &st.upper {
+            v.push(LayerFd {
+                layer: 0,
+                fd: u.clone(),
+            });
+        }
+        v.extend(st.lowers.iter().cloned());
+        v
+    }
+
+    /// Whether a directory merges an upper and lower dirs (or several lower
+    /// dirs): such a directory reports `st_nlink` 1, like the kernel's.
+    pub fn is_merged_dir(&self) -> bool {
+        let st = self.state.read();
+        self.is_dir() && (st.lowers.len() + usize::from(st.upper.is_some())) > 1
+    }
+
+    /// (parent, name) this node is known by.
+    pub fn location(&self) -> (u64, Box<[u8]>) {
+        let st = self.state.read();
+        (st.parent, st.name.clone())
+    }
+}
+
+/// Ids above this are handed out from a counter (objects whose identity
+/// does not fit the `dev << 56 | ino` scheme, or that collide).
+const FRESH_BASE: u64 = 0xff << 56;
+const INO_BITS: u32 = 56;
+const MAX_DEV_INDEX: u64 = 0xfe;
+
+/// All live nodes.
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: DashMap<u64, Arc<Node>>,
+    dentries: DashMap<(u64, Box<[u8]>), u64>,
+    devs: DashMap<u64, u64>,
+    next_dev: Mutex<u64>,
+    spilled: DashMap<(u64, u64), u64>,
+    next_fresh: AtomicU64,
+}
+
+impl InodeTable {
+    /// A table holding only `root`.
+    pub fn new(root: Node) -> InodeTable {
+        let t = InodeTable {
+            nodes: DashMap::new(),
+            dentries: DashMap::new(),
+            devs: DashMap::new(),
+            next_dev: Mutex::new(1),
+            spilled: DashMap::new(),
+            next_fresh: AtomicU64::new(FRESH_BASE),
+        };
+        root.lookups.store(1, Ordering::Relaxed);
+        t.nodes.insert(ROOT_INO, Arc::new(root));
+        t
+    }
+
+    /// The node with id `ino`.
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.get(&ino).map(|n| n.clone())
+    }
+
+    /// Number of live nodes (root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether only the root is alive.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    fn dev_index(&self, dev: u64) -> Option<u64> {
+        if let Some(i) = self.devs.get(&dev) {
+            return Some(*i);
+        }
+        let mut next = self.next_dev.lock();
+        if let Some(i) = self.devs.get(&dev) {
+            return Some(*i);
+        }
+        if *next > MAX_DEV_INDEX {
+            return None;
+        }
+        let i = *next;
+        *next += 1;
+        self.devs.insert(dev, i);
+        Some(i)
+    }
+
+    /// A fresh id that no identity maps to.
+    pub fn fresh_ino(&self) -> u64 {
+        self.next_fresh.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The id for an object with identity (`dev`, `ino`).
+    pub fn ino_for(&self, dev: u64, ino: u64) -> u64 {
+        if ino < (1 << INO_BITS) {
+            if let Some(d) = self.dev_index(dev) {
+                return (d << INO_BITS) | ino;
+            }
+        }
+        *self
+            .spilled
+            .entry((dev, ino))
+            .or_insert_with(|| self.next_fresh.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The live node known at (`parent`, `name`), taking a lookup reference
+    /// on it.
+    pub fn lookup_dentry(&self, parent: u64, name: &[u8]) -> Option<Arc<Node>> {
+        let ino = *self.dentries.get(&(parent, Box::from(name)))?;
+        let n = self.nodes.get(&ino)?;
+        if n.state.read().detached {
+            return None;
+        }
+        n.lookups.fetch_add(1, Ordering::Relaxed);
+        Some(n.clone())
+    }
+
+    /// The id of the live node known at (`parent`, `name`), if any.
+    pub fn dentry_ino(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        let ino = *self.dentries.get(&(parent, Box::from(name)))?;
+        self.nodes.contains_key(&ino).then_some(ino)
+    }
+
+    /// Take a lookup reference on the node `ino` if it is alive.
+    pub fn reference(&self, ino: u64) -> Option<Arc<Node>> {
+        let n = self.nodes.get(&ino)?;
+        n.lookups.fetch_add(1, Ordering::Relaxed);
+        Some(n.clone())
+    }
+
+    /// Insert `node` unless its id is taken; returns the node now under
+    /// that id with one more lookup reference, and whether it is `node`.
+    pub fn insert_or_get(&self, node: Node) -> (Arc<Node>, bool) {
+        let ino = node.ino;
+        let mut inserted = false;
+        let entry = self.nodes.entry(ino).or_insert_with(|| {
+            inserted = true;
+            Arc::new(node)
+        });
+        entry.lookups.fetch_add(1, Ordering::Relaxed);
+        (entry.clone(), inserted)
+    }
+
+    /// Record that (`parent`, `name`) now shows node `ino`.
+    pub fn set_dentry(&self, parent: u64, name: &[u8], ino: u64) {
+        self.dentries.insert((parent, Box::from(name)), ino);
+    }
+
+    /// Forget the name (`parent`, `name`).
+    pub fn remove_dentry(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.dentries
+            .remove(&(parent, Box::from(name)))
+            .map(|(_, v)| v)
+    }
+
+    /// Drop `n` kernel references to `ino`; free the node when none is left.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let last = match self.nodes.get(&ino) {
+            Some(node) => {
+                let prev = node
+                    .lookups
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                        Some(v.saturating_sub(n))
+                    })
+                    .unwrap_or(0);
+                prev <= n
+            }
+            None => return,
+        };
+        if !last {
+            return;
+        }
+        if let Some((_, node)) = self
+            .nodes
+            .remove_if(&ino, |_, node| node.lookups.load(Ordering::Acquire) == 0)
+        {
+            let (parent, name) = node.location();
+            self.dentries.remove_if(&(parent, name), |_, v| *v == ino);
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! Namespace changes: create, mkdir, mknod, symlink, link, unlink, rmdir,
+//! rename.
+//!
+//! Every change happens in the upper layer, inside a parent directory that
+//! has been copied up first, under that directory's write lock (both
+//! parents' for a rename, in id order). Copy-ups are done before any
+//! directory lock is taken. Deleting a name that lower layers show leaves
+//! a whiteout; a directory created where a lower one was deleted is opaque.
+//! Entries that must replace a whiteout are built in the work directory and
+//! published with one rename.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+
+use crate::copyup::Data;
+use crate::error::{Errno, Result};
+use crate::inode::{Node, NodeState};
+use crate::layer::remove_tree;
+use crate::overlay::{Caller, Entry, Overlay};
+use crate::resolve::{self, open_path};
+use crate::util;
+use crate::whiteout::{self, Formats};
+
+/// What to create.
+#[derive(Debug)]
+pub enum NewKind<'a> {
+    /// A regular file, opened with these flags.
+    File {
+        /// Permission bits.
+        mode: u32,
+        /// open(2) flags.
+        flags: i32,
+    },
+    /// A directory.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A device, FIFO, socket or empty regular file.
+    Special {
+        /// Type and permission bits.
+        mode: u32,
+        /// Device number.
+        rdev: u64,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its target.
+        target: &'a [u8],
+    },
+}
+
+/// What the upper directory holds at a name that is not visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperSlot {
+    Empty,
+    CharWhiteout,
+    WhFile,
+}
+
+fn check_new_name(name: &[u8]) -> Result<()> {
+    if name.len() > 255 {
+        return Err(Errno::NAMETOOLONG);
+    }
+    if whiteout::is_marker_name(name) {
+        // Such a name would read back as a whiteout.
+        return Err(Errno::INVAL);
+    }
+    Ok(())
+}
+
+fn upper_slot(pup: &OwnedFd, name: &[u8]) -> Result<UpperSlot> {
+    match rustix::fs::statat(pup, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if whiteout::is_whiteout(&st) => Ok(UpperSlot::CharWhiteout),
+        Ok(_) => Err(Errno::EXIST),
+        Err(Errno::NOENT) => Ok(if whiteout::has_wh_file(pup, name) {
+            UpperSlot::WhFile
+        } else {
+            UpperSlot::Empty
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the upper directory has a default ACL (then the umask is not
+/// applied: the ACL decides, as on any filesystem).
+fn has_default_acl(dir: &OwnedFd) -> bool {
+    crate::xattr::get(dir, b"system.posix_acl_default").is_ok()
+}
+
+impl Overlay {
+    /// Lock one or two directories for writing, in id order.
+    fn lock_pair<'a>(
+        a: &'a Node,
+        b: &'a Node,
+    ) -> (
+        parking_lot::RwLockWriteGuard<'a, ()>,
+        Option<parking_lot::RwLockWriteGuard<'a, ()>>,
+    ) {
+        if a.ino == b.ino {
+            (a.dir_lock.write(), None)
+        } else if a.ino < b.ino {
+            let g1 = a.dir_lock.write();
+            (g1, Some(b.dir_lock.write()))
+        } else {
+            let g2 = b.dir_lock.write();
+            (a.dir_lock.write(), Some(g2))
+        }
+    }
+
+    /// Create a new entry (`create`, `mkdir`, `mknod`, `symlink`). Returns
+    /// the entry and, for `File`, the open fd.
+    pub fn create_entry(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        umask: u32,
+        what: NewKind<'_>,
+    ) -> Result<(Entry, Option<OwnedFd>)> {
+        self.writable()?;
+        check_new_name(name)?;
+        let dir = self.dir_node(parent)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.dir_lock.write();
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let slot = upper_slot(&pup, name)?;
+        let pst = rustix::fs::fstat(&*pup)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
+        let umask = if has_default_acl(&pup) { 0 } else { umask };
+        let is_dir = matches!(what, NewKind::Dir { .. });
+        let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
+        // Build in place when nothing is in the way, else in the work dir.
+        let (at, tmp): (&OwnedFd, Vec<u8>) = if slot == UpperSlot::Empty {
+            (&pup, name.to_vec())
+        } else {
+            (work, self.stack.tmp_name())
+        };
+        let made = self.make_object(
+            at,
+            &tmp,
+            &what,
+            umask,
+            caller.uid,
+            gid,
+            pst.st_mode & libc::S_ISGID != 0,
+        );
+        let (obj, file) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                if slot != UpperSlot::Empty {
+                    let _ = remove_tree(work, &tmp, is_dir);
+                }
+                return Err(e);
+            }
+        };
+        if slot != UpperSlot::Empty {
+            let published = (|| {
+                if is_dir {
+                    self.stack.formats.set_opaque(&obj)?;
+                }
+                self.publish(work, &tmp, &pup, name, slot, is_dir)
+            })();
+            if let Err(e) = published {
+                let _ = remove_tree(work, &tmp, is_dir);
+                return Err(e);
+            }
+        }
+        let stat = rustix::fs::fstat(&obj)?;
+        let entry = self.new_node(parent, name, obj, stat);
+        Ok((entry, file))
+    }
+
+    /// Put the object `tmp` in `work` at `name` in `pup`, replacing the
+    /// whiteout that is there.
+    fn publish(
+        &self,
+        work: &OwnedFd,
+        tmp: &[u8],
+        pup: &OwnedFd,
+        name: &[u8],
+        slot: UpperSlot,
+        is_dir: bool,
+    ) -> Result<()> {
+        match slot {
+            UpperSlot::CharWhiteout if is_dir => {
+                // A directory cannot be renamed over a device: swap them
+                // and remove the whiteout that lands in the work dir.
+                rustix::fs::renameat_with(work, tmp, pup, name, RenameFlags::EXCHANGE)?;
+                let _ = rustix::fs::unlinkat(work, tmp, AtFlags::empty());
+            }
+            UpperSlot::CharWhiteout => rustix::fs::renameat(work, tmp, pup, name)?,
+            UpperSlot::WhFile | UpperSlot::Empty => {
+                rustix::fs::renameat_with(work, tmp, pup, name, RenameFlags::NOREPLACE)?;
+                Formats::remove_wh_file(pup, name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the object `name` in `at` with the caller's ownership.
+    /// Returns its `O_PATH` fd and, for files, an open fd.
+    #[allow(clippy::too_many_arguments)]
+    fn make_object(
+        &self,
+        at: &OwnedFd,
+        name: &[u8],
+        what: &NewKind<'_>,
+        umask: u32,
+        uid: u32,
+        gid: u32,
+        sgid_parent: bool,
+    ) -> Result<(OwnedFd, Option<OwnedFd>)> {
+        let mut file = None;
+        let want_mode;
+        match what {
+            NewKind::File { mode, flags } => {
+                want_mode = mode & 0o7777 & !umask;
+                let keep = OFlags::from_bits_retain(*flags as _)
+                    & (OFlags::ACCMODE
+                        | OFlags::APPEND
+                        | OFlags::DIRECT
+                        | OFlags::DSYNC
+                        | OFlags::SYNC
+                        | OFlags::NONBLOCK
+                        | OFlags::NOATIME);
+                let fd = rustix::fs::openat(
+                    at,
+                    name,
+                    keep | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(want_mode),
+                )?;
+                file = Some(fd);
+            }
+            NewKind::Dir { mode } => {
+                want_mode = (mode & 0o7777 & !umask) | if sgid_parent { libc::S_ISGID } else { 0 };
+                rustix::fs::mkdirat(at, name, Mode::from_raw_mode(want_mode))?;
+            }
+            NewKind::Special { mode, rdev } => {
+                want_mode = mode & 0o7777 & !umask;
+                let kind = FileType::from_raw_mode(*mode);
+                rustix::fs::mknodat(at, name, kind, Mode::from_raw_mode(want_mode), *rdev)?;
+            }
+            NewKind::Symlink { target } => {
+                want_mode = 0o777;
+                rustix::fs::symlinkat(*target, at, name)?;
+            }
+        }
+        let finish = || -> Result<OwnedFd> {
+            let obj = open_path(at, name)?;
+            let st = rustix::fs::fstat(&obj)?;
+            util::give_to(&obj, uid, gid, &st)?;
+            if !matches!(what, NewKind::Symlink { .. }) {
+                let st = rustix::fs::fstat(&obj)?;
+                if st.st_mode & 0o7777 != want_mode {
+                    util::set_mode(&obj, want_mode)?;
+                }
+            }
+            Ok(obj)
+        };
+        match finish() {
+            Ok(obj) => Ok((obj, file)),
+            Err(e) => {
+                let _ = remove_tree(at, name, matches!(what, NewKind::Dir { .. }));
+                Err(e)
+            }
+        }
+    }
+
+    /// A node for a freshly created upper object.
+    fn new_node(&self, parent: u64, name: &[u8], obj: OwnedFd, stat: Stat) -> Entry {
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let obj = Arc::new(obj);
+        let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
+        loop {
+            let node = Node::new(
+                ino,
+                kind,
+                NodeState {
+                    parent,
+                    name: Box::from(name),
+                    upper: Some(obj.clone()),
+                    lowers: Vec::new(),
+                    detached: false,
+                },
+            );
+            let (n, inserted) = self.inodes.insert_or_get(node);
+            if inserted {
+                self.inodes.set_dentry(parent, name, n.ino);
+                return Entry { node: n, stat };
+            }
+            // The id is still held by an older node whose inode number the
+            // filesystem reused: take a fresh one.
+            self.inodes.forget(n.ino, 1);
+            ino = self.inodes.fresh_ino();
+        }
+    }
+
+    /// `link`: a new name for an existing non-directory.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Entry> {
+        self.writable()?;
+        check_new_name(name)?;
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::PERM);
+        }
+        let src = self.copy_up(&node, Data::All)?;
+        let dir = self.dir_node(parent)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.dir_lock.write();
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let slot = upper_slot(&pup, name)?;
+        let src_path = crate::sys::proc_fd_path(src.as_fd());
+        let link_at = |at: &OwnedFd, n: &[u8]| {
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                src_path.as_c_str(),
+                at,
+                n,
+                AtFlags::SYMLINK_FOLLOW,
+            )
+        };
+        if slot == UpperSlot::Empty {
+            link_at(&pup, name)?;
+        } else {
+            let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
+            let tmp = self.stack.tmp_name();
+            link_at(work, &tmp)?;
+            if let Err(e) = self.publish(work, &tmp, &pup, name, slot, false) {
+                let _ = rustix::fs::unlinkat(work, tmp.as_slice(), AtFlags::empty());
+                return Err(e);
+            }
+        }
+        let stat = rustix::fs::fstat(&*src)?;
+        self.inodes.set_dentry(parent, name, node.ino);
+        let node = self.inodes.reference(node.ino).unwrap_or(node);
+        Ok(Entry { node, stat })
+    }
+
+    /// `unlink` (`rmdir` when `dir` is set).
+    pub fn remove(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
+        self.writable()?;
+        if whiteout::is_marker_name(name) {
+            return Err(Errno::NOENT);
+        }
+        let dir = self.dir_node(parent)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.dir_lock.write();
+        let layers = dir.dir_layers();
+        let found = resolve::resolve(&layers, name)?.ok_or(Errno::NOENT)?;
+        let is_dir = found.kind() == FileType::Directory;
+        if want_dir && !is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        if !want_dir && is_dir {
+            return Err(Errno::ISDIR);
+        }
+        let in_upper = found.top.layer == 0;
+        let lower_below = {
+            let st = dir.state.read();
+            if in_upper {
+                resolve::exists(&st.lowers, name)?
+            } else {
+                true
+            }
+        };
+        if is_dir {
+            // Emptiness of the merged view, with the same node the kernel
+            // knows (or a temporary one).
+            let probe = Node::new(
+                0,
+                FileType::Directory,
+                NodeState {
+                    parent,
+                    name: Box::from(name),
+                    upper: in_upper.then(|| found.top.fd.clone()),
+                    lowers: if in_upper {
+                        found.below.clone()
+                    } else {
+                        let mut v = vec![found.top.clone()];
+                        v.extend(found.below.iter().cloned());
+                        v
+                    },
+                    detached: false,
+                },
+            );
+            if !self.dir_is_empty(&probe)? {
+                return Err(Errno::NOTEMPTY);
+            }
+        }
+        let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
+        if in_upper {
+            if is_dir || lower_below {
+                // Move the upper object out of the way in one step, leaving
+                // a whiteout behind when lower layers still show the name.
+                let tmp = self.stack.tmp_name();
+                self.move_out(&pup, name, work, &tmp, lower_below)?;
+                let _ = remove_tree(work, &tmp, is_dir);
+            } else {
+                rustix::fs::unlinkat(&*pup, name, AtFlags::empty())?;
+            }
+        } else {
+            self.stack.formats.make_whiteout(&*pup, name)?;
+        }
+        self.detach(parent, name);
+        Ok(())
+    }
+
+    /// Rename `name` in `pup` to `tmp` in the work dir, leaving a whiteout
+    /// at `name` if `whiteout`.
+    fn move_out(
+        &self,
+        pup: &OwnedFd,
+        name: &[u8],
+        work: &OwnedFd,
+        tmp: &[u8],
+        whiteout: bool,
+    ) -> Result<()> {
+        if !whiteout {
+            return rustix::fs::renameat(pup, name, work, tmp);
+        }
+        if self
+            .stack
+            .formats
+            .char_whiteout
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            match rustix::fs::renameat_with(pup, name, work, tmp, RenameFlags::WHITEOUT) {
+                Ok(()) => return Ok(()),
+                Err(Errno::INVAL) | Err(Errno::PERM) | Err(Errno::NOTSUP) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        rustix::fs::renameat(pup, name, work, tmp)?;
+        self.stack.formats.make_whiteout(pup, name)
+    }
+
+    /// The name (`parent`, `name`) no longer shows the node it showed.
+    fn detach(&self, parent: u64, name: &[u8]) {
+        if let Some(ino) = self.inodes.remove_dentry(parent, name) {
+            if let Some(n) = self.inodes.get(ino) {
+                let mut st = n.state.write();
+                if st.parent == parent && *st.name == *name {
+                    st.detached = true;
+                }
+            }
+        }
+    }
+
+    /// `rename` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` semantics.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        let flags = RenameFlags::from_bits_retain(flags);
+        if !(RenameFlags::NOREPLACE | RenameFlags::EXCHANGE).contains(flags)
+            || flags.contains(RenameFlags::NOREPLACE | RenameFlags::EXCHANGE)
+        {
+            return Err(Errno::INVAL);
+        }
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        if whiteout::is_marker_name(name) {
+            return Err(Errno::NOENT);
+        }
+        check_new_name(newname)?;
+        let d1 = self.dir_node(parent)?;
+        let d2 = self.dir_node(newparent)?;
+
+        // Find both ends and copy up what has to move, before locking.
+        let src = self.lookup(parent, name)?.ok_or(Errno::NOENT)?;
+        let src_node = src.node.clone();
+        self.inodes.forget(src_node.ino, 1);
+        let dst = self.lookup(newparent, newname)?;
+        let dst_node = dst.map(|e| {
+            self.inodes.forget(e.node.ino, 1);
+            e.node
+        });
+        if exchange && dst_node.is_none() {
+            return Err(Errno::NOENT);
+        }
+        if flags.contains(RenameFlags::NOREPLACE) && dst_node.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if let Some(dn) = &dst_node {
+            if dn.ino == src_node.ino {
+                return Ok(()); // same file: nothing to do
+            }
+            if !exchange {
+                match (src_node.is_dir(), dn.is_dir()) {
+                    (true, false) => return Err(Errno::NOTDIR),
+                    (false, true) => return Err(Errno::ISDIR),
+                    (true, true) if !self.dir_is_empty(dn)? => return Err(Errno::NOTEMPTY),
+                    _ => {}
+                }
+            }
+        }
+        // Directories with lower parts cannot move without redirects.
+        let has_lower_dir = |n: &Node| n.is_dir() && !n.state.read().lowers.is_empty();
+        if has_lower_dir(&src_node) || (exchange && dst_node.as_deref().is_some_and(has_lower_dir))
+        {
+            return Err(Errno::XDEV);
+        }
+        self.copy_up(&src_node, Data::All)?;
+        if exchange {
+            if let Some(dn) = &dst_node {
+                self.copy_up(dn, Data::All)?;
+            }
+        }
+        let p1 = self.copy_up(&d1, Data::All)?;
+        let p2 = self.copy_up(&d2, Data::All)?;
+        let (_g1, _g2) = Self::lock_pair(&d1, &d2);
+
+        // Under the locks: the upper must hold the source now.
+        let st = rustix::fs::statat(&*p1, name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if whiteout::is_whiteout(&st) {
+            return Err(Errno::NOENT);
+        }
+        let src_lower = resolve::exists(&d1.state.read().lowers, name)?;
+        let dst_lower_layers = d2.state.read().lowers.clone();
+        let dst_lower_dir =
+            resolve::resolve(&dst_lower_layers, newname)?.map(|f| f.kind() == FileType::Directory);
+
+        if exchange {
+            rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
+            // A pure upper directory moved over a name where lower layers
+            // have a directory must hide that directory.
+            let src_lowers = d1.state.read().lowers.clone();
+            let src_lower_dir =
+                resolve::resolve(&src_lowers, name)?.map(|f| f.kind() == FileType::Directory);
+            if src_node.is_dir() && dst_lower_dir == Some(true) {
+                if let Some(u) = src_node.upper() {
+                    self.stack.formats.set_opaque(&*u)?;
+                }
+            }
+            if let Some(dn) = &dst_node {
+                if dn.is_dir() && src_lower_dir == Some(true) {
+                    if let Some(u) = dn.upper() {
+                        self.stack.formats.set_opaque(&*u)?;
+                    }
+                }
+            }
+            self.inodes.remove_dentry(parent, name);
+            self.inodes.remove_dentry(newparent, newname);
+            self.relocate(&src_node, newparent, newname);
+            if let Some(dn) = &dst_node {
+                self.relocate(dn, parent, name);
+            }
+            return Ok(());
+        }
+
+        // Plain rename (maybe NOREPLACE).
+        if flags.contains(RenameFlags::NOREPLACE) && resolve::exists(&d2.dir_layers(), newname)? {
+            return Err(Errno::EXIST);
+        }
+        let dst_upper = match rustix::fs::statat(&*p2, newname, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(e),
+        };
+        let dst_is_whiteout = dst_upper.as_ref().is_some_and(whiteout::is_whiteout);
+        if let (Some(dn), Some(dst_st)) = (&dst_node, &dst_upper) {
+            if dn.is_dir() && FileType::from_raw_mode(dst_st.st_mode) == FileType::Directory {
+                // The target is logically empty; its upper dir may still
+                // hold whiteouts, which must go before it can be replaced.
+                let sub = open_path(&*p2, newname)?;
+                crate::layer::clear_dir(&util::open_dir_read(&sub)?)?;
+            }
+        }
+        if src_node.is_dir() && dst_lower_dir == Some(true) {
+            if let Some(u) = src_node.upper() {
+                self.stack.formats.set_opaque(&*u)?;
+            }
+        }
+        if dst_is_whiteout && src_node.is_dir() {
+            // A directory cannot replace a device node: swap them; the
+            // whiteout lands at the old name, where it is wanted if lower
+            // layers show that name.
+            rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
+            if !src_lower {
+                rustix::fs::unlinkat(&*p1, name, AtFlags::empty())?;
+            }
+        } else {
+            // NOREPLACE was checked on the merged view; a whiteout in the
+            // way is replaced.
+            let mut rflags = if dst_is_whiteout {
+                RenameFlags::empty()
+            } else {
+                flags & RenameFlags::NOREPLACE
+            };
+            let mut whiteout_after = false;
+            if src_lower {
+                if self
+                    .stack
+                    .formats
+                    .char_whiteout
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    rflags |= RenameFlags::WHITEOUT;
+                } else {
+                    whiteout_after = true;
+                }
+            }
+            match rustix::fs::renameat_with(&*p1, name, &*p2, newname, rflags) {
+                Ok(()) => {}
+                Err(Errno::INVAL) | Err(Errno::PERM) if rflags.contains(RenameFlags::WHITEOUT) => {
+                    rustix::fs::renameat_with(
+                        &*p1,
+                        name,
+                        &*p2,
+                        newname,
+                        rflags & !RenameFlags::WHITEOUT,
+                    )?;
+                    whiteout_after = true;
+                }
+                Err(e) => return Err(e),
+            }
+            if whiteout_after {
+                self.stack.formats.make_whiteout(&*p1, name)?;
+            }
+        }
+        Formats::remove_wh_file(&*p2, newname)?;
+        self.detach(newparent, newname);
+        self.inodes.remove_dentry(parent, name);
+        self.relocate(&src_node, newparent, newname);
+        Ok(())
+    }
+
+    /// Record that `node` now lives at (`parent`, `name`).
+    fn relocate(&self, node: &Node, parent: u64, name: &[u8]) {
+        {
+            let mut st = node.state.write();
+            st.parent = parent;
+            st.name = Box::from(name);
+            st.detached = false;
+        }
+        self.inodes.set_dentry(parent, name, node.ino);
+    }
+}

@@ -1,0 +1,264 @@
+//! The overlay filesystem object: the layer stack, the inode table, the open
+//! handles and the read side of name resolution (lookup, attributes).
+//! Namespace changes live in `ops.rs`, copy-up in `copyup.rs`, open files
+//! and attributes in `file.rs`, directory listings in `readdir.rs`.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustix::fs::{FileType, Stat};
+
+use crate::error::{Errno, Result};
+use crate::file::HandleTable;
+use crate::inode::{InodeTable, LayerFd, Node, NodeState, ROOT_INO};
+use crate::layer::Stack;
+use crate::resolve::{self, Found};
+use crate::whiteout;
+
+/// Who is asking: the credentials of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// Tunables of a mounted overlay.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long the kernel may cache entries and attributes.
+    pub ttl: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(86400),
+        }
+    }
+}
+
+/// A mounted overlay's state.
+#[derive(Debug)]
+pub struct Overlay {
+    /// The layers.
+    pub stack: Stack,
+    /// Live nodes.
+    pub inodes: InodeTable,
+    /// Open files and directories.
+    pub handles: HandleTable,
+    /// Tunables.
+    pub config: Config,
+    /// The daemon's own ids (new objects are chowned when the caller differs).
+    pub euid: u32,
+    /// See `euid`.
+    pub egid: u32,
+}
+
+/// An answer to lookup-like requests: the node and its attributes.
+#[derive(Debug)]
+pub struct Entry {
+    /// The node (one lookup reference was taken for the kernel).
+    pub node: Arc<Node>,
+    /// Its attributes.
+    pub stat: Stat,
+}
+
+impl Overlay {
+    /// Build the overlay over an opened stack.
+    pub fn new(stack: Stack, config: Config) -> Result<Overlay> {
+        let mut lowers = Vec::new();
+        let mut upper = None;
+        for l in &stack.layers {
+            let fd = Arc::new(crate::util::dup_path(&l.root)?);
+            if stack.has_upper && l.idx == 0 {
+                upper = Some(fd);
+            } else {
+                lowers.push(LayerFd { layer: l.idx, fd });
+            }
+        }
+        // A lower root that is opaque ends the merge of the roots.
+        let mut cut = lowers.len();
+        for (i, l) in lowers.iter().enumerate() {
+            if i + 1 < lowers.len() && whiteout::is_opaque(&*l.fd)? {
+                cut = i + 1;
+                break;
+            }
+        }
+        lowers.truncate(cut);
+        let root = Node::new(
+            ROOT_INO,
+            FileType::Directory,
+            NodeState {
+                parent: ROOT_INO,
+                name: Box::from(&b""[..]),
+                upper,
+                lowers,
+                detached: false,
+            },
+        );
+        Ok(Overlay {
+            stack,
+            inodes: InodeTable::new(root),
+            handles: HandleTable::default(),
+            config,
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+        })
+    }
+
+    /// The node `ino`, or `ESTALE` if the kernel names one we do not know.
+    pub fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.inodes.get(ino).ok_or(Errno::STALE)
+    }
+
+    /// The node `ino`, which must be a directory.
+    pub fn dir_node(&self, ino: u64) -> Result<Arc<Node>> {
+        let n = self.node(ino)?;
+        if !n.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        Ok(n)
+    }
+
+    /// `EROFS` unless the mount has an upper layer.
+    pub fn writable(&self) -> Result<()> {
+        if self.stack.has_upper {
+            Ok(())
+        } else {
+            Err(Errno::ROFS)
+        }
+    }
+
+    /// Attributes of a node, as reported to clients.
+    pub fn stat_node(&self, node: &Node) -> Result<Stat> {
+        let top = node.top().ok_or(Errno::STALE)?;
+        rustix::fs::fstat(&*top)
+    }
+
+    /// Look `name` up in directory `parent`; takes a lookup reference.
+    /// `Ok(None)` means the name does not exist.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Entry>> {
+        if whiteout::is_marker_name(name) {
+            return Ok(None);
+        }
+        if name.len() > 255 {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let dir = self.dir_node(parent)?;
+        let _g = dir.dir_lock.read();
+        if let Some(node) = self.inodes.lookup_dentry(parent, name) {
+            match self.stat_node(&node) {
+                Ok(stat) => return Ok(Some(Entry { node, stat })),
+                Err(e) => {
+                    self.inodes.forget(node.ino, 1);
+                    return Err(e);
+                }
+            }
+        }
+        let Some(found) = resolve::resolve(&dir.dir_layers(), name)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.attach(parent, name, found)))
+    }
+
+    /// Make (or find) the node for a resolved name and record the name.
+    pub fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry {
+        let kind = found.kind();
+        let stat = found.stat;
+        let (upper, lowers) = if self.stack.has_upper && found.top.layer == 0 {
+            (Some(found.top.fd), found.below)
+        } else {
+            let mut l = Vec::with_capacity(found.below.len() + 1);
+            l.push(found.top);
+            l.extend(found.below);
+            (None, l)
+        };
+        let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
+        if ino == ROOT_INO {
+            ino = self.inodes.fresh_ino();
+        }
+        let make = |ino| {
+            Node::new(
+                ino,
+                kind,
+                NodeState {
+                    parent,
+                    name: Box::from(name),
+                    upper: upper.clone(),
+                    lowers: lowers.clone(),
+                    detached: false,
+                },
+            )
+        };
+        for _ in 0..4 {
+            let (node, inserted) = self.inodes.insert_or_get(make(ino));
+            if inserted || self.same_object(&node, &stat, kind) {
+                if !inserted && !node.is_dir() {
+                    // Another name of the same inode (a hard link), or the
+                    // same name found again: keep the node, follow the name.
+                    let mut st = node.state.write();
+                    if st.detached {
+                        st.detached = false;
+                        st.parent = parent;
+                        st.name = Box::from(name);
+                    }
+                }
+                self.inodes.set_dentry(parent, name, node.ino);
+                return Entry { node, stat };
+            }
+            // An unrelated object has this id (an inode number reused after
+            // a delete while the old node lives on): use a fresh id.
+            self.inodes.forget(node.ino, 1);
+            ino = self.inodes.fresh_ino();
+        }
+        let (node, _) = self.inodes.insert_or_get(make(self.inodes.fresh_ino()));
+        self.inodes.set_dentry(parent, name, node.ino);
+        Entry { node, stat }
+    }
+
+    fn same_object(&self, node: &Node, stat: &Stat, kind: FileType) -> bool {
+        if node.kind != kind {
+            return false;
+        }
+        match node.top().map(|fd| rustix::fs::fstat(&*fd)) {
+            Some(Ok(st)) => {
+                st.st_dev == stat.st_dev
+                    && st.st_ino == stat.st_ino
+                    && (st.st_nlink > 0 || kind == FileType::Directory)
+            }
+            _ => false,
+        }
+    }
+
+    /// Attributes for `getattr`.
+    pub fn getattr(&self, ino: u64) -> Result<(Arc<Node>, Stat)> {
+        let node = self.node(ino)?;
+        let st = self.stat_node(&node)?;
+        Ok((node, st))
+    }
+
+    /// Target of a symlink.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != FileType::Symlink {
+            return Err(Errno::INVAL);
+        }
+        let top = node.top().ok_or(Errno::STALE)?;
+        let target = rustix::fs::readlinkat(&*top, "", Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    /// Filesystem statistics of the upper layer (or the top lower).
+    pub fn statfs(&self) -> Result<rustix::fs::StatVfs> {
+        let l = self.stack.layers.first().ok_or(Errno::IO)?;
+        rustix::fs::fstatvfs(&l.root)
+    }
+
+    /// The upper directory fd of the root.
+    pub fn upper_root(&self) -> Result<Arc<OwnedFd>> {
+        self.node(ROOT_INO)?.upper().ok_or(Errno::ROFS)
+    }
+}

@@ -1,0 +1,136 @@
+//! The only module with `unsafe` code: process-level system calls that have
+//! no safe wrapper in `rustix` (fork, signal masks, stdio redirection).
+//!
+//! Everything the filesystem does on layers goes through `rustix`, which
+//! already offers safe, fd-based wrappers; the helpers here are for the
+//! daemon's lifecycle only.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+/// Outcome of [`fork`].
+pub enum Fork {
+    /// In the parent; carries the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`. Must be called while the process has a single thread.
+pub fn fork() -> std::io::Result<Fork> {
+    // SAFETY: fork has no memory-safety preconditions of its own; callers
+    // only use it before any thread is spawned, so the child is a faithful
+    // single-threaded copy.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => Ok(Fork::Child),
+        p => Ok(Fork::Parent(p)),
+    }
+}
+
+/// `setsid(2)`: detach from the controlling terminal.
+pub fn setsid() {
+    // SAFETY: plain system call without pointer arguments.
+    unsafe {
+        libc::setsid();
+    }
+}
+
+/// Point stdin, stdout and stderr at `/dev/null`.
+pub fn stdio_to_devnull() {
+    let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return;
+    };
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors; `null` stays open for
+        // the duration of the call and the targets are always valid numbers.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), target);
+        }
+    }
+}
+
+/// The signals that ask the daemon to unmount and exit.
+const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+fn stop_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in STOP_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block the stop signals in the calling thread (and so in every thread it
+/// spawns afterwards), so that only [`wait_stop_signal`] receives them.
+pub fn block_stop_signals() {
+    let set = stop_sigset();
+    // SAFETY: `set` is initialised; the old mask is not needed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Wait until one of the stop signals arrives; returns its number.
+pub fn wait_stop_signal() -> i32 {
+    let set = stop_sigset();
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
+    unsafe {
+        libc::sigwait(&set, &mut sig);
+    }
+    sig
+}
+
+/// Ignore SIGPIPE so that a closed pipe is an EPIPE error, not death.
+pub fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN has no memory-safety implications.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// `/proc/self/fd/N` for a descriptor: the way to reach an `O_PATH`
+/// descriptor with calls that only take paths (xattrs, chmod, reopen).
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // A decimal number never contains NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Raise the soft limit of open files to the hard limit.
+pub fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+}
+
+/// Whether the process runs inside a user namespace that does not map the
+/// whole id range (a rootless container engine, `unshare -U`).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}
+
+/// Keep a descriptor open in a child after exec: used nowhere on request
+/// paths; here so that every fd-number trick stays in this module.
+pub fn fd_number(fd: impl AsFd) -> i32 {
+    fd.as_fd().as_raw_fd()
+}

@@ -1,0 +1,136 @@
+//! Extended attributes on layer objects, and which names are private to
+//! the overlay (never shown through the mount).
+//!
+//! Layer objects are held as `O_PATH` descriptors, which the `f*xattr`
+//! calls refuse; those go through `/proc/self/fd/N` instead.
+
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::XattrFlags;
+
+use crate::error::{Errno, Result};
+use crate::sys::proc_fd_path;
+
+/// Prefixes of xattrs that carry overlay metadata (kernel overlayfs in both
+/// namespaces, fuse-overlayfs). They are hidden from and refused to clients.
+pub const PRIVATE_PREFIXES: [&[u8]; 3] = [
+    b"trusted.overlay.",
+    b"user.overlay.",
+    b"user.fuseoverlayfs.",
+];
+
+/// Whether `name` is overlay metadata.
+pub fn is_private(name: &[u8]) -> bool {
+    PRIVATE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+fn getx(fd: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> Result<usize> {
+    match rustix::fs::fgetxattr(fd, name, &mut *buf) {
+        Err(Errno::BADF) => rustix::fs::getxattr(proc_fd_path(fd).as_c_str(), name, buf),
+        r => r,
+    }
+}
+
+fn listx(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
+    match rustix::fs::flistxattr(fd, &mut *buf) {
+        Err(Errno::BADF) => rustix::fs::listxattr(proc_fd_path(fd).as_c_str(), buf),
+        r => r,
+    }
+}
+
+/// Call `f` with a growing buffer until the value fits.
+fn sized(mut f: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Vec<u8>> {
+    let mut size = 256usize;
+    loop {
+        let mut buf = vec![0u8; size];
+        match f(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) if size < (1 << 20) => size *= 4,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Read an attribute; `ENODATA` when absent.
+pub fn get(fd: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
+    let fd = fd.as_fd();
+    sized(|buf| getx(fd, name, buf))
+}
+
+/// Set an attribute.
+pub fn set(fd: impl AsFd, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<()> {
+    let fd = fd.as_fd();
+    match rustix::fs::fsetxattr(fd, name, value, flags) {
+        Err(Errno::BADF) => rustix::fs::setxattr(proc_fd_path(fd).as_c_str(), name, value, flags),
+        r => r,
+    }
+}
+
+/// Remove an attribute.
+pub fn remove(fd: impl AsFd, name: &[u8]) -> Result<()> {
+    let fd = fd.as_fd();
+    match rustix::fs::fremovexattr(fd, name) {
+        Err(Errno::BADF) => rustix::fs::removexattr(proc_fd_path(fd).as_c_str(), name),
+        r => r,
+    }
+}
+
+/// All attribute names, as the kernel returns them (NUL-terminated list).
+pub fn list(fd: impl AsFd) -> Result<Vec<u8>> {
+    let fd = fd.as_fd();
+    sized(|buf| listx(fd, buf))
+}
+
+/// Split a NUL-terminated name list.
+pub fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list.split(|b| *b == 0).filter(|n| !n.is_empty())
+}
+
+/// The attribute list with private names removed.
+pub fn list_public(fd: impl AsFd) -> Result<Vec<u8>> {
+    let all = list(fd)?;
+    let mut out = Vec::with_capacity(all.len());
+    for n in names(&all) {
+        if !is_private(n) {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+    }
+    Ok(out)
+}
+
+/// Copy every attribute of `src` to `dst` except overlay metadata.
+/// Attributes the destination refuses for lack of privilege (trusted.*,
+/// security.* when rootless) are skipped, as the kernel overlay does.
+pub fn copy_all(src: impl AsFd, dst: impl AsFd) -> Result<()> {
+    let (src, dst) = (src.as_fd(), dst.as_fd());
+    let all = match list(src) {
+        Ok(l) => l,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for n in names(&all) {
+        if is_private(n) {
+            continue;
+        }
+        let v = match get(src, n) {
+            Ok(v) => v,
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match set(dst, n, &v, XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::PERM) | Err(Errno::NOTSUP) | Err(Errno::ACCESS) => {
+                log::debug!(
+                    "copy-up: xattr {} not copied (not permitted)",
+                    String::from_utf8_lossy(n)
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
