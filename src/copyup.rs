@@ -21,7 +21,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat};
 
 use crate::error::{Errno, Result};
 use crate::inode::{Node, ROOT_INO};
-use crate::overlay::Overlay;
+use crate::overlay::{Invalidate, Overlay};
 use crate::resolve::open_path;
 use crate::util;
 use crate::xattr;
@@ -117,6 +117,15 @@ impl Overlay {
             if !node.is_dir() {
                 s.lowers.clear();
             }
+        }
+        if !node.is_dir() && st.st_nlink > 1 {
+            // Other names of this lower inode keep showing the lower file:
+            // they must be looked up again, as separate nodes.
+            for (p, n) in self.inodes.split_aliases(node.ino, parent_ino, &name) {
+                self.invalidate(Invalidate::Entry(p, n));
+            }
+            // The copy has its own link count.
+            self.invalidate(Invalidate::Attr(node.ino));
         }
         Ok(new_fd)
     }

@@ -97,13 +97,15 @@ fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), SetupError> {
     let overlay = build(opts)?;
     let read_only = !overlay.stack.has_upper;
     let config = fuser_config(opts, read_only);
+    let overlay = Arc::new(overlay);
     let fs = FuseOverlay {
-        fs: Arc::new(overlay),
+        fs: overlay.clone(),
     };
     // Only the signal thread may receive the stop signals.
     sys::block_stop_signals();
     let mut session = Session::new(fs, &opts.mountpoint, &config)
         .map_err(|e| SetupError::path("cannot mount on", &opts.mountpoint, e))?;
+    overlay.start_invalidator(session.notifier());
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
         .name("stratafs-signals".into())

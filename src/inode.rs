@@ -257,6 +257,22 @@ impl InodeTable {
             .map(|(_, v)| v)
     }
 
+    /// Every name recorded for node `ino` except (`parent`, `name`); those
+    /// names are forgotten. Used when a hard-linked lower file is copied
+    /// up through one name: the others keep showing the lower file.
+    pub fn split_aliases(&self, ino: u64, parent: u64, name: &[u8]) -> Vec<(u64, Box<[u8]>)> {
+        let mut out = Vec::new();
+        self.dentries.retain(|(p, n), v| {
+            if *v == ino && !(*p == parent && **n == *name) {
+                out.push((*p, n.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
     /// Drop `n` kernel references to `ino`; free the node when none is left.
     pub fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT_INO {

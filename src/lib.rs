@@ -82,11 +82,13 @@ pub fn spawn_mount(opts: &options::MountOptions) -> Result<BackgroundMount, Setu
     let overlay = daemon::build(opts)?;
     let read_only = !overlay.stack.has_upper;
     let config = daemon::fuser_config(opts, read_only);
+    let overlay = Arc::new(overlay);
     let fs = fuse::FuseOverlay {
-        fs: Arc::new(overlay),
+        fs: overlay.clone(),
     };
     let session = fuser::spawn_mount(fs, &opts.mountpoint, &config)
         .map_err(|e| SetupError::path("cannot mount on", &opts.mountpoint, e))?;
+    overlay.start_invalidator(session.notifier());
     Ok(BackgroundMount {
         session: Some(session),
         mountpoint: opts.mountpoint.clone(),

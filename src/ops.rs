@@ -485,9 +485,11 @@ impl Overlay {
         let src = self.lookup(parent, name)?.ok_or(Errno::NOENT)?;
         let src_node = src.node.clone();
         self.inodes.forget(src_node.ino, 1);
+        self.follow_name(&src_node, parent, name);
         let dst = self.lookup(newparent, newname)?;
         let dst_node = dst.map(|e| {
             self.inodes.forget(e.node.ino, 1);
+            self.follow_name(&e.node, newparent, newname);
             e.node
         });
         if exchange && dst_node.is_none() {

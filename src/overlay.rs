@@ -53,8 +53,20 @@ pub struct Overlay {
     pub config: Config,
     /// The daemon's own ids (new objects are chowned when the caller differs).
     pub euid: u32,
+    /// Where to send names whose kernel dentries must be dropped (served by
+    /// a thread that owns the FUSE notifier; replies must not wait on it).
+    pub invalidate: std::sync::OnceLock<std::sync::mpsc::Sender<Invalidate>>,
     /// See `euid`.
     pub egid: u32,
+}
+
+/// Kernel caches to drop.
+#[derive(Debug)]
+pub enum Invalidate {
+    /// The dentry (parent, name).
+    Entry(u64, Box<[u8]>),
+    /// The attributes of an inode.
+    Attr(u64),
 }
 
 /// An answer to lookup-like requests: the node and its attributes.
@@ -105,6 +117,7 @@ impl Overlay {
             handles: HandleTable::default(),
             config,
             euid: rustix::process::geteuid().as_raw(),
+            invalidate: std::sync::OnceLock::new(),
             egid: rustix::process::getegid().as_raw(),
         })
     }
@@ -231,6 +244,51 @@ impl Overlay {
             }
             _ => false,
         }
+    }
+
+    /// Ask the kernel to forget its cached dentry (`parent`, `name`).
+    pub fn invalidate(&self, what: Invalidate) {
+        if let Some(tx) = self.invalidate.get() {
+            let _ = tx.send(what);
+        }
+    }
+
+    /// Start the thread that sends dentry invalidations to the kernel.
+    pub fn start_invalidator(&self, notifier: fuser::Notifier) {
+        let (tx, rx) = std::sync::mpsc::channel::<Invalidate>();
+        if self.invalidate.set(tx).is_err() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("stratafs-inval".into())
+            .spawn(move || {
+                use std::os::unix::ffi::OsStrExt;
+                for what in rx {
+                    let _ = match what {
+                        Invalidate::Entry(parent, name) => notifier.inval_entry(
+                            fuser::INodeNo(parent),
+                            std::ffi::OsStr::from_bytes(&name),
+                        ),
+                        Invalidate::Attr(ino) => notifier.inval_inode(fuser::INodeNo(ino), -1, 0),
+                    };
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("no dentry invalidation thread: {e}");
+        }
+    }
+
+    /// Make a non-directory node answer for the name a request used, so
+    /// that a copy-up lands at that name (hard-linked lower files share one
+    /// node until one of their names is copied up).
+    pub fn follow_name(&self, node: &Node, parent: u64, name: &[u8]) {
+        if node.is_dir() || node.upper().is_some() {
+            return;
+        }
+        let mut st = node.state.write();
+        st.parent = parent;
+        st.name = Box::from(name);
+        st.detached = false;
     }
 
     /// Attributes for `getattr`.
