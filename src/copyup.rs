@@ -91,6 +91,13 @@ impl Overlay {
         let tmp = self.stack.tmp_name();
         let built = self.build_copy(work, &tmp, &lower, &st, data);
         let new_fd = match built.and_then(|()| open_path(work, &tmp)) {
+            Ok(fd) => {
+                self.record_origin(&fd, node.ino);
+                Ok(fd)
+            }
+            Err(e) => Err(e),
+        };
+        let new_fd = match new_fd {
             Ok(fd) => fd,
             Err(e) => {
                 let _ = crate::layer::remove_tree(work, &tmp, node.is_dir());
@@ -118,13 +125,9 @@ impl Overlay {
                 s.lowers.clear();
             }
         }
-        if !node.is_dir() && st.st_nlink > 1 {
-            // Other names of this lower inode keep showing the lower file:
-            // they must be looked up again, as separate nodes.
-            for (p, n) in self.inodes.split_aliases(node.ino, parent_ino, &name) {
-                self.invalidate(Invalidate::Entry(p, n));
-            }
-            // The copy has its own link count.
+        if node.is_dir() || st.st_nlink > 1 {
+            // The link count the kernel cached changed: a directory is now
+            // merged (nlink 1), a copied hard link has its own count.
             self.invalidate(Invalidate::Attr(node.ino));
         }
         Ok(new_fd)

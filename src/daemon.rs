@@ -41,7 +41,9 @@ pub fn fuser_config(opts: &MountOptions, read_only: bool) -> FuserConfig {
     let f = &opts.fuse;
     let mut mo = vec![
         MountOption::FSName(f.fsname.clone().unwrap_or_else(|| "stratafs".into())),
-        MountOption::Subtype("stratafs".into()),
+        // As a kernel option, so that the direct mount(2) path records it
+        // too (the mount shows as type fuse.stratafs).
+        MountOption::CUSTOM("subtype=stratafs".into()),
     ];
     if f.default_permissions {
         mo.push(MountOption::DefaultPermissions);

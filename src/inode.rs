@@ -126,7 +126,7 @@ impl Node {
 
 /// Ids above this are handed out from a counter (objects whose identity
 /// does not fit the `dev << 56 | ino` scheme, or that collide).
-const FRESH_BASE: u64 = 0xff << 56;
+pub const FRESH_BASE: u64 = 0xff << 56;
 const INO_BITS: u32 = 56;
 const MAX_DEV_INDEX: u64 = 0xfe;
 
@@ -255,22 +255,6 @@ impl InodeTable {
         self.dentries
             .remove(&(parent, Box::from(name)))
             .map(|(_, v)| v)
-    }
-
-    /// Every name recorded for node `ino` except (`parent`, `name`); those
-    /// names are forgotten. Used when a hard-linked lower file is copied
-    /// up through one name: the others keep showing the lower file.
-    pub fn split_aliases(&self, ino: u64, parent: u64, name: &[u8]) -> Vec<(u64, Box<[u8]>)> {
-        let mut out = Vec::new();
-        self.dentries.retain(|(p, n), v| {
-            if *v == ino && !(*p == parent && **n == *name) {
-                out.push((*p, n.clone()));
-                false
-            } else {
-                true
-            }
-        });
-        out
     }
 
     /// Drop `n` kernel references to `ino`; free the node when none is left.

@@ -256,12 +256,19 @@ impl Overlay {
         }
         let finish = || -> Result<OwnedFd> {
             let obj = open_path(at, name)?;
-            let st = rustix::fs::fstat(&obj)?;
-            util::give_to(&obj, uid, gid, &st)?;
+            let before = rustix::fs::fstat(&obj)?;
+            util::give_to(&obj, uid, gid, &before)?;
             if !matches!(what, NewKind::Symlink { .. }) {
-                let st = rustix::fs::fstat(&obj)?;
-                if st.st_mode & 0o7777 != want_mode {
-                    util::set_mode(&obj, want_mode)?;
+                // The filesystem applied a default ACL, if any, to the mode;
+                // keep that, but restore setuid/setgid bits the chown cleared.
+                let after = rustix::fs::fstat(&obj)?;
+                let mut mode = before.st_mode & 0o7777;
+                if sgid_parent && matches!(what, NewKind::Dir { .. }) {
+                    mode |= libc::S_ISGID;
+                }
+                mode |= want_mode & (libc::S_ISUID | libc::S_ISGID | libc::S_ISVTX);
+                if after.st_mode & 0o7777 != mode {
+                    util::set_mode(&obj, mode)?;
                 }
             }
             Ok(obj)
@@ -485,11 +492,9 @@ impl Overlay {
         let src = self.lookup(parent, name)?.ok_or(Errno::NOENT)?;
         let src_node = src.node.clone();
         self.inodes.forget(src_node.ino, 1);
-        self.follow_name(&src_node, parent, name);
         let dst = self.lookup(newparent, newname)?;
         let dst_node = dst.map(|e| {
             self.inodes.forget(e.node.ino, 1);
-            self.follow_name(&e.node, newparent, newname);
             e.node
         });
         if exchange && dst_node.is_none() {
@@ -506,16 +511,21 @@ impl Overlay {
                 match (src_node.is_dir(), dn.is_dir()) {
                     (true, false) => return Err(Errno::NOTDIR),
                     (false, true) => return Err(Errno::ISDIR),
-                    (true, true) if !self.dir_is_empty(dn)? => return Err(Errno::NOTEMPTY),
                     _ => {}
                 }
             }
         }
-        // Directories with lower parts cannot move without redirects.
+        // Directories with lower parts cannot move without redirects; the
+        // kernel says so before it looks at the target's contents.
         let has_lower_dir = |n: &Node| n.is_dir() && !n.state.read().lowers.is_empty();
         if has_lower_dir(&src_node) || (exchange && dst_node.as_deref().is_some_and(has_lower_dir))
         {
             return Err(Errno::XDEV);
+        }
+        if let Some(dn) = &dst_node {
+            if !exchange && dn.is_dir() && !self.dir_is_empty(dn)? {
+                return Err(Errno::NOTEMPTY);
+            }
         }
         self.copy_up(&src_node, Data::All)?;
         if exchange {
@@ -533,29 +543,22 @@ impl Overlay {
             return Err(Errno::NOENT);
         }
         let src_lower = resolve::exists(&d1.state.read().lowers, name)?;
-        let dst_lower_layers = d2.state.read().lowers.clone();
-        let dst_lower_dir =
-            resolve::resolve(&dst_lower_layers, newname)?.map(|f| f.kind() == FileType::Directory);
+        let d1_merged = !d1.state.read().lowers.is_empty();
+        let d2_merged = !d2.state.read().lowers.is_empty();
 
         if exchange {
-            rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
-            // A pure upper directory moved over a name where lower layers
-            // have a directory must hide that directory.
-            let src_lowers = d1.state.read().lowers.clone();
-            let src_lower_dir =
-                resolve::resolve(&src_lowers, name)?.map(|f| f.kind() == FileType::Directory);
-            if src_node.is_dir() && dst_lower_dir == Some(true) {
-                if let Some(u) = src_node.upper() {
-                    self.stack.formats.set_opaque(&*u)?;
-                }
+            // As the kernel does: a pure upper directory that moves into a
+            // merged directory becomes opaque, so that nothing of a lower
+            // directory of the same name can show through it.
+            if src_node.is_dir() && d2_merged {
+                self.make_opaque(&src_node)?;
             }
             if let Some(dn) = &dst_node {
-                if dn.is_dir() && src_lower_dir == Some(true) {
-                    if let Some(u) = dn.upper() {
-                        self.stack.formats.set_opaque(&*u)?;
-                    }
+                if dn.is_dir() && d1_merged {
+                    self.make_opaque(dn)?;
                 }
             }
+            rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
             self.inodes.remove_dentry(parent, name);
             self.inodes.remove_dentry(newparent, newname);
             self.relocate(&src_node, newparent, newname);
@@ -583,10 +586,8 @@ impl Overlay {
                 crate::layer::clear_dir(&util::open_dir_read(&sub)?)?;
             }
         }
-        if src_node.is_dir() && dst_lower_dir == Some(true) {
-            if let Some(u) = src_node.upper() {
-                self.stack.formats.set_opaque(&*u)?;
-            }
+        if src_node.is_dir() && d2_merged {
+            self.make_opaque(&src_node)?;
         }
         if dst_is_whiteout && src_node.is_dir() {
             // A directory cannot replace a device node: swap them; the
@@ -640,6 +641,15 @@ impl Overlay {
         self.inodes.remove_dentry(parent, name);
         self.relocate(&src_node, newparent, newname);
         Ok(())
+    }
+
+    /// Mark a pure upper directory opaque unless it already is.
+    fn make_opaque(&self, node: &Node) -> Result<()> {
+        let u = node.upper().ok_or(Errno::IO)?;
+        if whiteout::is_opaque(&*u)? {
+            return Ok(());
+        }
+        self.stack.formats.set_opaque(&*u)
     }
 
     /// Record that `node` now lives at (`parent`, `name`).

@@ -11,7 +11,7 @@ use rustix::fs::{FileType, Stat};
 
 use crate::error::{Errno, Result};
 use crate::file::HandleTable;
-use crate::inode::{InodeTable, LayerFd, Node, NodeState, ROOT_INO};
+use crate::inode::{InodeTable, LayerFd, Node, NodeState, FRESH_BASE, ROOT_INO};
 use crate::layer::Stack;
 use crate::resolve::{self, Found};
 use crate::whiteout;
@@ -100,6 +100,7 @@ impl Overlay {
             }
         }
         lowers.truncate(cut);
+        let inodes_devs: Vec<u64> = stack.layers.iter().map(|l| l.dev).collect();
         let root = Node::new(
             ROOT_INO,
             FileType::Directory,
@@ -111,9 +112,15 @@ impl Overlay {
                 detached: false,
             },
         );
+        let inodes = InodeTable::new(root);
+        // Number devices in stack order, so inode numbers are the same on
+        // every mount of the same stack.
+        for dev in inodes_devs {
+            inodes.ino_for(dev, 0);
+        }
         Ok(Overlay {
             stack,
-            inodes: InodeTable::new(root),
+            inodes,
             handles: HandleTable::default(),
             config,
             euid: rustix::process::geteuid().as_raw(),
@@ -189,7 +196,10 @@ impl Overlay {
             l.extend(found.below);
             (None, l)
         };
-        let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
+        let mut ino = upper
+            .as_ref()
+            .and_then(|u| self.recorded_origin(u))
+            .unwrap_or_else(|| self.inodes.ino_for(stat.st_dev, stat.st_ino));
         if ino == ROOT_INO {
             ino = self.inodes.fresh_ino();
         }
@@ -206,30 +216,34 @@ impl Overlay {
                 },
             )
         };
-        for _ in 0..4 {
+        loop {
             let (node, inserted) = self.inodes.insert_or_get(make(ino));
-            if inserted || self.same_object(&node, &stat, kind) {
-                if !inserted && !node.is_dir() {
-                    // Another name of the same inode (a hard link), or the
-                    // same name found again: keep the node, follow the name.
-                    let mut st = node.state.write();
+            if inserted {
+                self.inodes.set_dentry(parent, name, node.ino);
+                return Entry { node, stat };
+            }
+            if self.same_object(&node, &stat, kind) {
+                let mut st = node.state.write();
+                let here = st.parent == parent && *st.name == *name;
+                // Upper hard links are one file: share the node. A lower
+                // file with several names is not: copy-up (on open, which
+                // names no path) must land at the name that was used, so
+                // each name gets its own node.
+                if here || st.detached || st.upper.is_some() || node.is_dir() {
                     if st.detached {
                         st.detached = false;
                         st.parent = parent;
                         st.name = Box::from(name);
                     }
+                    drop(st);
+                    self.inodes.set_dentry(parent, name, node.ino);
+                    return Entry { node, stat };
                 }
-                self.inodes.set_dentry(parent, name, node.ino);
-                return Entry { node, stat };
             }
-            // An unrelated object has this id (an inode number reused after
-            // a delete while the old node lives on): use a fresh id.
+            // Taken by another object (or another name of a lower file).
             self.inodes.forget(node.ino, 1);
             ino = self.inodes.fresh_ino();
         }
-        let (node, _) = self.inodes.insert_or_get(make(self.inodes.fresh_ino()));
-        self.inodes.set_dentry(parent, name, node.ino);
-        Entry { node, stat }
     }
 
     fn same_object(&self, node: &Node, stat: &Stat, kind: FileType) -> bool {
@@ -278,17 +292,33 @@ impl Overlay {
         }
     }
 
-    /// Make a non-directory node answer for the name a request used, so
-    /// that a copy-up lands at that name (hard-linked lower files share one
-    /// node until one of their names is copied up).
-    pub fn follow_name(&self, node: &Node, parent: u64, name: &[u8]) {
-        if node.is_dir() || node.upper().is_some() {
+    /// Remember on a copied-up object the inode number its lower original
+    /// had, so that `st_ino` survives a remount (as the kernel's origin
+    /// xattr does). Best effort: symlinks and devices cannot carry user
+    /// xattrs when rootless.
+    pub fn record_origin(&self, fd: &OwnedFd, ino: u64) {
+        if ino >= FRESH_BASE {
             return;
         }
-        let mut st = node.state.write();
-        st.parent = parent;
-        st.name = Box::from(name);
-        st.detached = false;
+        let name = self.stack.formats.origin_xattr();
+        let value = ino.to_string();
+        if let Err(e) =
+            crate::xattr::set(fd, name, value.as_bytes(), rustix::fs::XattrFlags::empty())
+        {
+            log::debug!("origin of inode {ino} not recorded: {e}");
+        }
+    }
+
+    /// The inode number recorded by [`Overlay::record_origin`], if any.
+    pub fn recorded_origin(&self, fd: &OwnedFd) -> Option<u64> {
+        let v = crate::xattr::get(fd, self.stack.formats.origin_xattr()).ok()?;
+        parse_origin(&v)
+    }
+
+    /// Like [`Overlay::recorded_origin`], for `name` in directory `dir`.
+    pub fn recorded_origin_at(&self, dir: &OwnedFd, name: &[u8]) -> Option<u64> {
+        let v = crate::xattr::get_at(dir, name, self.stack.formats.origin_xattr()).ok()?;
+        parse_origin(&v)
     }
 
     /// Attributes for `getattr`.
@@ -319,4 +349,12 @@ impl Overlay {
     pub fn upper_root(&self) -> Result<Arc<OwnedFd>> {
         self.node(ROOT_INO)?.upper().ok_or(Errno::ROFS)
     }
+}
+
+fn parse_origin(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|i| *i > ROOT_INO && *i < FRESH_BASE)
 }

@@ -43,6 +43,7 @@ impl Overlay {
         let mut out = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             let more_below = i + 1 < n;
+            let upper_of_merged = more_below && l.layer == 0 && self.stack.has_upper;
             let dev = self.stack.layers.get(l.layer).map(|x| x.dev).unwrap_or(0);
             let fd = util::open_dir_read(&*l.fd)?;
             let dirfd = util::dup_path(&fd)?;
@@ -73,10 +74,16 @@ impl Overlay {
                         Err(_) => continue, // vanished meanwhile
                     }
                 }
-                let ino = self
-                    .inodes
-                    .dentry_ino(node.ino, name)
-                    .unwrap_or_else(|| self.inodes.ino_for(dev, ent.ino()));
+                let ino = self.inodes.dentry_ino(node.ino, name).unwrap_or_else(|| {
+                    // Objects copied up into a merged directory keep their
+                    // lower inode number.
+                    let origin = if upper_of_merged {
+                        self.recorded_origin_at(&dirfd, name)
+                    } else {
+                        None
+                    };
+                    origin.unwrap_or_else(|| self.inodes.ino_for(dev, ent.ino()))
+                });
                 let name: Box<[u8]> = Box::from(name);
                 seen.insert(name.clone());
                 out.push(DirEntry { name, ino, kind });

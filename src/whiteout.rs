@@ -140,6 +140,15 @@ impl Formats {
         }
     }
 
+    /// The xattr holding a copied-up object's original inode number.
+    pub fn origin_xattr(&self) -> &'static [u8] {
+        if self.trusted_xattr.load(Ordering::Relaxed) {
+            b"trusted.stratafs.origin"
+        } else {
+            b"user.stratafs.origin"
+        }
+    }
+
     /// Mark directory `dir` opaque.
     pub fn set_opaque(&self, dir: impl AsFd) -> Result<()> {
         let dir = dir.as_fd();

@@ -13,10 +13,12 @@ use crate::sys::proc_fd_path;
 
 /// Prefixes of xattrs that carry overlay metadata (kernel overlayfs in both
 /// namespaces, fuse-overlayfs). They are hidden from and refused to clients.
-pub const PRIVATE_PREFIXES: [&[u8]; 3] = [
+pub const PRIVATE_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",
+    b"trusted.stratafs.",
+    b"user.stratafs.",
 ];
 
 /// Whether `name` is overlay metadata.
@@ -58,6 +60,15 @@ fn sized(mut f: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Vec<u8>> {
 pub fn get(fd: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
     let fd = fd.as_fd();
     sized(|buf| getx(fd, name, buf))
+}
+
+/// Read an attribute of `name` inside directory `dir` without opening it
+/// or following it if it is a symlink.
+pub fn get_at(dir: impl AsFd, name: &[u8], attr: &[u8]) -> Result<Vec<u8>> {
+    let mut path = proc_fd_path(dir.as_fd()).into_bytes();
+    path.push(b'/');
+    path.extend_from_slice(name);
+    sized(|buf| rustix::fs::lgetxattr(path.as_slice(), attr, buf))
 }
 
 /// Set an attribute.

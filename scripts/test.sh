@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The full stratafs test suite: build everything, run `cargo test` as root
+# (real FUSE mounts, kernel overlayfs as the oracle), then run the integration
+# tests again as an unprivileged user in a user namespace
+# (scripts/test-rootless.sh).
+#
+# Usage: bash scripts/test.sh
+#
+# Environment:
+#   STRATAFS_DIFF_CASES           cases for the differential test (300)
+#   STRATAFS_CARGO_TEST_TIMEOUT   seconds `cargo test` may take (2400)
+#   STRATAFS_TEST_TIMEOUT         seconds one rootless test binary may take (1200)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+bash scripts/install-deps.sh
+
+if ! command -v cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+export STRATAFS_DIFF_CASES=${STRATAFS_DIFF_CASES:-300}
+export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
+
+# The tests create their mounts under $TMPDIR; give this run its own, so that
+# whatever a crashed test leaves mounted can be found and unmounted.
+test_tmp=$(mktemp -d /tmp/stratafs-tests.XXXXXX)
+logs=$(mktemp -d /tmp/stratafs-test-logs.XXXXXX)
+
+# Mount points (deepest first) of everything mounted under the given dirs.
+mounts_under() {
+    local prefix
+    for prefix in "$@"; do
+        awk -v p="$prefix/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo
+    done | sort -ru
+}
+
+unmount_leftovers() {
+    local m left=()
+    mapfile -t left < <(mounts_under "$test_tmp" "$repo/target")
+    ((${#left[@]} > 0)) || return 0
+    echo "test.sh: unmounting ${#left[@]} mount(s) left behind by the tests:"
+    for m in "${left[@]}"; do
+        echo "    $m"
+        fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
+    done
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    unmount_leftovers
+    rm -rf "$test_tmp" "$logs"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "==> cargo build --all-targets"
+cargo build --all-targets
+
+echo
+echo "==> cargo test --no-fail-fast (as $(id -un), STRATAFS_DIFF_CASES=$STRATAFS_DIFF_CASES)"
+set +e
+TMPDIR=$test_tmp timeout -k 60 "${STRATAFS_CARGO_TEST_TIMEOUT:-2400}" \
+    cargo test --no-fail-fast 2>&1 | tee "$logs/cargo-test.log"
+cargo_rc=${PIPESTATUS[0]}
+set -e
+unmount_leftovers
+
+echo
+echo "==> scripts/test-rootless.sh"
+set +e
+bash scripts/test-rootless.sh 2>&1 | tee "$logs/rootless.log"
+rootless_rc=${PIPESTATUS[0]}
+set -e
+
+# ---------------------------------------------------------------- summary
+root_passed=0 root_failed=0
+while IFS= read -r line; do
+    [[ "$line" =~ ([0-9]+)\ passed ]] && root_passed=$((root_passed + BASH_REMATCH[1]))
+    [[ "$line" =~ ([0-9]+)\ failed ]] && root_failed=$((root_failed + BASH_REMATCH[1]))
+done < <(grep -E '^test result: ' "$logs/cargo-test.log" || true)
+if ((cargo_rc != 0 && root_failed == 0)); then
+    root_failed=1 # build error, crash or timeout: no per-test failure to count
+fi
+
+rl_passed=0 rl_failed=0
+if line=$(grep -E '^rootless: [0-9]+ passed, [0-9]+ failed$' "$logs/rootless.log" | tail -n 1); then
+    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]
+    rl_passed=${BASH_REMATCH[1]} rl_failed=${BASH_REMATCH[2]}
+fi
+if ((rootless_rc != 0 && rl_failed == 0)); then
+    rl_failed=1
+fi
+
+echo
+echo "==> summary"
+printf 'cargo test (root):            %d passed, %d failed (exit status %d)\n' \
+    "$root_passed" "$root_failed" "$cargo_rc"
+printf 'integration tests (rootless): %d passed, %d failed (exit status %d)\n' \
+    "$rl_passed" "$rl_failed" "$rootless_rc"
+echo "total: $((root_passed + rl_passed)) passed, $((root_failed + rl_failed)) failed"
+
+((cargo_rc == 0 && rootless_rc == 0))
