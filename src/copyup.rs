@@ -22,7 +22,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat};
 use crate::error::{Errno, Result};
 use crate::inode::{Node, ROOT_INO};
 use crate::overlay::{Invalidate, Overlay};
-use crate::resolve::open_path;
+use crate::resolve::{self, open_path};
 use crate::util;
 use crate::xattr;
 
@@ -57,6 +57,14 @@ impl Overlay {
             }
             chain.push(p);
         }
+        let hard_linked = !node.is_dir()
+            && node
+                .state
+                .read()
+                .lowers
+                .first()
+                .and_then(|l| rustix::fs::fstat(&*l.fd).ok())
+                .is_some_and(|st| st.st_nlink > 1);
         let mut last = None;
         for n in chain.iter().rev() {
             let d = if Arc::ptr_eq(n, node) {
@@ -66,7 +74,49 @@ impl Overlay {
             };
             last = Some(self.copy_up_one(n, d)?);
         }
-        last.ok_or(Errno::IO)
+        let up = last.ok_or(Errno::IO)?;
+        if hard_linked {
+            // Other names of a hard-linked lower file that the kernel knows
+            // as this inode get links to the copy.
+            let (parent, name) = node.location();
+            for (p, n) in self.inodes.names_of(node.ino) {
+                if (p, &*n) != (parent, &*name) {
+                    if let Err(e) = self.link_up(node, p, &n) {
+                        log::warn!(
+                            "hard link {} not linked to its copy: {e}",
+                            crate::layer::display_name(&n)
+                        );
+                    }
+                }
+            }
+        }
+        Ok(up)
+    }
+
+    /// Give (`parent`, `name`), a lower hard link of the copied-up `node`,
+    /// a link to the upper copy.
+    pub fn link_up(&self, node: &Arc<Node>, parent: u64, name: &[u8]) -> Result<()> {
+        let origin = node.state.read().origin;
+        let src = node.upper().ok_or(Errno::IO)?;
+        let dir = self.dir_node(parent)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.dir_lock.write();
+        // Still a lower name of the same inode?
+        match resolve::resolve(&dir.dir_layers(), name)? {
+            Some(f) if f.top.layer != 0 && Some((f.stat.st_dev, f.stat.st_ino)) == origin => {}
+            _ => return Ok(()),
+        }
+        let src_path = crate::sys::proc_fd_path(src.as_fd());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            src_path.as_c_str(),
+            &*pup,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )?;
+        self.inodes.set_dentry(parent, name, node.ino);
+        self.invalidate(Invalidate::Attr(node.ino));
+        Ok(())
     }
 
     fn copy_up_one(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {

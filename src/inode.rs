@@ -44,6 +44,10 @@ pub struct NodeState {
     /// The name was removed (unlink, rmdir, rename over it); the node lives
     /// on only for open files and kernel references.
     pub detached: bool,
+    /// For a non-directory first found in a lower layer: that object's
+    /// (dev, ino). Other names of the same lower inode (hard links) share
+    /// this node, also after copy-up.
+    pub origin: Option<(u64, u64)>,
 }
 
 /// One node of the merged tree.
@@ -255,6 +259,15 @@ impl InodeTable {
         self.dentries
             .remove(&(parent, Box::from(name)))
             .map(|(_, v)| v)
+    }
+
+    /// Every name recorded for node `ino`.
+    pub fn names_of(&self, ino: u64) -> Vec<(u64, Box<[u8]>)> {
+        self.dentries
+            .iter()
+            .filter(|e| *e.value() == ino)
+            .map(|e| e.key().clone())
+            .collect()
     }
 
     /// Drop `n` kernel references to `ino`; free the node when none is left.

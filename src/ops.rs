@@ -297,6 +297,7 @@ impl Overlay {
                     upper: Some(obj.clone()),
                     lowers: Vec::new(),
                     detached: false,
+                    origin: None,
                 },
             );
             let (n, inserted) = self.inodes.insert_or_get(node);
@@ -399,6 +400,7 @@ impl Overlay {
                         v
                     },
                     detached: false,
+                    origin: None,
                 },
             );
             if !self.dir_is_empty(&probe)? {

@@ -110,6 +110,7 @@ impl Overlay {
                 upper,
                 lowers,
                 detached: false,
+                origin: None,
             },
         );
         let inodes = InodeTable::new(root);
@@ -181,6 +182,15 @@ impl Overlay {
         let Some(found) = resolve::resolve(&dir.dir_layers(), name)? else {
             return Ok(None);
         };
+        if let Some(copy) = self.copied_alias(&found) {
+            // Hard links stay hard links across copy-up: give this name the
+            // upper copy too (as the kernel does with index=on).
+            drop(_g);
+            self.link_up(&copy, parent, name)?;
+            let node = self.inodes.reference(copy.ino).ok_or(Errno::STALE)?;
+            let stat = self.stat_node(&node)?;
+            return Ok(Some(Entry { node, stat }));
+        }
         Ok(Some(self.attach(parent, name, found)))
     }
 
@@ -203,6 +213,8 @@ impl Overlay {
         if ino == ROOT_INO {
             ino = self.inodes.fresh_ino();
         }
+        let origin =
+            (upper.is_none() && kind != FileType::Directory).then_some((stat.st_dev, stat.st_ino));
         let make = |ino| {
             Node::new(
                 ino,
@@ -213,42 +225,54 @@ impl Overlay {
                     upper: upper.clone(),
                     lowers: lowers.clone(),
                     detached: false,
+                    origin,
                 },
             )
         };
         loop {
             let (node, inserted) = self.inodes.insert_or_get(make(ino));
-            if inserted {
-                self.inodes.set_dentry(parent, name, node.ino);
-                return Entry { node, stat };
-            }
-            if self.same_object(&node, &stat, kind) {
-                let mut st = node.state.write();
-                let here = st.parent == parent && *st.name == *name;
-                // Upper hard links are one file: share the node. A lower
-                // file with several names is not: copy-up (on open, which
-                // names no path) must land at the name that was used, so
-                // each name gets its own node.
-                if here || st.detached || st.upper.is_some() || node.is_dir() {
+            if inserted || self.same_object(&node, &stat, kind) {
+                if !inserted {
+                    // Another name of the same inode (a hard link), or a
+                    // name found again: keep the node.
+                    let mut st = node.state.write();
                     if st.detached {
                         st.detached = false;
                         st.parent = parent;
                         st.name = Box::from(name);
                     }
-                    drop(st);
-                    self.inodes.set_dentry(parent, name, node.ino);
-                    return Entry { node, stat };
                 }
+                self.inodes.set_dentry(parent, name, node.ino);
+                return Entry { node, stat };
             }
-            // Taken by another object (or another name of a lower file).
+            // Taken by an unrelated object (an inode number reused after a
+            // delete while the old node lives on): use a fresh id.
             self.inodes.forget(node.ino, 1);
             ino = self.inodes.fresh_ino();
         }
     }
 
+    /// If `found` is another name of a lower hard-linked file that has
+    /// already been copied up, the node of that copy.
+    fn copied_alias(&self, found: &Found) -> Option<Arc<Node>> {
+        let st = &found.stat;
+        if found.top.layer == 0 && self.stack.has_upper {
+            return None;
+        }
+        if st.st_nlink < 2 || found.kind() == FileType::Directory {
+            return None;
+        }
+        let node = self.inodes.get(self.inodes.ino_for(st.st_dev, st.st_ino))?;
+        let s = node.state.read();
+        (s.upper.is_some() && s.origin == Some((st.st_dev, st.st_ino))).then(|| node.clone())
+    }
+
     fn same_object(&self, node: &Node, stat: &Stat, kind: FileType) -> bool {
         if node.kind != kind {
             return false;
+        }
+        if node.state.read().origin == Some((stat.st_dev, stat.st_ino)) {
+            return true;
         }
         match node.top().map(|fd| rustix::fs::fstat(&*fd)) {
             Some(Ok(st)) => {
