@@ -123,6 +123,10 @@ impl Overlay {
         self.writable()?;
         check_new_name(name)?;
         let dir = self.dir_node(parent)?;
+        // Fail before anything is copied up, as the kernel does.
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write();
         if resolve::exists(&dir.dir_layers(), name)? {
@@ -320,8 +324,11 @@ impl Overlay {
         if node.is_dir() {
             return Err(Errno::PERM);
         }
-        let src = self.copy_up(&node, Data::All)?;
         let dir = self.dir_node(parent)?;
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let src = self.copy_up(&node, Data::All)?;
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write();
         if resolve::exists(&dir.dir_layers(), name)? {
@@ -362,10 +369,43 @@ impl Overlay {
             return Err(Errno::NOENT);
         }
         let dir = self.dir_node(parent)?;
+        // Check before anything is copied up, then again under the lock.
+        if dir.upper().is_none() {
+            self.removable(&dir, name, want_dir)?;
+        }
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write();
-        let layers = dir.dir_layers();
-        let found = resolve::resolve(&layers, name)?.ok_or(Errno::NOENT)?;
+        let (found, in_upper, is_dir) = self.removable(&dir, name, want_dir)?;
+        let lower_below = if in_upper {
+            let lowers = dir.state.read().lowers.clone();
+            resolve::exists(&lowers, name)?
+        } else {
+            true
+        };
+        drop(found);
+        let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
+        if in_upper {
+            if is_dir || lower_below {
+                // Move the upper object out of the way in one step, leaving
+                // a whiteout behind when lower layers still show the name.
+                let tmp = self.stack.tmp_name();
+                self.move_out(&pup, name, work, &tmp, lower_below)?;
+                let _ = remove_tree(work, &tmp, is_dir);
+            } else {
+                rustix::fs::unlinkat(&*pup, name, AtFlags::empty())?;
+            }
+        } else {
+            self.stack.formats.make_whiteout(&*pup, name)?;
+        }
+        self.detach(parent, name);
+        Ok(())
+    }
+
+    /// What `unlink`/`rmdir` of `name` in `dir` would remove, or why it
+    /// cannot: (resolution, whether the top object is in the upper layer,
+    /// whether it is a directory).
+    fn removable(&self, dir: &Node, name: &[u8], want_dir: bool) -> Result<(resolve::Found, bool, bool)> {
+        let found = resolve::resolve(&dir.dir_layers(), name)?.ok_or(Errno::NOENT)?;
         let is_dir = found.kind() == FileType::Directory;
         if want_dir && !is_dir {
             return Err(Errno::NOTDIR);
@@ -373,23 +413,14 @@ impl Overlay {
         if !want_dir && is_dir {
             return Err(Errno::ISDIR);
         }
-        let in_upper = found.top.layer == 0;
-        let lower_below = {
-            let st = dir.state.read();
-            if in_upper {
-                resolve::exists(&st.lowers, name)?
-            } else {
-                true
-            }
-        };
+        let in_upper = self.stack.has_upper && found.top.layer == 0;
         if is_dir {
-            // Emptiness of the merged view, with the same node the kernel
-            // knows (or a temporary one).
+            // Emptiness of the merged view, through a temporary node.
             let probe = Node::new(
                 0,
                 FileType::Directory,
                 NodeState {
-                    parent,
+                    parent: dir.ino,
                     name: Box::from(name),
                     upper: in_upper.then(|| found.top.fd.clone()),
                     lowers: if in_upper {
@@ -407,22 +438,7 @@ impl Overlay {
                 return Err(Errno::NOTEMPTY);
             }
         }
-        let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
-        if in_upper {
-            if is_dir || lower_below {
-                // Move the upper object out of the way in one step, leaving
-                // a whiteout behind when lower layers still show the name.
-                let tmp = self.stack.tmp_name();
-                self.move_out(&pup, name, work, &tmp, lower_below)?;
-                let _ = remove_tree(work, &tmp, is_dir);
-            } else {
-                rustix::fs::unlinkat(&*pup, name, AtFlags::empty())?;
-            }
-        } else {
-            self.stack.formats.make_whiteout(&*pup, name)?;
-        }
-        self.detach(parent, name);
-        Ok(())
+        Ok((found, in_upper, is_dir))
     }
 
     /// Rename `name` in `pup` to `tmp` in the work dir, leaving a whiteout
@@ -526,6 +542,13 @@ impl Overlay {
         }
         if let Some(dn) = &dst_node {
             if !exchange && dn.is_dir() && !self.dir_is_empty(dn)? {
+                // The kernel marks a pure upper directory that moves into a
+                // merged directory opaque before the upper rename finds a
+                // non-empty pure upper target; keep the upper identical.
+                let pure_upper_target = dn.state.read().lowers.is_empty();
+                if pure_upper_target && src_node.is_dir() && src_node.upper().is_some() && !d2.state.read().lowers.is_empty() {
+                    self.make_opaque(&src_node)?;
+                }
                 return Err(Errno::NOTEMPTY);
             }
         }
