@@ -404,7 +404,12 @@ impl Overlay {
     /// What `unlink`/`rmdir` of `name` in `dir` would remove, or why it
     /// cannot: (resolution, whether the top object is in the upper layer,
     /// whether it is a directory).
-    fn removable(&self, dir: &Node, name: &[u8], want_dir: bool) -> Result<(resolve::Found, bool, bool)> {
+    fn removable(
+        &self,
+        dir: &Node,
+        name: &[u8],
+        want_dir: bool,
+    ) -> Result<(resolve::Found, bool, bool)> {
         let found = resolve::resolve(&dir.dir_layers(), name)?.ok_or(Errno::NOENT)?;
         let is_dir = found.kind() == FileType::Directory;
         if want_dir && !is_dir {
@@ -546,7 +551,11 @@ impl Overlay {
                 // merged directory opaque before the upper rename finds a
                 // non-empty pure upper target; keep the upper identical.
                 let pure_upper_target = dn.state.read().lowers.is_empty();
-                if pure_upper_target && src_node.is_dir() && src_node.upper().is_some() && !d2.state.read().lowers.is_empty() {
+                if pure_upper_target
+                    && src_node.is_dir()
+                    && src_node.upper().is_some()
+                    && !d2.state.read().lowers.is_empty()
+                {
                     self.make_opaque(&src_node)?;
                 }
                 return Err(Errno::NOTEMPTY);

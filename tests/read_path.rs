@@ -1064,3 +1064,52 @@ fn statfs_reports_the_upper_filesystem() {
         "writable mount flagged read-only"
     );
 }
+
+#[test]
+fn lower_hard_links_stay_linked_across_copy_up_and_remount() {
+    // docs/COMPAT.md item 3: like the kernel with index=on.
+    let spec = StackSpec::new(
+        vec![LayerSpec::new()
+            .file("d1/a", "original")
+            .hardlink("d2/b", "d1/a")
+            .hardlink("c", "d1/a")],
+        LayerSpec::new(),
+    );
+    let st = spec.build(Format::Kernel);
+    let before;
+    {
+        let _m = st.mount_strata();
+        // Look two of the names up first, so the kernel knows them as one
+        // inode; "c" is first seen after the copy-up.
+        before = ino(&st.m("d1/a"));
+        assert_eq!(ino(&st.m("d2/b")), before, "one inode before copy-up");
+        let fd = sys::open(&st.m("d2/b"), libc::O_WRONLY | libc::O_APPEND, 0).unwrap();
+        sys::write(&fd, b"+more").unwrap();
+        drop(fd);
+        for name in ["d1/a", "d2/b", "c"] {
+            assert_eq!(read_string(&st.m(name)), "original+more", "{name}");
+            assert_eq!(ino(&st.m(name)), before, "{name} keeps the inode number");
+        }
+        assert_eq!(sys::lstat(&st.m("c")).unwrap().st_nlink, 3);
+    }
+    // The upper holds real hard links of one copy; the lower is untouched.
+    let ua = sys::lstat(&st.u("d1/a")).unwrap();
+    let ub = sys::lstat(&st.u("d2/b")).unwrap();
+    let uc = sys::lstat(&st.u("c")).unwrap();
+    assert_eq!((ua.st_ino, ua.st_nlink), (ub.st_ino, 3));
+    assert_eq!(ua.st_ino, uc.st_ino);
+    assert_eq!(
+        std::fs::read_to_string(st.l(0, "d1/a")).unwrap(),
+        "original"
+    );
+    // And a remount shows the same.
+    let _m = st.mount_strata();
+    for name in ["d1/a", "d2/b", "c"] {
+        assert_eq!(
+            read_string(&st.m(name)),
+            "original+more",
+            "{name} after remount"
+        );
+        assert_eq!(ino(&st.m(name)), before, "{name} inode after remount");
+    }
+}
