@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat};
 
 use crate::error::{Errno, Result};
-use crate::inode::{Node, ROOT_INO};
+use crate::inode::{Node, Obj, ROOT_INO};
 use crate::overlay::{Invalidate, Overlay};
 use crate::resolve::{self, open_path};
 use crate::util;
@@ -52,7 +52,7 @@ impl Overlay {
                 break;
             }
             let p = self.node(parent)?;
-            if p.upper().is_some() {
+            if p.has_upper() {
                 break;
             }
             chain.push(p);
@@ -63,7 +63,7 @@ impl Overlay {
                 .read()
                 .lowers
                 .first()
-                .and_then(|l| rustix::fs::fstat(&*l.fd).ok())
+                .and_then(|l| l.obj.stat().ok())
                 .is_some_and(|st| st.st_nlink > 1);
         let mut last = None;
         for n in chain.iter().rev() {
@@ -126,14 +126,14 @@ impl Overlay {
         }
         let (parent_ino, name, lower, detached) = {
             let st = node.state.read();
-            let lower = st.lowers.first().map(|l| l.fd.clone());
+            let lower = st.lowers.first().map(|l| l.obj.clone());
             (st.parent, st.name.clone(), lower, st.detached)
         };
         if detached {
             // The name is gone; there is no place to copy it to.
             return Err(Errno::STALE);
         }
-        let lower = lower.ok_or(Errno::IO)?;
+        let lower = lower.ok_or(Errno::IO)?.fd()?;
         let parent = self.node(parent_ino)?;
         let pup = parent.upper().ok_or(Errno::IO)?;
         let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
@@ -170,7 +170,14 @@ impl Overlay {
             }
             let _ = util::set_times(&*pup, &util::times_of(&pst));
             let mut s = node.state.write();
-            s.upper = Some(new_fd.clone());
+            s.upper = Some(if node.is_dir() {
+                Obj::Fd(new_fd.clone())
+            } else {
+                Obj::At {
+                    dir: pup.clone(),
+                    name: name.clone(),
+                }
+            });
             if !node.is_dir() {
                 s.lowers.clear();
             }

@@ -117,9 +117,9 @@ impl Overlay {
                 self.copy_up(&node, data)?;
             }
         }
-        let top = node.top().ok_or(Errno::STALE)?;
-        let on_upper = node.upper().is_some();
-        let fd = util::reopen(&*top, flags)?;
+        let top = node.top_obj().ok_or(Errno::STALE)?;
+        let on_upper = node.has_upper();
+        let fd = top.open(flags)?;
         Ok(self.add_file(node, fd, flags & !OFlags::TRUNC, on_upper))
     }
 
@@ -136,10 +136,10 @@ impl Overlay {
     fn io_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
         let f = self.file(fh)?;
         if !f.on_upper.load(Ordering::Acquire) {
-            if let Some(up) = f.node.upper() {
+            if let Some(up) = f.node.upper_obj() {
                 let mut cur = f.fd.write();
                 if !f.on_upper.load(Ordering::Acquire) {
-                    *cur = Arc::new(util::reopen(&*up, f.flags)?);
+                    *cur = Arc::new(up.open(f.flags)?);
                     f.on_upper.store(true, Ordering::Release);
                 }
             }
@@ -366,17 +366,16 @@ impl Overlay {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
-        let top = node.top().ok_or(Errno::STALE)?;
-        xattr::get(&*top, name)
+        node.top_obj().ok_or(Errno::STALE)?.get_xattr(name)
     }
 
     /// `listxattr`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        let top = node.top().ok_or(Errno::STALE)?;
-        match xattr::list_public(&*top) {
+        match node.top_obj().ok_or(Errno::STALE)?.list_xattr() {
+            Ok(all) => Ok(xattr::public_names(&all)),
             Err(Errno::NOTSUP) => Ok(Vec::new()),
-            r => r,
+            Err(e) => Err(e),
         }
     }
 
@@ -398,9 +397,8 @@ impl Overlay {
         }
         self.writable()?;
         let node = self.node(ino)?;
-        let top = node.top().ok_or(Errno::STALE)?;
         // Removing an absent attribute must not copy anything up.
-        xattr::get(&*top, name)?;
+        node.top_obj().ok_or(Errno::STALE)?.get_xattr(name)?;
         let up = self.copy_up(&node, Data::All)?;
         xattr::remove(&*up, name)
     }

@@ -15,18 +15,103 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use rustix::fs::FileType;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+
+use crate::error::{Errno, Result};
+use crate::resolve::open_path;
 
 /// FUSE's id for the root directory.
 pub const ROOT_INO: u64 = 1;
 
-/// A directory (or object) in one layer, held open.
+/// A directory in one layer, held open.
 #[derive(Debug, Clone)]
 pub struct LayerFd {
     /// Layer index in the stack (0 = top).
     pub layer: usize,
-    /// `O_PATH` descriptor of the object in that layer.
+    /// `O_PATH` descriptor of the directory in that layer.
     pub fd: Arc<OwnedFd>,
+}
+
+/// How a node reaches one of its backing objects.
+///
+/// Directories are held open (`Fd`): lookups and listings work relative to
+/// them. Other objects are reached by name inside their parent's layer
+/// directory (`At`), so a walk over millions of files costs no descriptor
+/// per file; an object whose name is removed while the kernel still knows it
+/// (a deleted open file) is pinned as an `Fd` first.
+#[derive(Debug, Clone)]
+pub enum Obj {
+    /// An open `O_PATH` descriptor of the object.
+    Fd(Arc<OwnedFd>),
+    /// The entry `name` in the directory `dir`.
+    At {
+        /// The parent directory in the object's layer.
+        dir: Arc<OwnedFd>,
+        /// The entry's name.
+        name: Box<[u8]>,
+    },
+}
+
+impl Obj {
+    /// An `O_PATH` descriptor of the object (opened now for `At`).
+    pub fn fd(&self) -> Result<Arc<OwnedFd>> {
+        match self {
+            Obj::Fd(fd) => Ok(fd.clone()),
+            Obj::At { dir, name } => Ok(Arc::new(open_path(&**dir, name)?)),
+        }
+    }
+
+    /// `lstat` of the object.
+    pub fn stat(&self) -> Result<Stat> {
+        match self {
+            Obj::Fd(fd) => rustix::fs::fstat(&**fd),
+            Obj::At { dir, name } => rustix::fs::statat(&**dir, &**name, AtFlags::SYMLINK_NOFOLLOW),
+        }
+    }
+
+    /// Open the object for I/O with `flags` (never following a symlink).
+    pub fn open(&self, flags: OFlags) -> Result<OwnedFd> {
+        match self {
+            Obj::Fd(fd) => crate::util::reopen(&**fd, flags),
+            Obj::At { dir, name } => rustix::fs::openat(
+                &**dir,
+                &**name,
+                flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+                Mode::empty(),
+            ),
+        }
+    }
+
+    /// Read an xattr of the object (not following symlinks).
+    pub fn get_xattr(&self, attr: &[u8]) -> Result<Vec<u8>> {
+        match self {
+            Obj::Fd(fd) => crate::xattr::get(&**fd, attr),
+            Obj::At { dir, name } => crate::xattr::get_at(&**dir, name, attr),
+        }
+    }
+
+    /// List the object's xattr names (not following symlinks).
+    pub fn list_xattr(&self) -> Result<Vec<u8>> {
+        match self {
+            Obj::Fd(fd) => crate::xattr::list(&**fd),
+            Obj::At { dir, name } => crate::xattr::list_at(&**dir, name),
+        }
+    }
+
+    /// The same object held by descriptor, so that it stays reachable when
+    /// its name goes away.
+    pub fn pinned(&self) -> Result<Obj> {
+        Ok(Obj::Fd(self.fd()?))
+    }
+}
+
+/// An object in one layer.
+#[derive(Debug, Clone)]
+pub struct LayerObj {
+    /// Layer index in the stack (0 = top).
+    pub layer: usize,
+    /// The object.
+    pub obj: Obj,
 }
 
 /// The mutable part of a node.
@@ -37,10 +122,10 @@ pub struct NodeState {
     /// That name.
     pub name: Box<[u8]>,
     /// The object in the upper layer, once there is one.
-    pub upper: Option<Arc<OwnedFd>>,
+    pub upper: Option<Obj>,
     /// For directories: the lower directories merged below, top first.
     /// For other objects without an upper copy: the lower object itself.
-    pub lowers: Vec<LayerFd>,
+    pub lowers: Vec<LayerObj>,
     /// The name was removed (unlink, rmdir, rename over it); the node lives
     /// on only for open files and kernel references.
     pub detached: bool,
@@ -86,17 +171,37 @@ impl Node {
     }
 
     /// The object that answers for this node: the upper copy if any, else
-    /// the topmost lower one. `None` only for a broken node.
-    pub fn top(&self) -> Option<Arc<OwnedFd>> {
+    /// the topmost lower one.
+    pub fn top_obj(&self) -> Option<Obj> {
         let st = self.state.read();
         st.upper
             .clone()
-            .or_else(|| st.lowers.first().map(|l| l.fd.clone()))
+            .or_else(|| st.lowers.first().map(|l| l.obj.clone()))
+    }
+
+    /// An `O_PATH` descriptor of the top object.
+    pub fn top(&self) -> Result<Arc<OwnedFd>> {
+        self.top_obj().ok_or(Errno::STALE)?.fd()
+    }
+
+    /// `lstat` of the top object.
+    pub fn stat(&self) -> Result<Stat> {
+        self.top_obj().ok_or(Errno::STALE)?.stat()
     }
 
     /// The upper object, if there is one.
-    pub fn upper(&self) -> Option<Arc<OwnedFd>> {
+    pub fn upper_obj(&self) -> Option<Obj> {
         self.state.read().upper.clone()
+    }
+
+    /// An `O_PATH` descriptor of the upper object, if there is one.
+    pub fn upper(&self) -> Option<Arc<OwnedFd>> {
+        self.upper_obj().and_then(|o| o.fd().ok())
+    }
+
+    /// Whether the node has an upper object.
+    pub fn has_upper(&self) -> bool {
+        self.state.read().upper.is_some()
     }
 
     /// For a directory: every layer directory merged into it, top first
@@ -104,14 +209,48 @@ impl Node {
     pub fn dir_layers(&self) -> Vec<LayerFd> {
         let st = self.state.read();
         let mut v = Vec::with_capacity(st.lowers.len() + 1);
-        if let Some(u) = &st.upper {
+        if let Some(Obj::Fd(u)) = &st.upper {
             v.push(LayerFd {
                 layer: 0,
                 fd: u.clone(),
             });
         }
-        v.extend(st.lowers.iter().cloned());
+        for l in &st.lowers {
+            if let Obj::Fd(fd) = &l.obj {
+                v.push(LayerFd {
+                    layer: l.layer,
+                    fd: fd.clone(),
+                });
+            }
+        }
         v
+    }
+
+    /// For a directory: the lower directories merged into it.
+    pub fn lower_dirs(&self) -> Vec<LayerFd> {
+        let st = self.state.read();
+        st.lowers
+            .iter()
+            .filter_map(|l| match &l.obj {
+                Obj::Fd(fd) => Some(LayerFd {
+                    layer: l.layer,
+                    fd: fd.clone(),
+                }),
+                Obj::At { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Keep the backing objects reachable after their names go away.
+    pub fn pin(&self) -> Result<()> {
+        let mut st = self.state.write();
+        if let Some(u) = &st.upper {
+            st.upper = Some(u.pinned()?);
+        }
+        for l in st.lowers.iter_mut() {
+            l.obj = l.obj.pinned()?;
+        }
+        Ok(())
     }
 
     /// Whether a directory merges an upper and lower dirs (or several lower

@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
 
 use crate::copyup::Data;
 use crate::error::{Errno, Result};
-use crate::inode::{Node, NodeState};
+use crate::inode::{LayerObj, Node, NodeState, Obj};
 use crate::layer::remove_tree;
 use crate::overlay::{Caller, Entry, Overlay};
 use crate::resolve::{self, open_path};
@@ -179,6 +179,14 @@ impl Overlay {
             }
         }
         let stat = rustix::fs::fstat(&obj)?;
+        let obj = if is_dir {
+            Obj::Fd(Arc::new(obj))
+        } else {
+            Obj::At {
+                dir: pup.clone(),
+                name: Box::from(name),
+            }
+        };
         let entry = self.new_node(parent, name, obj, stat);
         Ok((entry, file))
     }
@@ -287,9 +295,8 @@ impl Overlay {
     }
 
     /// A node for a freshly created upper object.
-    fn new_node(&self, parent: u64, name: &[u8], obj: OwnedFd, stat: Stat) -> Entry {
+    fn new_node(&self, parent: u64, name: &[u8], obj: Obj, stat: Stat) -> Entry {
         let kind = FileType::from_raw_mode(stat.st_mode);
-        let obj = Arc::new(obj);
         let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
         loop {
             let node = Node::new(
@@ -370,20 +377,22 @@ impl Overlay {
         }
         let dir = self.dir_node(parent)?;
         // Check before anything is copied up, then again under the lock.
-        if dir.upper().is_none() {
+        if !dir.has_upper() {
             self.removable(&dir, name, want_dir)?;
         }
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write();
         let (found, in_upper, is_dir) = self.removable(&dir, name, want_dir)?;
         let lower_below = if in_upper {
-            let lowers = dir.state.read().lowers.clone();
-            resolve::exists(&lowers, name)?
+            resolve::exists(&dir.lower_dirs(), name)?
         } else {
             true
         };
         drop(found);
         let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
+        if in_upper && !is_dir {
+            self.pin_named(parent, name)?;
+        }
         if in_upper {
             if is_dir || lower_below {
                 // Move the upper object out of the way in one step, leaving
@@ -427,13 +436,17 @@ impl Overlay {
                 NodeState {
                     parent: dir.ino,
                     name: Box::from(name),
-                    upper: in_upper.then(|| found.top.fd.clone()),
-                    lowers: if in_upper {
-                        found.below.clone()
-                    } else {
-                        let mut v = vec![found.top.clone()];
-                        v.extend(found.below.iter().cloned());
-                        v
+                    upper: in_upper.then(|| found.top.obj.clone()),
+                    lowers: {
+                        let below = found.below.iter().map(|l| LayerObj {
+                            layer: l.layer,
+                            obj: Obj::Fd(l.fd.clone()),
+                        });
+                        if in_upper {
+                            below.collect()
+                        } else {
+                            std::iter::once(found.top.clone()).chain(below).collect()
+                        }
                     },
                     detached: false,
                     origin: None,
@@ -576,7 +589,7 @@ impl Overlay {
         if whiteout::is_whiteout(&st) {
             return Err(Errno::NOENT);
         }
-        let src_lower = resolve::exists(&d1.state.read().lowers, name)?;
+        let src_lower = resolve::exists(&d1.lower_dirs(), name)?;
         let d1_merged = !d1.state.read().lowers.is_empty();
         let d2_merged = !d2.state.read().lowers.is_empty();
 
@@ -595,14 +608,17 @@ impl Overlay {
             rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
             self.inodes.remove_dentry(parent, name);
             self.inodes.remove_dentry(newparent, newname);
-            self.relocate(&src_node, newparent, newname);
+            self.relocate(&src_node, newparent, newname, &p2);
             if let Some(dn) = &dst_node {
-                self.relocate(dn, parent, name);
+                self.relocate(dn, parent, name, &p1);
             }
             return Ok(());
         }
 
-        // Plain rename (maybe NOREPLACE).
+        // Plain rename (maybe NOREPLACE). A replaced file may still be open.
+        if dst_node.is_some() {
+            self.pin_named(newparent, newname)?;
+        }
         if flags.contains(RenameFlags::NOREPLACE) && resolve::exists(&d2.dir_layers(), newname)? {
             return Err(Errno::EXIST);
         }
@@ -673,7 +689,7 @@ impl Overlay {
         Formats::remove_wh_file(&*p2, newname)?;
         self.detach(newparent, newname);
         self.inodes.remove_dentry(parent, name);
-        self.relocate(&src_node, newparent, newname);
+        self.relocate(&src_node, newparent, newname, &p2);
         Ok(())
     }
 
@@ -686,14 +702,37 @@ impl Overlay {
         self.stack.formats.set_opaque(&*u)
     }
 
-    /// Record that `node` now lives at (`parent`, `name`).
-    fn relocate(&self, node: &Node, parent: u64, name: &[u8]) {
+    /// Record that `node` now lives at (`parent`, `name`), in the upper
+    /// directory `dir`.
+    fn relocate(&self, node: &Node, parent: u64, name: &[u8], dir: &Arc<OwnedFd>) {
         {
             let mut st = node.state.write();
             st.parent = parent;
             st.name = Box::from(name);
             st.detached = false;
+            if let Some(Obj::At { .. }) = st.upper {
+                st.upper = Some(Obj::At {
+                    dir: dir.clone(),
+                    name: Box::from(name),
+                });
+            }
         }
         self.inodes.set_dentry(parent, name, node.ino);
+    }
+
+    /// Before the upper entry (`parent`, `name`) goes away: if a node is
+    /// reached through it, hold that node's object open instead.
+    fn pin_named(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let Some(node) = self
+            .inodes
+            .dentry_ino(parent, name)
+            .and_then(|i| self.inodes.get(i))
+        else {
+            return Ok(());
+        };
+        if node.location() == (parent, Box::from(name)) {
+            node.pin()?;
+        }
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use rustix::fs::{FileType, Stat};
 
 use crate::error::{Errno, Result};
 use crate::file::HandleTable;
-use crate::inode::{InodeTable, LayerFd, Node, NodeState, FRESH_BASE, ROOT_INO};
+use crate::inode::{InodeTable, LayerObj, Node, NodeState, Obj, FRESH_BASE, ROOT_INO};
 use crate::layer::Stack;
 use crate::resolve::{self, Found};
 use crate::whiteout;
@@ -86,15 +86,18 @@ impl Overlay {
         for l in &stack.layers {
             let fd = Arc::new(crate::util::dup_path(&l.root)?);
             if stack.has_upper && l.idx == 0 {
-                upper = Some(fd);
+                upper = Some(Obj::Fd(fd));
             } else {
-                lowers.push(LayerFd { layer: l.idx, fd });
+                lowers.push(LayerObj {
+                    layer: l.idx,
+                    obj: Obj::Fd(fd),
+                });
             }
         }
         // A lower root that is opaque ends the merge of the roots.
         let mut cut = lowers.len();
         for (i, l) in lowers.iter().enumerate() {
-            if i + 1 < lowers.len() && whiteout::is_opaque(&*l.fd)? {
+            if i + 1 < lowers.len() && whiteout::is_opaque(&*l.obj.fd()?)? {
                 cut = i + 1;
                 break;
             }
@@ -155,8 +158,7 @@ impl Overlay {
 
     /// Attributes of a node, as reported to clients.
     pub fn stat_node(&self, node: &Node) -> Result<Stat> {
-        let top = node.top().ok_or(Errno::STALE)?;
-        rustix::fs::fstat(&*top)
+        node.stat()
     }
 
     /// Look `name` up in directory `parent`; takes a lookup reference.
@@ -198,14 +200,16 @@ impl Overlay {
     pub fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry {
         let kind = found.kind();
         let stat = found.stat;
-        let (upper, lowers) = if self.stack.has_upper && found.top.layer == 0 {
-            (Some(found.top.fd), found.below)
-        } else {
-            let mut l = Vec::with_capacity(found.below.len() + 1);
-            l.push(found.top);
-            l.extend(found.below);
-            (None, l)
-        };
+        let below = found.below.into_iter().map(|l| LayerObj {
+            layer: l.layer,
+            obj: Obj::Fd(l.fd),
+        });
+        let (upper, lowers): (Option<Obj>, Vec<LayerObj>) =
+            if self.stack.has_upper && found.top.layer == 0 {
+                (Some(found.top.obj), below.collect())
+            } else {
+                (None, std::iter::once(found.top).chain(below).collect())
+            };
         let mut ino = upper
             .as_ref()
             .and_then(|u| self.recorded_origin(u))
@@ -274,8 +278,8 @@ impl Overlay {
         if node.state.read().origin == Some((stat.st_dev, stat.st_ino)) {
             return true;
         }
-        match node.top().map(|fd| rustix::fs::fstat(&*fd)) {
-            Some(Ok(st)) => {
+        match node.stat() {
+            Ok(st) => {
                 st.st_dev == stat.st_dev
                     && st.st_ino == stat.st_ino
                     && (st.st_nlink > 0 || kind == FileType::Directory)
@@ -334,8 +338,8 @@ impl Overlay {
     }
 
     /// The inode number recorded by [`Overlay::record_origin`], if any.
-    pub fn recorded_origin(&self, fd: &OwnedFd) -> Option<u64> {
-        let v = crate::xattr::get(fd, self.stack.formats.origin_xattr()).ok()?;
+    pub fn recorded_origin(&self, obj: &Obj) -> Option<u64> {
+        let v = obj.get_xattr(self.stack.formats.origin_xattr()).ok()?;
         parse_origin(&v)
     }
 
@@ -358,8 +362,10 @@ impl Overlay {
         if node.kind != FileType::Symlink {
             return Err(Errno::INVAL);
         }
-        let top = node.top().ok_or(Errno::STALE)?;
-        let target = rustix::fs::readlinkat(&*top, "", Vec::new())?;
+        let target = match node.top_obj().ok_or(Errno::STALE)? {
+            Obj::Fd(fd) => rustix::fs::readlinkat(&*fd, "", Vec::new())?,
+            Obj::At { dir, name } => rustix::fs::readlinkat(&*dir, &*name, Vec::new())?,
+        };
         Ok(target.into_bytes())
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use crate::error::{Errno, Result};
-use crate::inode::LayerFd;
+use crate::inode::{LayerFd, LayerObj, Obj};
 use crate::whiteout;
 
 /// What a name resolves to.
@@ -21,8 +21,8 @@ use crate::whiteout;
 pub struct Found {
     /// Stat of the topmost object.
     pub stat: Stat,
-    /// The topmost object.
-    pub top: LayerFd,
+    /// The topmost object (held open if it is a directory, else by name).
+    pub top: LayerObj,
     /// For directories: the same-named directories merged below, top first.
     pub below: Vec<LayerFd>,
 }
@@ -50,46 +50,59 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
     let n = layers.len();
     for (i, l) in layers.iter().enumerate() {
         let more_below = i + 1 < n;
-        match open_path(&*l.fd, name) {
-            Ok(fd) => {
-                let st = rustix::fs::fstat(&fd)?;
-                if whiteout::is_whiteout(&st) {
-                    break;
-                }
-                let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-                let opaque = is_dir && more_below && whiteout::is_opaque(&fd)?;
-                let here = LayerFd {
-                    layer: l.layer,
-                    fd: Arc::new(fd),
-                };
-                match &mut found {
-                    None => {
-                        found = Some(Found {
-                            stat: st,
-                            top: here,
-                            below: Vec::new(),
-                        });
-                        if !is_dir {
-                            break;
-                        }
-                    }
-                    Some(f) => {
-                        if !is_dir {
-                            break;
-                        }
-                        f.below.push(here);
-                    }
-                }
-                if opaque {
-                    break;
-                }
-            }
+        let st = match rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
             Err(Errno::NOENT) => {
                 if more_below && whiteout::has_wh_file(&*l.fd, name) {
                     break;
                 }
+                continue;
             }
             Err(e) => return Err(e),
+        };
+        if whiteout::is_whiteout(&st) {
+            break;
+        }
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if !is_dir {
+            if found.is_none() {
+                found = Some(Found {
+                    stat: st,
+                    top: LayerObj {
+                        layer: l.layer,
+                        obj: Obj::At {
+                            dir: l.fd.clone(),
+                            name: Box::from(name),
+                        },
+                    },
+                    below: Vec::new(),
+                });
+            }
+            // A non-directory hides everything below it.
+            break;
+        }
+        let fd = Arc::new(rustix::fs::openat(
+            &*l.fd,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+        let opaque = more_below && whiteout::is_opaque(&*fd)?;
+        match &mut found {
+            None => {
+                found = Some(Found {
+                    stat: st,
+                    top: LayerObj {
+                        layer: l.layer,
+                        obj: Obj::Fd(fd),
+                    },
+                    below: Vec::new(),
+                })
+            }
+            Some(f) => f.below.push(LayerFd { layer: l.layer, fd }),
+        }
+        if opaque {
+            break;
         }
     }
     Ok(found)

@@ -65,10 +65,21 @@ pub fn get(fd: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
 /// Read an attribute of `name` inside directory `dir` without opening it
 /// or following it if it is a symlink.
 pub fn get_at(dir: impl AsFd, name: &[u8], attr: &[u8]) -> Result<Vec<u8>> {
-    let mut path = proc_fd_path(dir.as_fd()).into_bytes();
+    let path = path_at(dir.as_fd(), name);
+    sized(|buf| rustix::fs::lgetxattr(path.as_slice(), attr, buf))
+}
+
+/// List the attributes of `name` inside directory `dir` without opening it.
+pub fn list_at(dir: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
+    let path = path_at(dir.as_fd(), name);
+    sized(|buf| rustix::fs::llistxattr(path.as_slice(), buf))
+}
+
+fn path_at(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    let mut path = proc_fd_path(dir).into_bytes();
     path.push(b'/');
     path.extend_from_slice(name);
-    sized(|buf| rustix::fs::lgetxattr(path.as_slice(), attr, buf))
+    path
 }
 
 /// Set an attribute.
@@ -100,9 +111,8 @@ pub fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|b| *b == 0).filter(|n| !n.is_empty())
 }
 
-/// The attribute list with private names removed.
-pub fn list_public(fd: impl AsFd) -> Result<Vec<u8>> {
-    let all = list(fd)?;
+/// An attribute list with private names removed.
+pub fn public_names(all: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(all.len());
     for n in names(&all) {
         if !is_private(n) {
@@ -110,7 +120,7 @@ pub fn list_public(fd: impl AsFd) -> Result<Vec<u8>> {
             out.push(0);
         }
     }
-    Ok(out)
+    out
 }
 
 /// Copy every attribute of `src` to `dst` except overlay metadata.
