@@ -114,7 +114,7 @@ pub fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// An attribute list with private names removed.
 pub fn public_names(all: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(all.len());
-    for n in names(&all) {
+    for n in names(all) {
         if !is_private(n) {
             out.extend_from_slice(n);
             out.push(0);
