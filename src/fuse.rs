@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileAttr, FileHandle, FileType as FuseType,
     Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use rustix::fs::{FileType, Stat, Timespec};
 
@@ -169,6 +170,8 @@ impl Filesystem for FuseOverlay {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks capability {cap:?}");
@@ -433,9 +436,67 @@ impl Filesystem for FuseOverlay {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep the listing in its page cache: every change
+            // to the directory goes through this mount and bumps its version.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.fs.dir_entries(fh.0, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        let ttl = self.ttl();
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let off = (i + 1) as u64;
+            let name = OsStr::from_bytes(&e.name);
+            if &*e.name == b"." || &*e.name == b".." {
+                // No lookup reference for these; the kernel skips them.
+                let mut a = negative_attr();
+                a.ino = INodeNo(e.ino);
+                a.kind = FuseType::Directory;
+                if reply.add(
+                    INodeNo(e.ino),
+                    off,
+                    name,
+                    &Duration::ZERO,
+                    &a,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            match self.fs.lookup(ino.0, &e.name) {
+                Ok(Some(entry)) => {
+                    let a = attr(entry.node.ino, &entry.stat, entry.node.is_merged_dir());
+                    if reply.add(INodeNo(entry.node.ino), off, name, &ttl, &a, Generation(0)) {
+                        // Not sent: give the reference back.
+                        self.fs.inodes.forget(entry.node.ino, 1);
+                        break;
+                    }
+                }
+                // Gone since the snapshot: leave it out.
+                Ok(None) => continue,
+                Err(e) => {
+                    log::debug!("readdirplus: {e}");
+                    continue;
+                }
+            }
+        }
+        reply.ok();
     }
 
     fn readdir(

@@ -23,6 +23,12 @@ use crate::resolve::open_path;
 /// FUSE's id for the root directory.
 pub const ROOT_INO: u64 = 1;
 
+/// The AUFS whiteout names (`.wh.NAME` -> `NAME`) of a lower directory,
+/// read once with one listing instead of one `stat` per lookup. `None`
+/// inside means the listing failed and lookups stat instead. Only for
+/// directories that never change while mounted (not the upper's).
+pub type WhCache = std::sync::OnceLock<Option<std::collections::HashSet<Box<[u8]>>>>;
+
 /// A directory in one layer, held open.
 #[derive(Debug, Clone)]
 pub struct LayerFd {
@@ -30,6 +36,8 @@ pub struct LayerFd {
     pub layer: usize,
     /// `O_PATH` descriptor of the directory in that layer.
     pub fd: Arc<OwnedFd>,
+    /// Whiteout names of a lower directory.
+    pub wh: Option<Arc<WhCache>>,
 }
 
 /// How a node reaches one of its backing objects.
@@ -112,6 +120,18 @@ pub struct LayerObj {
     pub layer: usize,
     /// The object.
     pub obj: Obj,
+    /// For a lower directory: its whiteout names, once read.
+    pub wh: Option<Arc<WhCache>>,
+}
+
+impl From<LayerFd> for LayerObj {
+    fn from(l: LayerFd) -> LayerObj {
+        LayerObj {
+            layer: l.layer,
+            obj: Obj::Fd(l.fd),
+            wh: l.wh,
+        }
+    }
 }
 
 /// The mutable part of a node.
@@ -213,6 +233,7 @@ impl Node {
             v.push(LayerFd {
                 layer: 0,
                 fd: u.clone(),
+                wh: None,
             });
         }
         for l in &st.lowers {
@@ -220,6 +241,7 @@ impl Node {
                 v.push(LayerFd {
                     layer: l.layer,
                     fd: fd.clone(),
+                    wh: l.wh.clone(),
                 });
             }
         }
@@ -235,6 +257,7 @@ impl Node {
                 Obj::Fd(fd) => Some(LayerFd {
                     layer: l.layer,
                     fd: fd.clone(),
+                    wh: l.wh.clone(),
                 }),
                 Obj::At { .. } => None,
             })

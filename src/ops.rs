@@ -438,10 +438,7 @@ impl Overlay {
                     name: Box::from(name),
                     upper: in_upper.then(|| found.top.obj.clone()),
                     lowers: {
-                        let below = found.below.iter().map(|l| LayerObj {
-                            layer: l.layer,
-                            obj: Obj::Fd(l.fd.clone()),
-                        });
+                        let below = found.below.iter().cloned().map(LayerObj::from);
                         if in_upper {
                             below.collect()
                         } else {

@@ -91,6 +91,7 @@ impl Overlay {
                 lowers.push(LayerObj {
                     layer: l.idx,
                     obj: Obj::Fd(fd),
+                    wh: Some(Arc::default()),
                 });
             }
         }
@@ -200,12 +201,10 @@ impl Overlay {
     pub fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry {
         let kind = found.kind();
         let stat = found.stat;
-        let below = found.below.into_iter().map(|l| LayerObj {
-            layer: l.layer,
-            obj: Obj::Fd(l.fd),
-        });
+        let below = found.below.into_iter().map(LayerObj::from);
         let (upper, lowers): (Option<Obj>, Vec<LayerObj>) =
             if self.stack.has_upper && found.top.layer == 0 {
+                // The upper changes while mounted: no cached whiteout names.
                 (Some(found.top.obj), below.collect())
             } else {
                 (None, std::iter::once(found.top).chain(below).collect())

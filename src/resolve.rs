@@ -53,7 +53,7 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
         let st = match rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
-                if more_below && whiteout::has_wh_file(&*l.fd, name) {
+                if more_below && has_wh(l, name) {
                     break;
                 }
                 continue;
@@ -74,6 +74,7 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
                             dir: l.fd.clone(),
                             name: Box::from(name),
                         },
+                        wh: None,
                     },
                     below: Vec::new(),
                 });
@@ -95,11 +96,16 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
                     top: LayerObj {
                         layer: l.layer,
                         obj: Obj::Fd(fd),
+                        wh: Some(Arc::default()),
                     },
                     below: Vec::new(),
                 })
             }
-            Some(f) => f.below.push(LayerFd { layer: l.layer, fd }),
+            Some(f) => f.below.push(LayerFd {
+                layer: l.layer,
+                fd,
+                wh: Some(Arc::default()),
+            }),
         }
         if opaque {
             break;
@@ -115,7 +121,7 @@ pub fn exists(layers: &[LayerFd], name: &[u8]) -> Result<bool> {
         match rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => return Ok(!whiteout::is_whiteout(&st)),
             Err(Errno::NOENT) => {
-                if i + 1 < n && whiteout::has_wh_file(&*l.fd, name) {
+                if i + 1 < n && has_wh(l, name) {
                     return Ok(false);
                 }
             }
@@ -123,4 +129,15 @@ pub fn exists(layers: &[LayerFd], name: &[u8]) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Whether the layer directory `l` has an AUFS whiteout for `name`.
+fn has_wh(l: &LayerFd, name: &[u8]) -> bool {
+    let Some(cache) = &l.wh else {
+        return whiteout::has_wh_file(&*l.fd, name);
+    };
+    match cache.get_or_init(|| whiteout::wh_names(&*l.fd).ok()) {
+        Some(set) => set.contains(name),
+        None => whiteout::has_wh_file(&*l.fd, name),
+    }
 }

@@ -56,6 +56,22 @@ pub fn has_wh_file(dir: impl AsFd, name: &[u8]) -> bool {
     }
 }
 
+/// The names hidden by AUFS whiteouts (`.wh.NAME` files) in `dir`.
+pub fn wh_names(dir: impl AsFd) -> Result<std::collections::HashSet<Box<[u8]>>> {
+    let rd = crate::util::open_dir_read(dir)?;
+    let mut set = std::collections::HashSet::new();
+    for ent in rustix::fs::Dir::new(rd)? {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if let Some(target) = n.strip_prefix(WH_PREFIX) {
+            if n != OPAQUE_FILE && !target.is_empty() {
+                set.insert(Box::from(target));
+            }
+        }
+    }
+    Ok(set)
+}
+
 /// Whether the directory `dir` is opaque (hides same-named dirs below).
 pub fn is_opaque(dir: impl AsFd) -> Result<bool> {
     let dir = dir.as_fd();
