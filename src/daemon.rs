@@ -24,7 +24,10 @@ use crate::sys;
 /// Build the overlay for `opts` (layers opened, work dir prepared).
 pub fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     let stack = Stack::open(opts)?;
-    let mut config = Config::default();
+    let mut config = Config {
+        ids: opts.ids.clone(),
+        ..Config::default()
+    };
     if let Some(t) = opts.timeout {
         config.ttl = Duration::from_secs_f64(t.min(1e9));
     }

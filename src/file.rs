@@ -304,6 +304,15 @@ impl Overlay {
     ) -> Result<Stat> {
         self.writable()?;
         let node = self.node(ino)?;
+        let ids = &self.config.ids;
+        let uid = match uid {
+            Some(u) => ids.uid.chown_to_disk(u)?,
+            None => None,
+        };
+        let gid = match gid {
+            Some(g) => ids.gid.chown_to_disk(g)?,
+            None => None,
+        };
         let data = if size == Some(0) {
             Data::Empty
         } else {

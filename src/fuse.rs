@@ -18,6 +18,7 @@ use fuser::{
 use rustix::fs::{FileType, Stat, Timespec};
 
 use crate::error::Errno;
+use crate::idmap::Ids;
 use crate::ops::NewKind;
 use crate::overlay::{Caller, Entry, Overlay};
 
@@ -85,7 +86,7 @@ fn set_time(t: Option<TimeOrNow>) -> Option<Option<Timespec>> {
 }
 
 /// Attributes as FUSE wants them.
-pub fn attr(ino: u64, st: &Stat, merged_dir: bool) -> FileAttr {
+pub fn attr(ino: u64, st: &Stat, merged_dir: bool, ids: &Ids) -> FileAttr {
     let kind = FileType::from_raw_mode(st.st_mode);
     FileAttr {
         ino: INodeNo(ino),
@@ -98,8 +99,8 @@ pub fn attr(ino: u64, st: &Stat, merged_dir: bool) -> FileAttr {
         kind: kind_of(kind),
         perm: (st.st_mode & 0o7777) as u16,
         nlink: if merged_dir { 1 } else { st.st_nlink as u32 },
-        uid: st.st_uid,
-        gid: st.st_gid,
+        uid: ids.uid.show(st.st_uid),
+        gid: ids.gid.show(st.st_gid),
         rdev: st.st_rdev as u32,
         blksize: st.st_blksize as u32,
         flags: 0,
@@ -126,10 +127,11 @@ fn negative_attr() -> FileAttr {
     }
 }
 
-fn caller(req: &Request) -> Caller {
+/// The caller, with ids as they are to be written to disk.
+fn caller(req: &Request, ids: &Ids) -> Caller {
     Caller {
-        uid: req.uid(),
-        gid: req.gid(),
+        uid: ids.uid.owner_on_disk(req.uid()),
+        gid: ids.gid.owner_on_disk(req.gid()),
     }
 }
 
@@ -139,7 +141,12 @@ impl FuseOverlay {
     }
 
     fn reply_entry(&self, e: Entry, reply: ReplyEntry) {
-        let a = attr(e.node.ino, &e.stat, e.node.is_merged_dir());
+        let a = attr(
+            e.node.ino,
+            &e.stat,
+            e.node.is_merged_dir(),
+            &self.fs.config.ids,
+        );
         reply.entry(&self.ttl(), &a, Generation(0));
     }
 
@@ -152,10 +159,13 @@ impl FuseOverlay {
         what: NewKind<'_>,
         reply: ReplyEntry,
     ) {
-        match self
-            .fs
-            .create_entry(caller(req), parent.0, name.as_bytes(), umask, what)
-        {
+        match self.fs.create_entry(
+            caller(req, &self.fs.config.ids),
+            parent.0,
+            name.as_bytes(),
+            umask,
+            what,
+        ) {
             Ok((e, _)) => self.reply_entry(e, reply),
             Err(e) => reply.error(err(e)),
         }
@@ -196,7 +206,10 @@ impl Filesystem for FuseOverlay {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok((node, st)) => reply.attr(&self.ttl(), &attr(node.ino, &st, node.is_merged_dir())),
+            Ok((node, st)) => reply.attr(
+                &self.ttl(),
+                &attr(node.ino, &st, node.is_merged_dir(), &self.fs.config.ids),
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -236,7 +249,7 @@ impl Filesystem for FuseOverlay {
                     .node(ino.0)
                     .map(|n| n.is_merged_dir())
                     .unwrap_or(false);
-                reply.attr(&self.ttl(), &attr(ino.0, &st, merged))
+                reply.attr(&self.ttl(), &attr(ino.0, &st, merged, &self.fs.config.ids))
             }
             Err(e) => reply.error(err(e)),
         }
@@ -481,7 +494,12 @@ impl Filesystem for FuseOverlay {
             }
             match self.fs.lookup(ino.0, &e.name) {
                 Ok(Some(entry)) => {
-                    let a = attr(entry.node.ino, &entry.stat, entry.node.is_merged_dir());
+                    let a = attr(
+                        entry.node.ino,
+                        &entry.stat,
+                        entry.node.is_merged_dir(),
+                        &self.fs.config.ids,
+                    );
                     if reply.add(INodeNo(entry.node.ino), off, name, &ttl, &a, Generation(0)) {
                         // Not sent: give the reference back.
                         self.fs.inodes.forget(entry.node.ino, 1);
@@ -619,12 +637,15 @@ impl Filesystem for FuseOverlay {
         reply: ReplyCreate,
     ) {
         let what = NewKind::File { mode, flags };
-        match self
-            .fs
-            .create_entry(caller(req), parent.0, name.as_bytes(), umask, what)
-        {
+        match self.fs.create_entry(
+            caller(req, &self.fs.config.ids),
+            parent.0,
+            name.as_bytes(),
+            umask,
+            what,
+        ) {
             Ok((e, Some(fd))) => {
-                let a = attr(e.node.ino, &e.stat, false);
+                let a = attr(e.node.ino, &e.stat, false, &self.fs.config.ids);
                 let of = rustix::fs::OFlags::from_bits_retain(flags as _);
                 let fh =
                     self.fs

@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod error;
 pub mod file;
 pub mod fuse;
+pub mod idmap;
 pub mod inode;
 pub mod layer;
 pub mod ops;

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use crate::error::SetupError;
+use crate::idmap::IdMap;
 
 /// Generic FUSE / VFS mount flags accepted on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub struct MountOptions {
     pub fsync: bool,
     /// Generic mount flags.
     pub fuse: FuseFlags,
+    /// Ownership presentation (`uidmapping=`, `squash_to_*`).
+    pub ids: crate::idmap::Ids,
     /// Options that were accepted but not understood (warned about).
     pub warnings: Vec<String>,
 }
@@ -101,14 +104,7 @@ const ACCEPTED_NOOPS: &[&str] = &[
 
 /// Options of the container-engine contract that are parsed later
 /// (ownership mapping); accepted with a warning for now.
-const NOT_YET: &[&str] = &[
-    "uidmapping",
-    "gidmapping",
-    "squash_to_root",
-    "squash_to_uid",
-    "squash_to_gid",
-    "xattr_permissions",
-];
+const NOT_YET: &[&str] = &["xattr_permissions"];
 
 /// Split `s` at every unescaped, unquoted `sep`. Escapes and quotes are kept
 /// so that a later split (of `lowerdir` on `:`) still sees them.
@@ -163,6 +159,13 @@ fn parse_bool(key: &str, v: &str) -> Result<bool, SetupError> {
             "option {key}={v}: expected 0 or 1"
         ))),
     }
+}
+
+fn parse_id(key: &str, v: &str) -> Result<u32, SetupError> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|i| *i != u32::MAX)
+        .ok_or_else(|| SetupError::new(format!("option {key}={v}: not a user or group id")))
 }
 
 fn parse_dir_list(key: &str, raw: &str) -> Result<Vec<PathBuf>, SetupError> {
@@ -248,6 +251,14 @@ impl MountOptions {
                     })?;
                 self.threads = Some(n);
             }
+            "uidmapping" => self.ids.uid.ranges = IdMap::parse(key, need(key, value)?)?,
+            "gidmapping" => self.ids.gid.ranges = IdMap::parse(key, need(key, value)?)?,
+            "squash_to_root" => {
+                self.ids.uid.squash = Some(0);
+                self.ids.gid.squash = Some(0);
+            }
+            "squash_to_uid" => self.ids.uid.squash = Some(parse_id(key, need(key, value)?)?),
+            "squash_to_gid" => self.ids.gid.squash = Some(parse_id(key, need(key, value)?)?),
             "fsync" => self.fsync = parse_bool(key, need(key, value)?)?,
             "volatile" => self.fsync = false,
             "debug" => self.debug = true,

@@ -30,12 +30,15 @@ pub struct Caller {
 pub struct Config {
     /// How long the kernel may cache entries and attributes.
     pub ttl: Duration,
+    /// Ownership presentation.
+    pub ids: crate::idmap::Ids,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             ttl: Duration::from_secs(86400),
+            ids: crate::idmap::Ids::default(),
         }
     }
 }
