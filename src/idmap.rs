@@ -126,9 +126,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shift_both_ways_and_overflow() {
+    fn shift_both_ways_and_overflow() -> std::result::Result<(), SetupError> {
         let m = IdMap {
-            ranges: IdMap::parse("uidmapping", "0:100000:65536").unwrap(),
+            ranges: IdMap::parse("uidmapping", "0:100000:65536")?,
             squash: None,
         };
         assert_eq!(m.show(0), 100000);
@@ -137,11 +137,12 @@ mod tests {
         assert_eq!(m.to_disk(100005), Some(5));
         assert_eq!(m.to_disk(5), None);
         assert_eq!(m.chown_to_disk(5), Err(Errno::INVAL));
+        Ok(())
     }
 
     #[test]
-    fn several_ranges_and_leading_colon() {
-        let r = IdMap::parse("uidmapping", ":0:1:1000:1000:0:1:1001:1001:64536").unwrap();
+    fn several_ranges_and_leading_colon() -> std::result::Result<(), SetupError> {
+        let r = IdMap::parse("uidmapping", ":0:1:1000:1000:0:1:1001:1001:64536")?;
         assert_eq!(r.len(), 3);
         let m = IdMap {
             ranges: r,
@@ -151,6 +152,7 @@ mod tests {
         assert_eq!(m.show(1000), 0);
         assert_eq!(m.show(1001), 1001);
         assert_eq!(m.to_disk(0), Some(1000));
+        Ok(())
     }
 
     #[test]

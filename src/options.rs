@@ -351,8 +351,8 @@ mod tests {
     }
 
     #[test]
-    fn lowerdir_order_and_escapes() {
-        let o = parse(r"lowerdir=/a\:b:/c\,d:/e\\f,upperdir=/u,workdir=/w").unwrap();
+    fn lowerdir_order_and_escapes() -> Result<(), SetupError> {
+        let o = parse(r"lowerdir=/a\:b:/c\,d:/e\\f,upperdir=/u,workdir=/w")?;
         assert_eq!(
             o.lowerdirs,
             vec![
@@ -363,18 +363,20 @@ mod tests {
         );
         assert_eq!(o.upperdir, Some(PathBuf::from("/u")));
         assert_eq!(o.workdir, Some(PathBuf::from("/w")));
+        Ok(())
     }
 
     #[test]
-    fn quoted_context_and_empty_options() {
-        let o = parse(r#"lowerdir=/l,,context="system_u:object_r:c:s0:c1,c2",nodev"#).unwrap();
+    fn quoted_context_and_empty_options() -> Result<(), SetupError> {
+        let o = parse(r#"lowerdir=/l,,context="system_u:object_r:c:s0:c1,c2",nodev"#)?;
         assert_eq!(o.lowerdirs, vec![PathBuf::from("/l")]);
         assert_eq!(o.fuse.dev, Some(false));
         assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        Ok(())
     }
 
     #[test]
-    fn repeated_o_and_unknown_warns() {
+    fn repeated_o_and_unknown_warns() -> Result<(), SetupError> {
         let o = parse_mount_args(
             &[
                 "lowerdir=/l".into(),
@@ -383,11 +385,11 @@ mod tests {
             &["src".into(), "/m".into()],
             true,
             false,
-        )
-        .unwrap();
+        )?;
         assert_eq!(o.mountpoint, PathBuf::from("/m"));
         assert_eq!(o.warnings.len(), 1);
         assert!(o.foreground);
+        Ok(())
     }
 
     #[test]
