@@ -22,6 +22,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat};
 use crate::error::{Errno, Result};
 use crate::inode::{Node, Obj, ROOT_INO};
 use crate::overlay::{Invalidate, Overlay};
+use crate::override_stat::{self, Override};
 use crate::resolve::{self, open_path};
 use crate::util;
 use crate::xattr;
@@ -138,12 +139,14 @@ impl Overlay {
         let pup = parent.upper().ok_or(Errno::IO)?;
         let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
         let st = rustix::fs::fstat(&*lower)?;
+        let lower_layer = node.top_layer_obj().map(|(l, _)| l).unwrap_or(0);
         let tmp = self.stack.tmp_name();
         let built = self.build_copy(work, &tmp, &lower, &st, data);
         let new_fd = match built.and_then(|()| open_path(work, &tmp)) {
             Ok(fd) => {
                 self.record_origin(&fd, node.ino);
-                Ok(fd)
+                self.carry_override(lower_layer, &lower, &st, &fd)
+                    .map(|()| fd)
             }
             Err(e) => Err(e),
         };
@@ -188,6 +191,34 @@ impl Overlay {
             self.invalidate(Invalidate::Attr(node.ino));
         }
         Ok(new_fd)
+    }
+
+    /// Give a copy the owner and mode its original shows, in the upper's
+    /// override xattr when the upper keeps owners in xattrs (the lower may
+    /// use another xattr name, or none).
+    fn carry_override(
+        &self,
+        lower_layer: usize,
+        lower: &Arc<OwnedFd>,
+        st: &Stat,
+        copy: &OwnedFd,
+    ) -> Result<()> {
+        let Some(name) = self.override_name(0) else {
+            return Ok(());
+        };
+        if !override_stat::applies_to(st) {
+            return Ok(());
+        }
+        let lower_obj = Obj::Fd(lower.clone());
+        let ov = self
+            .recorded_override(lower_layer, &lower_obj, st)
+            .unwrap_or_else(|| Override::of_stat(st));
+        crate::xattr::set(
+            copy,
+            name,
+            ov.format().as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
     }
 
     /// Build a copy of `lower` (stat `st`) named `tmp` in `work`.

@@ -16,8 +16,9 @@ use rustix::fs::{
 
 use crate::copyup::Data;
 use crate::error::{Errno, Result};
-use crate::inode::Node;
+use crate::inode::{Node, Obj};
 use crate::overlay::Overlay;
+use crate::override_stat::{self, Override};
 use crate::readdir::DirEntry;
 use crate::util;
 use crate::xattr;
@@ -319,14 +320,35 @@ impl Overlay {
             Data::All
         };
         let up = self.copy_up(&node, data)?;
-        if uid.is_some() || gid.is_some() {
-            util::set_owner(&*up, uid, gid)?;
+        if mode.is_some() && node.kind == FileType::Symlink {
+            return Err(Errno::OPNOTSUPP);
         }
-        if let Some(m) = mode {
-            if node.kind == FileType::Symlink {
-                return Err(Errno::OPNOTSUPP);
+        let real = rustix::fs::fstat(&*up)?;
+        let up_obj = Obj::Fd(up.clone());
+        match self
+            .override_name(0)
+            .filter(|_| override_stat::applies_to(&real))
+        {
+            Some(name) if uid.is_some() || gid.is_some() || mode.is_some() => {
+                // Owner and mode live in the xattr; the inode keeps its own.
+                let mut ov = self
+                    .recorded_override(0, &up_obj, &real)
+                    .unwrap_or_else(|| Override::of_stat(&real));
+                ov.uid = uid.unwrap_or(ov.uid);
+                ov.gid = gid.unwrap_or(ov.gid);
+                if let Some(m) = mode {
+                    ov.perm = m & 0o7777;
+                }
+                xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
             }
-            util::set_mode(&*up, m)?;
+            _ => {
+                if uid.is_some() || gid.is_some() {
+                    util::set_owner(&*up, uid, gid)?;
+                }
+                if let Some(m) = mode {
+                    util::set_mode(&*up, m)?;
+                }
+            }
         }
         if let Some(len) = size {
             if node.is_dir() {

@@ -199,6 +199,15 @@ impl Node {
             .or_else(|| st.lowers.first().map(|l| l.obj.clone()))
     }
 
+    /// The top object and its layer.
+    pub fn top_layer_obj(&self) -> Option<(usize, Obj)> {
+        let st = self.state.read();
+        match &st.upper {
+            Some(u) => Some((0, u.clone())),
+            None => st.lowers.first().map(|l| (l.layer, l.obj.clone())),
+        }
+    }
+
     /// An `O_PATH` descriptor of the top object.
     pub fn top(&self) -> Result<Arc<OwnedFd>> {
         self.top_obj().ok_or(Errno::STALE)?.fd()

@@ -14,6 +14,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use crate::error::{describe, Errno, SetupError};
 use crate::options::MountOptions;
 use crate::whiteout::Formats;
+use crate::{override_stat, xattr};
 
 /// One layer of the stack.
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub struct Layer {
     pub dev: u64,
     /// The path given on the command line (for messages only).
     pub path: PathBuf,
+    /// The xattr holding owner/mode overrides in this layer, if it uses one.
+    pub override_xattr: Option<&'static [u8]>,
 }
 
 /// All layers, the work directory and what the upper filesystem supports.
@@ -115,6 +118,7 @@ impl Stack {
                 root: fd,
                 dev: st.st_dev,
                 path: u.clone(),
+                override_xattr: None,
             });
         }
         for l in &opts.lowerdirs {
@@ -122,6 +126,7 @@ impl Stack {
             ids.push(((st.st_dev, st.st_ino), "lowerdir", l.clone()));
             layers.push(Layer {
                 idx: layers.len(),
+                override_xattr: override_stat::probe_root(&fd),
                 root: fd,
                 dev: st.st_dev,
                 path: l.clone(),
@@ -182,7 +187,48 @@ impl Stack {
             }
         }
 
-        // All checks passed: prepare WORKDIR/work.
+        // All checks passed: prepare WORKDIR/work and the upper's overrides.
+        if opts.upperdir.is_some() {
+            let first_lower = layers
+                .iter()
+                .skip(1)
+                .find_map(|l| l.override_xattr.map(|n| (n, l)));
+            let name = override_stat::for_option(opts.xattr_permissions)
+                .or_else(|| override_stat::probe_root(&layers[0].root))
+                .or(first_lower.map(|(n, _)| n));
+            if let Some(name) = name {
+                if opts.xattr_permissions != 0 && xattr::get(&layers[0].root, name).is_err() {
+                    // The root's own override: the first lower root's, else
+                    // root-owned with the real mode.
+                    let value = first_lower
+                        .and_then(|(n, l)| xattr::get(&l.root, n).ok())
+                        .unwrap_or_else(|| {
+                            let mode = rustix::fs::fstat(&layers[0].root)
+                                .map(|s| s.st_mode & 0o7777)
+                                .unwrap_or(0o755);
+                            format!("0:0:{mode:04o}").into_bytes()
+                        });
+                    xattr::set(
+                        &layers[0].root,
+                        name,
+                        &value,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .map_err(|e| {
+                        SetupError::path(
+                            "upperdir",
+                            &layers[0].path,
+                            format!(
+                                "cannot set {}: {}",
+                                String::from_utf8_lossy(name),
+                                describe(e)
+                            ),
+                        )
+                    })?;
+                }
+                layers[0].override_xattr = Some(name);
+            }
+        }
         let mut work = None;
         let mut formats = Formats::none();
         if let Some((wfd, _, w)) = work_root {

@@ -33,6 +33,7 @@ pub mod layer;
 pub mod ops;
 pub mod options;
 pub mod overlay;
+pub mod override_stat;
 pub mod readdir;
 pub mod resolve;
 pub mod sys;

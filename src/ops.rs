@@ -12,13 +12,14 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 
 use crate::copyup::Data;
 use crate::error::{Errno, Result};
 use crate::inode::{LayerObj, Node, NodeState, Obj};
 use crate::layer::remove_tree;
 use crate::overlay::{Caller, Entry, Overlay};
+use crate::override_stat::Override;
 use crate::resolve::{self, open_path};
 use crate::util;
 use crate::whiteout::{self, Formats};
@@ -58,6 +59,41 @@ enum UpperSlot {
     Empty,
     CharWhiteout,
     WhFile,
+}
+
+/// Permission bits, type (with device number) and on-disk stand-in of a new
+/// object under owner/mode overrides.
+type Forced = (u32, Option<(u32, u64)>, NewKind<'static>);
+
+/// For a new object under owner/mode overrides: the permission bits and
+/// type to record, and what to create on disk instead (a fixed mode; device
+/// nodes, FIFOs and sockets become empty files). `None` for symlinks, which
+/// cannot carry the xattr.
+fn forced_object(what: &NewKind<'_>, umask: u32, sgid_parent: bool) -> Option<Forced> {
+    match what {
+        NewKind::File { mode, flags } => Some((
+            mode & 0o7777 & !umask,
+            None,
+            NewKind::File {
+                mode: 0o644,
+                flags: *flags,
+            },
+        )),
+        NewKind::Dir { mode } => Some((
+            (mode & 0o7777 & !umask) | if sgid_parent { libc::S_ISGID } else { 0 },
+            None,
+            NewKind::Dir { mode: 0o755 },
+        )),
+        NewKind::Special { mode, rdev } => Some((
+            mode & 0o7777 & !umask,
+            Some((mode & libc::S_IFMT, *rdev)).filter(|(t, _)| *t != libc::S_IFREG),
+            NewKind::Special {
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+            },
+        )),
+        NewKind::Symlink { .. } => None,
+    }
 }
 
 fn check_new_name(name: &[u8]) -> Result<()> {
@@ -133,14 +169,29 @@ impl Overlay {
             return Err(Errno::EXIST);
         }
         let slot = upper_slot(&pup, name)?;
-        let pst = rustix::fs::fstat(&*pup)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 {
-            pst.st_gid
-        } else {
-            caller.gid
-        };
+        let mut pst = rustix::fs::fstat(&*pup)?;
+        self.present(0, &Obj::Fd(pup.clone()), &mut pst);
+        let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if sgid_parent { pst.st_gid } else { caller.gid };
         let umask = if has_default_acl(&pup) { 0 } else { umask };
         let is_dir = matches!(what, NewKind::Dir { .. });
+        // With owner/mode overrides the object on disk gets a fixed mode and
+        // stays ours; the real owner and mode go into the xattr.
+        let (forced, what, umask, uid, gid) = match self
+            .override_name(0)
+            .and_then(|n| forced_object(&what, umask, sgid_parent).map(|f| (n, f)))
+        {
+            Some((ov_name, (perm, kind, disk))) => {
+                let ov = Override {
+                    uid: caller.uid,
+                    gid,
+                    perm,
+                    kind,
+                };
+                (Some((ov_name, ov)), disk, 0, self.euid, self.egid)
+            }
+            None => (None, what, umask, caller.uid, gid),
+        };
         let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
         // Build in place when nothing is in the way, else in the work dir.
         let (at, tmp): (&OwnedFd, Vec<u8>) = if slot == UpperSlot::Empty {
@@ -148,15 +199,23 @@ impl Overlay {
         } else {
             (work, self.stack.tmp_name())
         };
-        let made = self.make_object(
-            at,
-            &tmp,
-            &what,
-            umask,
-            caller.uid,
-            gid,
-            pst.st_mode & libc::S_ISGID != 0,
-        );
+        let made = self
+            .make_object(at, &tmp, &what, umask, uid, gid, sgid_parent)
+            .and_then(|(obj, file)| {
+                if let Some((ov_name, ov)) = &forced {
+                    let set = crate::xattr::set(
+                        &obj,
+                        ov_name,
+                        ov.format().as_bytes(),
+                        XattrFlags::empty(),
+                    );
+                    if let Err(e) = set {
+                        let _ = remove_tree(at, &tmp, is_dir);
+                        return Err(e);
+                    }
+                }
+                Ok((obj, file))
+            });
         let (obj, file) = match made {
             Ok(x) => x,
             Err(e) => {
@@ -178,7 +237,7 @@ impl Overlay {
                 return Err(e);
             }
         }
-        let stat = rustix::fs::fstat(&obj)?;
+        let mut stat = rustix::fs::fstat(&obj)?;
         let obj = if is_dir {
             Obj::Fd(Arc::new(obj))
         } else {
@@ -187,6 +246,7 @@ impl Overlay {
                 name: Box::from(name),
             }
         };
+        self.present(0, &obj, &mut stat);
         let entry = self.new_node(parent, name, obj, stat);
         Ok((entry, file))
     }
@@ -363,7 +423,7 @@ impl Overlay {
                 return Err(e);
             }
         }
-        let stat = rustix::fs::fstat(&*src)?;
+        let stat = self.stat_node(&node)?;
         self.inodes.set_dentry(parent, name, node.ino);
         let node = self.inodes.reference(node.ino).unwrap_or(node);
         Ok(Entry { node, stat })

@@ -54,6 +54,8 @@ pub struct MountOptions {
     pub timeout: Option<f64>,
     /// Number of request threads (`threads=`).
     pub threads: Option<usize>,
+    /// `xattr_permissions=1|2`: keep owner and mode in an xattr.
+    pub xattr_permissions: u8,
     /// `fsync=0` disables fsync of copied-up data (and `volatile` too).
     pub fsync: bool,
     /// Generic mount flags.
@@ -101,10 +103,6 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "plugins",
     "debug_fuse",
 ];
-
-/// Options of the container-engine contract that are parsed later
-/// (ownership mapping); accepted with a warning for now.
-const NOT_YET: &[&str] = &["xattr_permissions"];
 
 /// Split `s` at every unescaped, unquoted `sep`. Escapes and quotes are kept
 /// so that a later split (of `lowerdir` on `:`) still sees them.
@@ -259,6 +257,19 @@ impl MountOptions {
             }
             "squash_to_uid" => self.ids.uid.squash = Some(parse_id(key, need(key, value)?)?),
             "squash_to_gid" => self.ids.gid.squash = Some(parse_id(key, need(key, value)?)?),
+            "xattr_permissions" => {
+                let v = need(key, value)?;
+                self.xattr_permissions = match v {
+                    "0" => 0,
+                    "1" => 1,
+                    "2" => 2,
+                    _ => {
+                        return Err(SetupError::new(format!(
+                            "option xattr_permissions={v}: expected 0, 1 or 2"
+                        )))
+                    }
+                };
+            }
             "fsync" => self.fsync = parse_bool(key, need(key, value)?)?,
             "volatile" => self.fsync = false,
             "debug" => self.debug = true,
@@ -276,9 +287,6 @@ impl MountOptions {
             "atime" | "relatime" | "strictatime" => self.fuse.noatime = false,
             "auto_unmount" => self.fuse.auto_unmount = true,
             "fsname" => self.fuse.fsname = Some(need(key, value)?.to_string()),
-            k if NOT_YET.contains(&k) => self
-                .warnings
-                .push(format!("option {k} is not supported yet and was ignored")),
             k if ACCEPTED_NOOPS.contains(&k) => {}
             k => self.warnings.push(format!("unknown option {k} ignored")),
         }

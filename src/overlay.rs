@@ -13,6 +13,7 @@ use crate::error::{Errno, Result};
 use crate::file::HandleTable;
 use crate::inode::{InodeTable, LayerObj, Node, NodeState, Obj, FRESH_BASE, ROOT_INO};
 use crate::layer::Stack;
+use crate::override_stat::{self, Override};
 use crate::resolve::{self, Found};
 use crate::whiteout;
 
@@ -162,7 +163,32 @@ impl Overlay {
 
     /// Attributes of a node, as reported to clients.
     pub fn stat_node(&self, node: &Node) -> Result<Stat> {
-        node.stat()
+        let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
+        let mut st = obj.stat()?;
+        self.present(layer, &obj, &mut st);
+        Ok(st)
+    }
+
+    /// The override xattr of layer `layer`, if it keeps owners and modes in
+    /// xattrs.
+    pub fn override_name(&self, layer: usize) -> Option<&'static [u8]> {
+        self.stack.layers.get(layer).and_then(|l| l.override_xattr)
+    }
+
+    /// The owner/mode override recorded on `obj` of layer `layer`, if any.
+    pub fn recorded_override(&self, layer: usize, obj: &Obj, st: &Stat) -> Option<Override> {
+        let name = self.override_name(layer)?;
+        if !override_stat::applies_to(st) {
+            return None;
+        }
+        Override::parse(&obj.get_xattr(name).ok()?)
+    }
+
+    /// Turn an on-disk stat into what clients see (owner/mode overrides).
+    pub fn present(&self, layer: usize, obj: &Obj, st: &mut Stat) {
+        if let Some(o) = self.recorded_override(layer, obj, st) {
+            o.apply(st);
+        }
     }
 
     /// Look `name` up in directory `parent`; takes a lookup reference.
@@ -202,8 +228,9 @@ impl Overlay {
 
     /// Make (or find) the node for a resolved name and record the name.
     pub fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry {
-        let kind = found.kind();
-        let stat = found.stat;
+        let mut stat = found.stat;
+        self.present(found.top.layer, &found.top.obj, &mut stat);
+        let kind = FileType::from_raw_mode(stat.st_mode);
         let below = found.below.into_iter().map(LayerObj::from);
         let (upper, lowers): (Option<Obj>, Vec<LayerObj>) =
             if self.stack.has_upper && found.top.layer == 0 {
@@ -364,11 +391,24 @@ impl Overlay {
         if node.kind != FileType::Symlink {
             return Err(Errno::INVAL);
         }
-        let target = match node.top_obj().ok_or(Errno::STALE)? {
-            Obj::Fd(fd) => rustix::fs::readlinkat(&*fd, "", Vec::new())?,
-            Obj::At { dir, name } => rustix::fs::readlinkat(&*dir, &*name, Vec::new())?,
+        let obj = node.top_obj().ok_or(Errno::STALE)?;
+        let target = match &obj {
+            Obj::Fd(fd) => rustix::fs::readlinkat(&**fd, "", Vec::new()),
+            Obj::At { dir, name } => rustix::fs::readlinkat(&**dir, &**name, Vec::new()),
         };
-        Ok(target.into_bytes())
+        match target {
+            Ok(t) => Ok(t.into_bytes()),
+            // A symlink kept as a regular file whose override says `symlink`:
+            // the target is the file's content.
+            Err(Errno::INVAL) => {
+                let fd = obj.open(rustix::fs::OFlags::RDONLY)?;
+                let mut buf = vec![0u8; 4096];
+                let n = rustix::io::read(&fd, &mut buf[..])?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Filesystem statistics of the upper layer (or the top lower).

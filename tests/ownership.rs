@@ -109,3 +109,106 @@ fn squash_to_root_and_bad_mappings() {
         );
     }
 }
+
+fn getxattr_str(p: &std::path::Path, name: &str) -> String {
+    String::from_utf8(sys::lgetxattr(p, name).unwrap_or_default()).unwrap_or_default()
+}
+
+#[test]
+fn override_stat_is_read_from_every_layer_and_written_to_the_upper() {
+    // Layers written by containers-storage with force_mask: the real owner
+    // and mode are in user.containers.override_stat, starting at the root.
+    // (Under `unshare -Ur` only id 0 exists, so use it there.)
+    let g = if is_rootless() { 0 } else { 42 };
+    let spec = StackSpec::new(
+        vec![LayerSpec::new()
+            .file("bin/tool", "#!/bin/sh\n")
+            .mode(0o700)
+            .xattr("user.containers.override_stat", "0:0:04755")
+            .file("etc/shadow", "x")
+            .mode(0o700)
+            .xattr("user.containers.override_stat", format!("0:{g}:0640"))
+            .file("dev/null", "")
+            .mode(0o700)
+            .xattr("user.containers.override_stat", "0:0:0666:char-1-3")
+            .file("etc/plain", "p")],
+        LayerSpec::new(),
+    );
+    let st = spec.build(Format::Kernel);
+    sys::lsetxattr(
+        &st.l(0, ""),
+        "user.containers.override_stat",
+        b"0:0:0755",
+        0,
+    )
+    .unwrap();
+    let _m = mount_with(&st, "xattr_permissions=2");
+    let tool = sys::lstat(&st.m("bin/tool")).unwrap();
+    assert_eq!(
+        (tool.st_uid, tool.st_gid, tool.st_mode & 0o7777),
+        (0, 0, 0o4755)
+    );
+    let shadow = sys::lstat(&st.m("etc/shadow")).unwrap();
+    assert_eq!((shadow.st_gid, shadow.st_mode & 0o7777), (g, 0o640));
+    let null = sys::lstat(&st.m("dev/null")).unwrap();
+    assert_eq!(null.st_mode & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!((sys::major(null.st_rdev), sys::minor(null.st_rdev)), (1, 3));
+    // The xattr itself is an ordinary one: visible.
+    assert_eq!(
+        getxattr_str(&st.m("etc/shadow"), "user.containers.override_stat"),
+        format!("0:{g}:0640")
+    );
+
+    // chmod/chown of a lower file: copied up, the xattr changes, the inode
+    // keeps its mode.
+    sys::chmod(&st.m("etc/shadow"), 0o600).unwrap();
+    if !is_rootless() {
+        sys::lchown(&st.m("etc/shadow"), 7, 8).unwrap();
+    }
+    let s2 = sys::lstat(&st.m("etc/shadow")).unwrap();
+    assert_eq!(s2.st_mode & 0o7777, 0o600);
+    let want = if is_rootless() {
+        "0:0:0600"
+    } else {
+        "7:8:0600"
+    };
+    assert_eq!(
+        getxattr_str(&st.u("etc/shadow"), "user.containers.override_stat"),
+        want
+    );
+    assert_eq!(
+        sys::lstat(&st.u("etc/shadow")).unwrap().st_mode & 0o7777,
+        0o700
+    );
+
+    // A file without an override, copied up: gets one with its real owner.
+    sys::chmod(&st.m("etc/plain"), 0o600).unwrap();
+    let plain = getxattr_str(&st.u("etc/plain"), "user.containers.override_stat");
+    assert!(plain.ends_with(":0600"), "{plain}");
+
+    // New objects: fixed mode on disk, the requested one in the xattr;
+    // device nodes become files.
+    sys::mkdir(&st.m("newdir"), 0o700).unwrap();
+    assert_eq!(sys::lstat(&st.m("newdir")).unwrap().st_mode & 0o7777, 0o700);
+    assert_eq!(sys::lstat(&st.u("newdir")).unwrap().st_mode & 0o7777, 0o755);
+    if is_rootless() {
+        // The kernel refuses mknod of devices without CAP_MKNOD before the
+        // request reaches the daemon.
+        assert_errno(
+            sys::mknod(&st.m("dev/zero"), libc::S_IFCHR | 0o666, sys::makedev(1, 5)),
+            libc::EPERM,
+            "mknod rootless",
+        );
+        return;
+    }
+    sys::mknod(&st.m("dev/zero"), libc::S_IFCHR | 0o666, sys::makedev(1, 5)).unwrap();
+    let z = sys::lstat(&st.m("dev/zero")).unwrap();
+    assert_eq!(z.st_mode & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(
+        sys::lstat(&st.u("dev/zero")).unwrap().st_mode & libc::S_IFMT,
+        libc::S_IFREG
+    );
+    assert!(
+        getxattr_str(&st.u("dev/zero"), "user.containers.override_stat").ends_with(":char-1-5")
+    );
+}
