@@ -118,9 +118,9 @@ impl Overlay {
                 self.copy_up(&node, data)?;
             }
         }
-        let top = node.top_obj().ok_or(Errno::STALE)?;
-        let on_upper = node.has_upper();
-        let fd = top.open(flags)?;
+        let (fd, on_upper) = self.with_top(&node, |layer, top| {
+            Ok((top.open(flags)?, self.stack.has_upper && layer == 0))
+        })?;
         Ok(self.add_file(node, fd, flags & !OFlags::TRUNC, on_upper))
     }
 
@@ -136,13 +136,11 @@ impl Overlay {
     /// once there is one).
     fn io_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
         let f = self.file(fh)?;
-        if !f.on_upper.load(Ordering::Acquire) {
-            if let Some(up) = f.node.upper_obj() {
-                let mut cur = f.fd.write();
-                if !f.on_upper.load(Ordering::Acquire) {
-                    *cur = Arc::new(up.open(f.flags)?);
-                    f.on_upper.store(true, Ordering::Release);
-                }
+        if !f.on_upper.load(Ordering::Acquire) && f.node.has_upper() {
+            let mut cur = f.fd.write();
+            if !f.on_upper.load(Ordering::Acquire) {
+                *cur = Arc::new(self.with_top(&f.node, |_, up| up.open(f.flags))?);
+                f.on_upper.store(true, Ordering::Release);
             }
         }
         let fd = f.fd.read().clone();
@@ -397,13 +395,13 @@ impl Overlay {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
-        node.top_obj().ok_or(Errno::STALE)?.get_xattr(name)
+        self.with_top(&node, |_, top| top.get_xattr(name))
     }
 
     /// `listxattr`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        match node.top_obj().ok_or(Errno::STALE)?.list_xattr() {
+        match self.with_top(&node, |_, top| top.list_xattr()) {
             Ok(all) => Ok(xattr::public_names(&all)),
             Err(Errno::NOTSUP) => Ok(Vec::new()),
             Err(e) => Err(e),
@@ -429,7 +427,7 @@ impl Overlay {
         self.writable()?;
         let node = self.node(ino)?;
         // Removing an absent attribute must not copy anything up.
-        node.top_obj().ok_or(Errno::STALE)?.get_xattr(name)?;
+        self.with_top(&node, |_, top| top.get_xattr(name))?;
         let up = self.copy_up(&node, Data::All)?;
         xattr::remove(&*up, name)
     }

@@ -150,6 +150,28 @@ impl FuseOverlay {
         reply.entry(&self.ttl(), &a, Generation(0));
     }
 
+    /// Open an existing name for `create` without `O_EXCL`; takes the
+    /// lookup reference the reply hands to the kernel.
+    fn open_existing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+    ) -> Result<(FileAttr, u64), Errno> {
+        let e = self.fs.lookup(parent, name)?.ok_or(Errno::NOENT)?;
+        let opened = self.fs.open(e.node.ino, flags).and_then(|fh| {
+            let st = self.fs.stat_node(&e.node)?;
+            Ok((
+                attr(e.node.ino, &st, e.node.is_merged_dir(), &self.fs.config.ids),
+                fh,
+            ))
+        });
+        if opened.is_err() {
+            self.fs.inodes.forget(e.node.ino, 1);
+        }
+        opened
+    }
+
     fn new_entry(
         &self,
         req: &Request,
@@ -449,12 +471,11 @@ impl Filesystem for FuseOverlay {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            // The kernel may keep the listing in its page cache: every change
-            // to the directory goes through this mount and bumps its version.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // No FOPEN_CACHE_DIR: the kernel's listing cache is shared by
+            // all handles and re-filled after a change, so a reader in the
+            // middle of a listing could see entries twice or miss some; each
+            // handle reads its own snapshot instead.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -659,6 +680,20 @@ impl Filesystem for FuseOverlay {
                 );
             }
             Ok((_, None)) => reply.error(fuser::Errno::EIO),
+            // Another process created the name since the kernel looked it
+            // up: without O_EXCL, open(O_CREAT) opens what is there.
+            Err(e) if e == Errno::EXIST && flags & libc::O_EXCL == 0 => {
+                match self.open_existing(parent.0, name.as_bytes(), flags) {
+                    Ok((a, fh)) => reply.created(
+                        &self.ttl(),
+                        &a,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::FOPEN_KEEP_CACHE,
+                    ),
+                    Err(e) => reply.error(err(e)),
+                }
+            }
             Err(e) => reply.error(err(e)),
         }
     }

@@ -423,7 +423,9 @@ impl Overlay {
                 return Err(e);
             }
         }
-        let stat = self.stat_node(&node)?;
+        // Not stat_node: this directory's write lock is held.
+        let mut stat = rustix::fs::fstat(&*src)?;
+        self.present(0, &Obj::Fd(src.clone()), &mut stat);
         self.inodes.set_dentry(parent, name, node.ino);
         let node = self.inodes.reference(node.ino).unwrap_or(node);
         Ok(Entry { node, stat })

@@ -163,10 +163,37 @@ impl Overlay {
 
     /// Attributes of a node, as reported to clients.
     pub fn stat_node(&self, node: &Node) -> Result<Stat> {
-        let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
-        let mut st = obj.stat()?;
-        self.present(layer, &obj, &mut st);
-        Ok(st)
+        self.with_top(node, |layer, obj| {
+            let mut st = obj.stat()?;
+            self.present(layer, obj, &mut st);
+            Ok(st)
+        })
+    }
+
+    /// Run `f` on the node's top object (and its layer). An upper object
+    /// reached by name is used under its parent directory's read lock, so a
+    /// concurrent rename or unlink cannot put another object at that name
+    /// in between (those pin or move the node under the write lock).
+    pub fn with_top<T>(&self, node: &Node, f: impl Fn(usize, &Obj) -> Result<T>) -> Result<T> {
+        loop {
+            let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
+            let by_name_in_upper =
+                matches!(obj, Obj::At { .. }) && self.stack.has_upper && layer == 0;
+            if !by_name_in_upper {
+                return f(layer, &obj);
+            }
+            let (parent, _) = node.location();
+            let Some(dir) = self.inodes.get(parent) else {
+                return f(layer, &obj);
+            };
+            // Recursive: lookups already hold this lock for reading.
+            let _g = dir.dir_lock.read_recursive();
+            if node.location().0 != parent {
+                continue; // moved meanwhile: lock the new parent
+            }
+            let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
+            return f(layer, &obj);
+        }
     }
 
     /// The override xattr of layer `layer`, if it keeps owners and modes in
@@ -391,24 +418,25 @@ impl Overlay {
         if node.kind != FileType::Symlink {
             return Err(Errno::INVAL);
         }
-        let obj = node.top_obj().ok_or(Errno::STALE)?;
-        let target = match &obj {
-            Obj::Fd(fd) => rustix::fs::readlinkat(&**fd, "", Vec::new()),
-            Obj::At { dir, name } => rustix::fs::readlinkat(&**dir, &**name, Vec::new()),
-        };
-        match target {
-            Ok(t) => Ok(t.into_bytes()),
-            // A symlink kept as a regular file whose override says `symlink`:
-            // the target is the file's content.
-            Err(Errno::INVAL) => {
-                let fd = obj.open(rustix::fs::OFlags::RDONLY)?;
-                let mut buf = vec![0u8; 4096];
-                let n = rustix::io::read(&fd, &mut buf[..])?;
-                buf.truncate(n);
-                Ok(buf)
+        self.with_top(&node, |_, obj| {
+            let target = match obj {
+                Obj::Fd(fd) => rustix::fs::readlinkat(&**fd, "", Vec::new()),
+                Obj::At { dir, name } => rustix::fs::readlinkat(&**dir, &**name, Vec::new()),
+            };
+            match target {
+                Ok(t) => Ok(t.into_bytes()),
+                // A symlink kept as a regular file whose override says
+                // `symlink`: the target is the file's content.
+                Err(Errno::INVAL) => {
+                    let fd = obj.open(rustix::fs::OFlags::RDONLY)?;
+                    let mut buf = vec![0u8; 4096];
+                    let n = rustix::io::read(&fd, &mut buf[..])?;
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        }
+        })
     }
 
     /// Filesystem statistics of the upper layer (or the top lower).
