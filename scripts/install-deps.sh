@@ -20,6 +20,8 @@ packages=(
     coreutils      # timeout, stat, mktemp
     findutils
     jq             # parsing `cargo --message-format=json`
+    make           # the library test builds a C program in a mount
+    gcc
     "$@"
 )
 

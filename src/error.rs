@@ -42,5 +42,10 @@ impl std::error::Error for SetupError {}
 
 /// Human text of an errno, as `strerror` would print it.
 pub fn describe(e: Errno) -> String {
-    std::io::Error::from_raw_os_error(e.raw_os_error()).to_string()
+    let text = std::io::Error::from_raw_os_error(e.raw_os_error()).to_string();
+    // Drop the " (os error N)" that std appends.
+    match text.rfind(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }

@@ -5,23 +5,13 @@
 //! the kernel's overlayfs and the on-disk formats of both the kernel and
 //! fuse-overlayfs. See `docs/ARCHITECTURE.md` for the design.
 //!
-//! The library side lets a program mount a stack in the background:
-//!
-//! ```no_run
-//! let opts = stratafs::options::parse_mount_args(
-//!     &["lowerdir=/lower,upperdir=/upper,workdir=/work".to_string()],
-//!     &["/mnt".to_string()],
-//!     true,
-//!     false,
-//! )?;
-//! let mount = stratafs::spawn_mount(&opts)?;
-//! // ... use /mnt ...
-//! drop(mount); // unmounts
-//! # Ok::<(), stratafs::error::SetupError>(())
-//! ```
+//! The library side ([`api`]) lets a program or a test mount a stack in the
+//! background, with a guard that unmounts on drop, and build throwaway layer
+//! stacks from a compact description. See `docs/LIBRARY.md`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod copyup;
 pub mod daemon;
 pub mod error;
@@ -56,6 +46,11 @@ pub struct BackgroundMount {
 impl BackgroundMount {
     /// Where the overlay is mounted.
     pub fn mountpoint(&self) -> &std::path::Path {
+        &self.mountpoint
+    }
+
+    /// Where the overlay is mounted (short form).
+    pub fn path(&self) -> &std::path::Path {
         &self.mountpoint
     }
 
