@@ -1993,3 +1993,38 @@ pub fn getdents_all(p: &Path, bufsize: usize) -> Result<(Vec<DirEnt>, usize), i3
         }
     }
 }
+
+/// A mount made by a daemonized `stratafs` (not a child of the test):
+/// unmounted on drop, which also ends the daemon.
+pub struct ExternalMount {
+    mnt: PathBuf,
+}
+
+impl ExternalMount {
+    pub fn new(mnt: &Path) -> Self {
+        ExternalMount {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for ExternalMount {
+    fn drop(&mut self) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        // Wait for the mount to disappear.
+        for _ in 0..200 {
+            if mount_at(&self.mnt).is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
