@@ -160,6 +160,11 @@ impl Overlay {
         let new_fd = Arc::new(new_fd);
         {
             let _dl = parent.dir_lock.write();
+            if node.state.read().detached {
+                // Unlinked while being copied: nothing to publish.
+                let _ = crate::layer::remove_tree(work, &tmp, node.is_dir());
+                return Err(Errno::NOENT);
+            }
             let pst = rustix::fs::fstat(&*pup)?;
             if let Err(e) = rustix::fs::renameat_with(
                 work,

@@ -147,6 +147,20 @@ impl Overlay {
         Ok(fd)
     }
 
+    /// Attributes of the object open as `fh`, if `fh` is an open file of
+    /// `node`.
+    pub fn handle_stat(&self, fh: u64, node: &Node) -> Option<Stat> {
+        let f = self.file(fh).ok()?;
+        if f.node.ino != node.ino {
+            return None;
+        }
+        let fd = self.io_fd(fh).ok()?;
+        let mut st = rustix::fs::fstat(&*fd).ok()?;
+        let (layer, obj) = node.top_layer_obj()?;
+        self.present(layer, &obj, &mut st);
+        Some(st)
+    }
+
     /// `read`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let fd = self.io_fd(fh)?;

@@ -226,8 +226,8 @@ impl Filesystem for FuseOverlay {
         self.fs.inodes.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0, fh.map(|h| h.0)) {
             Ok((node, st)) => reply.attr(
                 &self.ttl(),
                 &attr(node.ino, &st, node.is_merged_dir(), &self.fs.config.ids),

@@ -406,8 +406,12 @@ impl Overlay {
     }
 
     /// Attributes for `getattr`.
-    pub fn getattr(&self, ino: u64) -> Result<(Arc<Node>, Stat)> {
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<(Arc<Node>, Stat)> {
         let node = self.node(ino)?;
+        // fstat(2) of an open file: ask the open file itself.
+        if let Some(st) = fh.and_then(|h| self.handle_stat(h, &node)) {
+            return Ok((node, st));
+        }
         let st = self.stat_node(&node)?;
         Ok((node, st))
     }
