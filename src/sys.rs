@@ -7,7 +7,7 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Outcome of [`fork`].
 pub enum Fork {
@@ -107,13 +107,33 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Raise the soft limit of open files to the hard limit.
+/// Raise the limit of open files: to the system maximum where permitted
+/// (root), else the soft limit to the hard limit.
 pub fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let lim = getrlimit(Resource::Nofile);
+    if let Some(n) = nr_open {
+        if lim.maximum.is_some_and(|m| m < n) {
+            let all = Rlimit {
+                current: Some(n),
+                maximum: Some(n),
+            };
+            if setrlimit(Resource::Nofile, all).is_ok() {
+                return;
+            }
+        }
+    }
     if lim.current != lim.maximum {
-        lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim);
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: lim.maximum,
+                maximum: lim.maximum,
+            },
+        );
     }
 }
 
@@ -127,10 +147,4 @@ pub fn in_user_namespace() -> bool {
         }
         Err(_) => false,
     }
-}
-
-/// Keep a descriptor open in a child after exec: used nowhere on request
-/// paths; here so that every fd-number trick stays in this module.
-pub fn fd_number(fd: impl AsFd) -> i32 {
-    fd.as_fd().as_raw_fd()
 }

@@ -1077,6 +1077,26 @@ impl Mount {
     pub fn path(&self) -> &Path {
         &self.mnt
     }
+    /// The daemon's pid (stratafs mounts only).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    /// Wait for the daemon to exit by itself (after a signal or an
+    /// unmount); its exit status, or `None` after `timeout`.
+    pub fn wait_daemon(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     pub fn p(&self, rel: &str) -> PathBuf {
         join_rel(&self.mnt, rel)
     }

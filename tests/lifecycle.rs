@@ -1,0 +1,77 @@
+//! Daemon lifecycle: signals, descriptor use.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sigterm_sigint_and_sighup_unmount_cleanly() {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let spec = StackSpec::new(vec![LayerSpec::new().file("f", "x")], LayerSpec::new());
+        let st = spec.build(Format::Kernel);
+        let mut m = st.mount_strata();
+        std::fs::write(st.m("g"), "y").unwrap();
+        let pid = m.daemon_pid().unwrap();
+        unsafe { libc::kill(pid as i32, sig) };
+        let status = m
+            .wait_daemon(Duration::from_secs(10))
+            .expect("daemon exits after the signal");
+        assert_eq!(status.code(), Some(0), "signal {sig}: exit status");
+        assert!(mount_at(&st.mnt).is_none(), "signal {sig}: still mounted");
+        assert_eq!(std::fs::read_to_string(st.u("g")).unwrap(), "y");
+    }
+}
+
+#[test]
+fn descriptors_do_not_leak() {
+    let spec = StackSpec::new(
+        vec![LayerSpec::new().file("d/lower", "l").dir("e")],
+        LayerSpec::new(),
+    );
+    let st = spec.build(Format::Kernel);
+    let m = st.mount_strata();
+    let pid = m.daemon_pid().unwrap();
+    // Warm up: the layer roots and the first nodes.
+    std::fs::read_dir(st.m("d")).unwrap().count();
+    let before = fd_count(pid);
+    for i in 0..400 {
+        let d = st.m(&format!("e/dir{i}"));
+        std::fs::create_dir(&d).unwrap();
+        std::fs::remove_dir(&d).unwrap();
+        let f = st.m(&format!("d/file{i}"));
+        std::fs::write(&f, vec![b'x'; 5000]).unwrap();
+        // mmap and close before unmapping.
+        let fd = sys::open(&f, libc::O_RDONLY, 0).unwrap();
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                5000,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        drop(fd);
+        assert_eq!(unsafe { *(p as *const u8) }, b'x');
+        unsafe { libc::munmap(p, 5000) };
+        std::fs::remove_file(&f).unwrap();
+    }
+    // Copy-up of the lower file and removal of everything.
+    std::fs::write(st.m("d/lower"), "changed").unwrap();
+    std::fs::remove_file(st.m("d/lower")).unwrap();
+    let after = fd_count(pid);
+    assert!(
+        after <= before + 4,
+        "daemon descriptors grew from {before} to {after} over 400 rounds"
+    );
+}
