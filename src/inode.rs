@@ -304,6 +304,7 @@ impl Node {
 pub const FRESH_BASE: u64 = 0xff << 56;
 const INO_BITS: u32 = 56;
 const MAX_DEV_INDEX: u64 = 0xfe;
+const TRIM_EVERY: u64 = 4096;
 
 /// All live nodes.
 #[derive(Debug)]
@@ -314,6 +315,7 @@ pub struct InodeTable {
     next_dev: Mutex<u64>,
     spilled: DashMap<(u64, u64), u64>,
     next_fresh: AtomicU64,
+    freed: AtomicU64,
 }
 
 impl InodeTable {
@@ -326,6 +328,7 @@ impl InodeTable {
             next_dev: Mutex::new(1),
             spilled: DashMap::new(),
             next_fresh: AtomicU64::new(FRESH_BASE),
+            freed: AtomicU64::new(0),
         };
         root.lookups.store(1, Ordering::Relaxed);
         t.nodes.insert(ROOT_INO, Arc::new(root));
@@ -467,6 +470,12 @@ impl InodeTable {
         {
             let (parent, name) = node.location();
             self.dentries.remove_if(&(parent, name), |_, v| *v == ino);
+            drop(node);
+            // Many nodes freed (the kernel dropped its caches): return the
+            // memory, so the daemon shrinks back.
+            if self.freed.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+                crate::sys::trim_heap();
+            }
         }
     }
 }

@@ -100,6 +100,15 @@ pub fn ignore_sigpipe() {
     }
 }
 
+/// Give freed heap memory back to the system (after the kernel forgot many
+/// inodes at once, e.g. on memory pressure or `drop_caches`).
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `/proc/self/fd/N` for a descriptor: the way to reach an `O_PATH`
 /// descriptor with calls that only take paths (xattrs, chmod, reopen).
 pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
