@@ -32,9 +32,16 @@ impl SetupError {
 
 impl fmt::Display for SetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Always one line, whatever the cause carried.
-        let one_line = self.0.replace('\n', " ");
-        f.write_str(&one_line)
+        // Always one line of printable text, whatever the cause carried:
+        // newlines become spaces, other control characters are escaped.
+        for c in self.0.chars() {
+            match c {
+                '\n' => f.write_str(" ")?,
+                c if c.is_control() => write!(f, "{}", c.escape_default())?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        Ok(())
     }
 }
 

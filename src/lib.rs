@@ -12,6 +12,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod check;
 pub mod copyup;
 pub mod daemon;
 pub mod error;

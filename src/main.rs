@@ -105,7 +105,7 @@ fn init_log(debug: bool) {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
 }
 
-fn mount_store(args: Vec<String>) -> ! {
+fn mount_store(args: Vec<std::ffi::OsString>) -> ! {
     let cmd = MountCmd::parse_from(args);
     init_log(cmd.debug);
     let chain = stratafs::store::Chain::resolve(&cmd.store, &cmd.id).unwrap_or_else(|e| fail(e));
@@ -123,7 +123,7 @@ fn mount_store(args: Vec<String>) -> ! {
     std::process::exit(stratafs::daemon::run(&opts));
 }
 
-fn inspect(args: Vec<String>) -> ! {
+fn inspect(args: Vec<std::ffi::OsString>) -> ! {
     use stratafs::store::StoreLayer;
     let cmd = InspectCmd::parse_from(args);
     init_log(false);
@@ -174,10 +174,14 @@ fn inspect(args: Vec<String>) -> ! {
 fn main() {
     // Subcommands; anything else is the fuse-overlayfs-compatible command
     // line (mount at ./mount or ./inspect by writing the path with a `/`).
-    let argv: Vec<String> = std::env::args().collect();
-    match argv.get(1).map(String::as_str) {
+    // Arguments are passed on as given (clap reports arguments that are not
+    // UTF-8 where a string is needed; collecting them as `String`s here
+    // would panic).
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match argv.get(1).and_then(|a| a.to_str()) {
         Some("mount") => mount_store(argv[1..].to_vec()),
         Some("inspect") => inspect(argv[1..].to_vec()),
+        Some("check") => std::process::exit(stratafs::check::run_cli(&argv[1..])),
         _ => {}
     }
     let cli = Cli::parse();

@@ -780,7 +780,11 @@ impl Overlay {
     }
 
     /// Before the upper entry (`parent`, `name`) goes away: if a node is
-    /// reached through it, hold that node's object open instead.
+    /// reached through it, hold its object open instead, for as long as the
+    /// kernel remembers the node. Open files keep their attributes, and the
+    /// inode number cannot be reused for a new object while the kernel still
+    /// knows the old one under it. The space of a deleted file is returned
+    /// when the kernel forgets the inode (normally right after the unlink).
     fn pin_named(&self, parent: u64, name: &[u8]) -> Result<()> {
         let Some(node) = self
             .inodes

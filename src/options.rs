@@ -336,7 +336,7 @@ pub fn parse_mount_args(
     for o in o_args {
         opts.apply_o(o)?;
     }
-    let Some(mnt) = positional.last() else {
+    let Some(mnt) = positional.last().filter(|m| !m.is_empty()) else {
         return Err(SetupError::new("no mount point given"));
     };
     if positional.len() > 2 {

@@ -230,6 +230,10 @@ impl Overlay {
         let dir = self.dir_node(parent)?;
         let _g = dir.dir_lock.read();
         if let Some(node) = self.inodes.lookup_dentry(parent, name) {
+            // Not under this directory's lock: the node may live under
+            // another name in another directory (a hard link), whose lock
+            // `stat_node` takes; holding both could deadlock with a rename.
+            drop(_g);
             match self.stat_node(&node) {
                 Ok(stat) => return Ok(Some(Entry { node, stat })),
                 Err(e) => {

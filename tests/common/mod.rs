@@ -1302,8 +1302,13 @@ pub struct TmpfsMount {
 
 impl TmpfsMount {
     pub fn new(dir: &Path) -> Result<TmpfsMount, i32> {
+        Self::with_options(dir, "size=64m,mode=0755")
+    }
+
+    /// A tmpfs with the given mount options (e.g. `size=8m,nr_inodes=64`).
+    pub fn with_options(dir: &Path, opts: &str) -> Result<TmpfsMount, i32> {
         fs::create_dir_all(dir).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-        sys::mount("tmpfs", dir, "tmpfs", 0, "size=64m,mode=0755")?;
+        sys::mount("tmpfs", dir, "tmpfs", 0, opts)?;
         Ok(TmpfsMount {
             path: dir.to_path_buf(),
         })
