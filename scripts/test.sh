@@ -2,7 +2,8 @@
 # The full stratafs test suite: build everything, run `cargo test` as root
 # (real FUSE mounts, kernel overlayfs as the oracle), then run the integration
 # tests again as an unprivileged user in a user namespace
-# (scripts/test-rootless.sh).
+# (scripts/test-rootless.sh), and the podman/buildah end-to-end test with
+# stratafs as the overlay mount_program (scripts/e2e-podman.sh).
 #
 # Usage: bash scripts/test.sh
 #
@@ -78,6 +79,13 @@ bash scripts/test-rootless.sh 2>&1 | tee "$logs/rootless.log"
 rootless_rc=${PIPESTATUS[0]}
 set -e
 
+echo
+echo "==> scripts/e2e-podman.sh (podman and buildah with stratafs as mount_program)"
+set +e
+STRATAFS_TEST_BIN= bash scripts/e2e-podman.sh 2>&1 | tee "$logs/e2e.log"
+e2e_rc=${PIPESTATUS[0]}
+set -e
+
 # ---------------------------------------------------------------- summary
 root_passed=0 root_failed=0
 while IFS= read -r line; do
@@ -97,12 +105,23 @@ if ((rootless_rc != 0 && rl_failed == 0)); then
     rl_failed=1
 fi
 
+e2e_passed=0 e2e_failed=0
+if line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed$' "$logs/e2e.log" | tail -n 1); then
+    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]
+    e2e_passed=${BASH_REMATCH[1]} e2e_failed=${BASH_REMATCH[2]}
+fi
+if ((e2e_rc != 0 && e2e_failed == 0)); then
+    e2e_failed=1
+fi
+
 echo
 echo "==> summary"
 printf 'cargo test (root):            %d passed, %d failed (exit status %d)\n' \
     "$root_passed" "$root_failed" "$cargo_rc"
 printf 'integration tests (rootless): %d passed, %d failed (exit status %d)\n' \
     "$rl_passed" "$rl_failed" "$rootless_rc"
-echo "total: $((root_passed + rl_passed)) passed, $((root_failed + rl_failed)) failed"
+printf 'podman/buildah end to end:    %d passed, %d failed (exit status %d)\n' \
+    "$e2e_passed" "$e2e_failed" "$e2e_rc"
+echo "total: $((root_passed + rl_passed + e2e_passed)) passed, $((root_failed + rl_failed + e2e_failed)) failed"
 
-((cargo_rc == 0 && rootless_rc == 0))
+((cargo_rc == 0 && rootless_rc == 0 && e2e_rc == 0))

@@ -1,0 +1,895 @@
+#!/usr/bin/env bash
+# End-to-end test: stratafs as the overlay `mount_program` of
+# containers-storage, driven by podman and buildah from Debian 12, as root and
+# as an unprivileged user (rootless podman).
+#
+# Usage: bash scripts/e2e-podman.sh [--root-only | --rootless-only] [--keep]
+#
+# Everything lives in a private temp dir: storage.conf, containers.conf,
+# registries.conf and policy.json are private files handed to the engines
+# through CONTAINERS_STORAGE_CONF, CONTAINERS_CONF, CONTAINERS_REGISTRIES_CONF
+# and $HOME/.config/containers/policy.json.  All engine commands run in a
+# private mount namespace in which /etc/containers is an empty tmpfs and
+# /var/lib and /run are kernel overlays with throw-away upper dirs, so the
+# host's /etc/containers and /var/lib/containers are neither used nor written
+# (root podman writes /var/lib/containers/cache/blob-info-cache-v1.boltdb on
+# `podman import` whatever storage.conf says).
+#
+# No registry is needed: the base image is imported from a busybox-static
+# rootfs, a second layer is built with `podman build`.
+#
+# The mount_program is a wrapper that logs its argv (one line per call) and
+# execs stratafs; the checks also look for `fuse.stratafs` as the container's
+# root file system type.
+#
+# Environment:
+#   STRATAFS_TEST_BIN, STRATAFS_BIN
+#                       stratafs binary to test (default: `cargo build
+#                       --release`, then target/release/stratafs)
+#   E2E_MOUNT_PROGRAM   run the same checks with another mount program, e.g.
+#                       /usr/bin/fuse-overlayfs (mounts of type fuse.NAME)
+#   E2E_USER            unprivileged user for the rootless part (stratafs-e2e,
+#                       created if missing, with /etc/subuid and /etc/subgid
+#                       ranges added if it has none)
+#   E2E_TIMEOUT         seconds any single engine command may take (180)
+#   E2E_STRATAFS_LOG=1  run stratafs in the foreground under the wrapper with
+#                       RUST_LOG=${RUST_LOG:-debug} and its stderr in
+#                       <mode>/stratafs.<wrapper pid>.log, one per mount (a
+#                       daemonized stratafs sends stderr to /dev/null, so its
+#                       log is otherwise lost); the wrapper exits 0 once the
+#                       mount shows up.  Use with --keep.
+#   E2E_KEEP=1          keep the temp dir (same as --keep)
+#
+# Output: a PASS/FAIL/SKIP line per check and `e2e: N passed, M failed`.
+# (Container-side scripts are single-quoted on purpose.)
+# shellcheck disable=SC2016,SC2012
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+helpers=$repo/scripts/e2e
+
+do_root=1
+do_rootless=1
+keep=${E2E_KEEP:-0}
+for arg in "$@"; do
+    case $arg in
+        --root-only) do_rootless=0 ;;
+        --rootless-only) do_root=0 ;;
+        --keep) keep=1 ;;
+        -h | --help)
+            sed -n '2,/^set -uo/{/^#/p}' "${BASH_SOURCE[0]}" | sed '/on purpose\|shellcheck/d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "e2e: unknown argument: $arg" >&2
+            exit 2
+            ;;
+    esac
+done
+
+e2e_user=${E2E_USER:-stratafs-e2e}
+cmd_timeout=${E2E_TIMEOUT:-180}
+start_time=$(date +%s)
+
+npass=0
+nfail=0
+nskip=0
+failed_checks=()
+
+say() { echo "e2e: $*"; }
+indent() { sed -e 's/^/    | /' | head -n "${1:-40}"; }
+# Seconds since the previous PASS/FAIL/SKIP line, shown on each.
+last_mark=$(date +%s%N)
+took=
+took() {
+    local now
+    now=$(date +%s%N)
+    took=$(printf '%d.%ds' $(((now - last_mark) / 1000000000)) $((((now - last_mark) / 100000000) % 10)))
+    last_mark=$now
+}
+pass() {
+    npass=$((npass + 1))
+    took
+    echo "PASS  $1 [$took]"
+}
+fail() {
+    nfail=$((nfail + 1))
+    failed_checks+=("$1")
+    took
+    echo "FAIL  $1 [$took]"
+    if [[ -n "${2:-}" ]]; then
+        printf '%s\n' "$2" | indent 60
+    fi
+}
+skip() {
+    nskip=$((nskip + 1))
+    echo "SKIP  $1${2:+ -- $2}"
+}
+info() { echo "INFO  $*"; }
+die() {
+    say "ERROR: $*" >&2
+    say "$npass passed, $((nfail + 1)) failed"
+    exit 1
+}
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "e2e: must run as root (it installs packages and creates a user)" >&2
+    say "0 passed, 1 failed"
+    exit 1
+fi
+
+# ------------------------------------------------------------ packages
+need_pkgs=()
+for pkg in podman buildah runc conmon uidmap slirp4netns busybox-static fuse3 jq; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
+done
+if ((${#need_pkgs[@]})); then
+    say "installing ${need_pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq "${need_pkgs[@]}" >/tmp/e2e-apt.log 2>&1; then
+        apt-get update -qq >/dev/null 2>&1 || true
+        apt-get install -y -qq "${need_pkgs[@]}" >/tmp/e2e-apt.log 2>&1 ||
+            die "apt-get install ${need_pkgs[*]} failed (see /tmp/e2e-apt.log)"
+    fi
+fi
+for c in podman buildah runc conmon busybox jq nsenter unshare runuser fusermount3; do
+    command -v "$c" >/dev/null || die "$c not found after installing packages"
+done
+bb=$(command -v busybox)
+file "$bb" 2>/dev/null | grep -q 'dynamically linked' && die "$bb is not static (need busybox-static)"
+info "$(podman --version), $(buildah --version | cut -d' ' -f1-3), runc $(runc --version | sed -n 's/^runc version //p')"
+
+# ------------------------------------------------------------ stratafs
+stratafs_src=${STRATAFS_TEST_BIN:-${STRATAFS_BIN:-}}
+if [[ -z "$stratafs_src" && -z "${E2E_MOUNT_PROGRAM:-}" ]]; then
+    say "building stratafs (cargo build --release)"
+    if ! command -v cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
+        # shellcheck disable=SC1091
+        . "$HOME/.cargo/env"
+    fi
+    (cd "$repo" && cargo build --release --quiet) || die "cargo build --release failed"
+    stratafs_src=$repo/target/release/stratafs
+fi
+[[ -n "${E2E_MOUNT_PROGRAM:-}" || -x "$stratafs_src" ]] || die "stratafs binary not found: $stratafs_src"
+
+[[ -c /dev/fuse ]] || die "/dev/fuse missing"
+if [[ $(stat -c %a /dev/fuse) != 666 ]]; then
+    chmod 666 /dev/fuse || die "cannot chmod 666 /dev/fuse"
+fi
+
+# ------------------------------------------------------------ temp dir
+host_state() {
+    # What the engines must not touch on the host.
+    {
+        echo "var-lib-containers: $(ls -la --time-style=+ /var/lib/containers 2>&1)"
+        find /etc/containers -printf '%p %s %T@\n' 2>&1 | sort
+    } | md5sum | cut -d' ' -f1
+}
+host_state_before=$(host_state)
+# Root podman (cgroupfs manager) creates libpod_parent in each v1 hierarchy;
+# removed at the end if it was not there before (only empty cgroups go).
+cgroups_before=$(ls -d /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent 2>/dev/null)
+
+prog_name=stratafs
+T=$(mktemp -d /tmp/stratafs-e2e.XXXXXX)
+chmod 755 "$T"
+NS=$T/ns
+ns_ok=0
+
+# Runs a command in the private mount namespace.
+inns() { nsenter --mount="$NS/mnt" "$@"; }
+
+# stratafs processes and mounts of this run are recognised by $T in their
+# command line / mount point (other stratafs instances may run on the host).
+our_daemons() { pgrep -f "^$T/bin/$prog_name " || true; }
+our_mounts_ns() {
+    if ((ns_ok)); then
+        inns awk -v t="$T/" 'index($2, t) == 1 && $3 ~ /^fuse/ { print $2 " " $3 }' /proc/mounts
+    fi
+}
+
+cleanup_done=0
+cleanup() {
+    ((cleanup_done)) && return
+    cleanup_done=1
+    set +e
+    trap - INT TERM
+    if ((ns_ok)); then
+        if [[ -f $T/rootless/ready ]]; then
+            rl_eng podman rm -a -f -t 0 >/dev/null 2>&1
+            rl_eng buildah rm --all >/dev/null 2>&1
+            local pp
+            pp=$(cat "$T/rootless/run/libpod/tmp/pause.pid" 2>/dev/null)
+            [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
+        fi
+        if [[ -f $T/root/ready ]]; then
+            root_eng podman rm -a -f -t 0 >/dev/null 2>&1
+            root_eng buildah rm --all >/dev/null 2>&1
+        fi
+        # Whatever is still mounted under $T in the namespace, deepest first.
+        inns awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r |
+            while read -r m; do inns umount -l "$m" 2>/dev/null; done
+    fi
+    local pids
+    pids=$(our_daemons)
+    if [[ -n "$pids" ]]; then
+        # shellcheck disable=SC2086
+        kill $pids 2>/dev/null
+        sleep 1
+        pids=$(our_daemons)
+        # shellcheck disable=SC2086
+        [[ -n "$pids" ]] && kill -9 $pids 2>/dev/null
+    fi
+    if ((ns_ok)); then
+        umount "$NS/mnt" 2>/dev/null
+    fi
+    umount "$NS" 2>/dev/null
+    local cg
+    for cg in /sys/fs/cgroup/*/libpod_parent /sys/fs/cgroup/libpod_parent; do
+        [[ -d $cg ]] || continue
+        grep -qxF "$cg" <<<"$cgroups_before" && continue
+        find "$cg" -depth -mindepth 0 -type d -exec rmdir {} \; 2>/dev/null
+    done
+    # Host mounts under $T (should be none).
+    awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null; done
+    if ((keep)); then
+        say "kept $T"
+    else
+        rm -rf --one-file-system "$T"
+    fi
+}
+trap cleanup EXIT
+trap 'say "interrupted"; exit 130' INT TERM
+
+# ------------------------------------------------------------ namespace
+# A persistent mount namespace bound to $NS/mnt.
+mkdir -p "$NS" "$T/varlib/upper" "$T/varlib/work" "$T/run/upper" "$T/run/work"
+{ mount --bind "$NS" "$NS" && mount --make-private "$NS"; } || die "cannot make $NS a private mount"
+touch "$NS/mnt"
+unshare --mount="$NS/mnt" --propagation private true || die "unshare --mount failed"
+ns_ok=1
+inns mount -t overlay overlay \
+    -o "lowerdir=/var/lib,upperdir=$T/varlib/upper,workdir=$T/varlib/work" /var/lib ||
+    die "cannot overlay /var/lib in the private namespace"
+# runc keeps its state in /run/runc, podman may use /run/containers: same.
+inns mount -t overlay overlay \
+    -o "lowerdir=/run,upperdir=$T/run/upper,workdir=$T/run/work" /run ||
+    die "cannot overlay /run in the private namespace"
+inns mount -t tmpfs -o mode=755,size=1m tmpfs /etc/containers ||
+    die "cannot hide /etc/containers in the private namespace"
+# Root `podman commit` reads /etc/containers/policy.json whatever $HOME says
+# (containers.conf cannot move it in this version): a private copy in the
+# namespace's /etc/containers.
+inns sh -c 'echo "{\"default\": [{\"type\": \"insecureAcceptAnything\"}]}" >/etc/containers/policy.json'
+
+# ------------------------------------------------------------ shared files
+mkdir -p "$T/bin"
+# E2E_MOUNT_PROGRAM=/usr/bin/fuse-overlayfs runs the same checks against
+# another mount program (to tell engine issues from filesystem bugs).
+if [[ -n "${E2E_MOUNT_PROGRAM:-}" ]]; then
+    stratafs_src=$(readlink -f "$E2E_MOUNT_PROGRAM")
+    prog_name=$(basename "$E2E_MOUNT_PROGRAM")
+fi
+fstype=fuse.$prog_name
+install -m 0755 "$stratafs_src" "$T/bin/$prog_name"
+info "mount program: $stratafs_src (mounts of type $fstype)"
+
+# The mount program: logs argv, then runs stratafs.  $1 = log directory.
+make_wrapper() {
+    local dir=$1 w=$1/mount-program
+    cat >"$w" <<EOF
+#!/bin/sh
+# mount_program wrapper written by scripts/e2e-podman.sh
+log=$dir/mount-program.log
+printf '%s uid=%s cwd=%s argv:' "\$(date +%T.%N)" "\$(id -u)" "\$PWD" >>"\$log"
+for a in "\$@"; do printf " '%s'" "\$a" >>"\$log"; done
+echo >>"\$log"
+if [ "\${E2E_STRATAFS_LOG:-$E2E_LOG_DEFAULT}" = 1 ]; then
+    mnt=
+    for a in "\$@"; do mnt=\$a; done
+    RUST_LOG=\${RUST_LOG:-$RUST_LOG_DEFAULT} $T/bin/$prog_name -f "\$@" 2>>$dir/stratafs.\$\$.log &
+    pid=\$!
+    echo "  -> foreground pid \$pid, log $dir/stratafs.\$\$.log" >>"\$log"
+    i=0
+    while [ \$i -lt 100 ]; do
+        if awk -v m="\$mnt" '\$2 == m && \$3 == "$fstype" { f = 1 } END { exit !f }' /proc/self/mounts; then
+            exit 0
+        fi
+        kill -0 \$pid 2>/dev/null || { wait \$pid; exit 1; }
+        sleep 0.1
+        i=\$((i + 1))
+    done
+    echo "stratafs: mount did not appear within 10s" >&2
+    exit 1
+fi
+exec $T/bin/$prog_name "\$@"
+EOF
+    chmod 0755 "$w"
+}
+E2E_LOG_DEFAULT=${E2E_STRATAFS_LOG:-0}
+RUST_LOG_DEFAULT=${RUST_LOG:-debug}
+
+# Base image rootfs: static busybox and the test tree under /data.
+rootfs=$T/rootfs
+mkdir -p "$rootfs"/{bin,etc,tmp,proc,sys,dev,e2e,data}
+chmod 1777 "$rootfs/tmp"
+cp "$bb" "$rootfs/bin/busybox"
+for a in $("$bb" --list); do
+    [[ $a == busybox ]] || ln -sf busybox "$rootfs/bin/$a"
+done
+echo 'root:x:0:0:root:/:/bin/sh' >"$rootfs/etc/passwd"
+echo 'root:x:0:' >"$rootfs/etc/group"
+cp "$helpers"/{mutate,verify,once,layer2}.sh "$rootfs/e2e/"
+echo "$fstype" >"$rootfs/e2e/fstype"
+(
+    cd "$rootfs/data" || exit 1
+    echo base-file1 >file1
+    echo line1 >appendme
+    echo 0123456789 >truncme
+    echo c >chmodme && chmod 644 chmodme
+    echo o >chownme
+    echo renameme-content >renameme
+    echo replacesrc-content-longer >replacesrc # other size: see verify.sh
+    echo replacedst-content >replacedst
+    echo d >deleteme
+    mkdir -p deldir/sub renamedir dir1 dirmode l1dir deep/a/b/c/d
+    echo x >deldir/x
+    echo y >deldir/sub/y
+    echo f1 >renamedir/f1
+    echo a >dir1/a
+    echo b >dir1/b
+    echo m >dirmode/m
+    echo deep >deep/a/b/c/d/file
+    echo gone >l1gone
+    echo old1 >l1dir/old1
+    echo old2 >l1dir/old2
+    echo v1 >l2mod
+    echo still-readable >openunlink
+    head -c 3145728 /dev/urandom >big
+    md5sum big >big.md5
+)
+chown -R 0:0 "$rootfs"
+tar -C "$rootfs" -cf "$T/rootfs.tar" .
+chmod 644 "$T/rootfs.tar"
+
+mkdir -p "$T/buildctx"
+cat >"$T/buildctx/Containerfile" <<'EOF'
+FROM localhost/base:latest
+RUN sh /e2e/layer2.sh
+EOF
+chmod -R a+rX "$T/buildctx"
+
+# Per-mode configuration.  $1 = mode dir, $2 = root|rootless.
+write_configs() {
+    local d=$1 mode=$2 home=$1/home
+    mkdir -p "$home/.config/containers"
+    echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$home/.config/containers/policy.json"
+    printf 'unqualified-search-registries = []\n' >"$d/registries.conf"
+    make_wrapper "$d"
+    {
+        echo '[storage]'
+        echo 'driver = "overlay"'
+        echo "graphroot = \"$d/storage\""
+        echo "runroot = \"$d/runroot\""
+        [[ $mode == rootless ]] && echo "rootless_storage_path = \"$d/storage\""
+        echo '[storage.options.overlay]'
+        echo "mount_program = \"$d/mount-program\""
+        echo 'mountopt = "nodev,fsync=0"'
+    } >"$d/storage.conf"
+    {
+        echo '[containers]'
+        echo 'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]'
+        echo 'log_driver = "k8s-file"'
+        echo '[engine]'
+        echo 'runtime = "runc"'
+        echo 'cgroup_manager = "cgroupfs"'
+        echo 'events_logger = "file"'
+        echo "events_logfile_path = \"$d/events.log\""
+        echo 'lock_type = "file"'
+        echo 'pull_policy = "never"'
+        echo "static_dir = \"$d/storage/libpod\""
+        echo "volume_path = \"$d/storage/volumes\""
+        [[ $mode == root ]] && echo "tmp_dir = \"$d/tmp\""
+        echo '[network]'
+        echo "network_config_dir = \"$d/networks\""
+    } >"$d/containers.conf"
+    mkdir -p "$d/networks"
+}
+
+# Environment for the engines.  $1 = mode dir.
+eng_env() {
+    local d=$1
+    echo "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    echo "HOME=$d/home"
+    echo "CONTAINERS_STORAGE_CONF=$d/storage.conf"
+    echo "CONTAINERS_CONF=$d/containers.conf"
+    echo "CONTAINERS_REGISTRIES_CONF=$d/registries.conf"
+    echo "TMPDIR=$d/tmp"
+    echo "BUILDAH_ISOLATION=oci"
+    echo "E2E_STRATAFS_LOG=$E2E_LOG_DEFAULT"
+}
+
+root_eng() {
+    local d=$T/root
+    # shellcheck disable=SC2046
+    (cd "$d" && timeout -k 10 "$cmd_timeout" nsenter --mount="$NS/mnt" env -i $(eng_env "$d") "$@")
+}
+rl_eng() {
+    local d=$T/rootless
+    # shellcheck disable=SC2046
+    (cd "$d" && timeout -k 10 "$cmd_timeout" nsenter --mount="$NS/mnt" \
+        runuser -u "$e2e_user" -- env -i $(eng_env "$d") "XDG_RUNTIME_DIR=$d/run" \
+        "XDG_CONFIG_HOME=$d/home/.config" "XDG_DATA_HOME=$d/home/.local/share" "$@")
+}
+
+# ------------------------------------------------------------ checks
+# Every check is run in mode $M through engine function $E.
+M=
+E=
+
+# check NAME CMD... : PASS if CMD succeeds, else FAIL with its output.
+check() {
+    local name=$1 out rc
+    shift
+    out=$("$@" 2>&1)
+    rc=$?
+    if ((rc == 0)); then
+        pass "$M: $name"
+    else
+        ((rc == 124 || rc == 137)) && out="TIMEOUT after ${cmd_timeout}s (hang?)"$'\n'"$out"
+        fail "$M: $name (exit $rc)" "$out"
+    fi
+    return $rc
+}
+# check_out NAME WANT CMD... : PASS if CMD succeeds and prints WANT.
+check_out() {
+    local name=$1 want=$2 out rc
+    shift 2
+    out=$("$@" 2>&1)
+    rc=$?
+    if ((rc == 0)) && [[ "$out" == "$want" ]]; then
+        pass "$M: $name"
+    else
+        ((rc == 124 || rc == 137)) && out="TIMEOUT after ${cmd_timeout}s (hang?)"$'\n'"$out"
+        fail "$M: $name (exit $rc)" "want: $want"$'\n'"got:  $out"
+        return 1
+    fi
+}
+
+p() { "$E" podman "$@"; }
+# A shell script in the engine's mount namespace (rootless: `podman unshare`).
+eng_sh() {
+    if [[ $M == root ]]; then
+        "$E" sh -c "$1"
+    else
+        "$E" podman unshare sh -c "$1"
+    fi
+}
+RUN=(run --network none --pull never)
+
+# Mount table in which the engine's mounts live (rootless: podman's userns).
+engine_mounts() {
+    if [[ $M == root ]]; then
+        inns cat /proc/self/mountinfo
+    else
+        p unshare cat /proc/self/mountinfo
+    fi
+}
+# fstype of the mount at path $1 in the engine's mount table.
+fstype_at() {
+    engine_mounts | awk -v m="$1" '$5 == m { for (i = 7; i <= NF; i++) if ($i == "-") { t = $(i + 1); break } } END { print t }'
+}
+stratafs_mount_count() {
+    engine_mounts | awk -v t="$T/" -v f="$fstype" 'index($5, t) == 1 && $0 ~ (" - " f " ") { n++ } END { print n + 0 }'
+}
+# Waits up to 10s for the daemon serving mount point $1 to exit.
+wait_daemon_gone() {
+    local i
+    for i in $(seq 1 50); do
+        pgrep -f "^$T/bin/$prog_name .* $1\$" >/dev/null || return 0
+        sleep 0.2
+    done
+    pgrep -af "^$T/bin/$prog_name .* $1\$"
+    return 1
+}
+# podman cp FILE into container $1 and /data/appendme out of it.
+cp_roundtrip() {
+    local a b
+    p cp "$2" "$1:/cpfile" || return 1
+    a=$(p exec "$1" cat /cpfile) || return 1
+    p exec "$1" rm /cpfile || return 1
+    b=$(p cp "$1:/data/appendme" - | tar -xO) || return 1
+    echo "$a|$(tr '\n' ' ' <<<"$b" | sed 's/ $//')"
+}
+ctr_merged() { p inspect --format '{{.GraphDriver.Data.MergedDir}}' "$1"; }
+
+layer_tar_checks() {
+    # $1 = docker-archive of localhost/committed; checks its top layer.
+    local arch=$1 x=$T/$M/save top list bad=0 want
+    rm -rf "$x" && mkdir -p "$x/layer"
+    tar -C "$x" -xf "$arch" || return 1
+    top=$(jq -r '.[0].Layers[-1]' "$x/manifest.json") || return 1
+    [[ -f "$x/$top" ]] || { echo "top layer $top not in archive"; return 1; }
+    list=$(tar -tvf "$x/$top") || return 1
+    tar -C "$x/layer" -xf "$x/$top" 2>/dev/null # .wh. files extract as plain files
+    for want in data/.wh.deleteme data/.wh.deldir data/.wh.renameme data/.wh.renamedir \
+        data/.wh.replacesrc data/.wh.l2file data/.wh.l1dir data/renamed data/renameddir/f1 \
+        data/replacedst data/appendme data/truncme data/chmodme data/chownme data/hardlink \
+        data/newfile data/newhard data/symlink data/fifo data/newdir/sub/f data/big2 data/sparse \
+        data/dir1/c data/deep/a/b/c/d/file data/l2mod; do
+        grep -qE " \.?/?$want( |$)" <<<"$list" || { echo "missing in layer: $want"; bad=1; }
+    done
+    # dir1 was replaced: an opaque marker, or (naive diff) a whiteout for
+    # each old entry.
+    grep -qE ' \.?/?data/dir1/\.wh\.\.wh\.\.opq$' <<<"$list" ||
+        { grep -qE ' \.?/?data/dir1/\.wh\.a$' <<<"$list" && grep -qE ' \.?/?data/dir1/\.wh\.b$' <<<"$list"; } ||
+        { echo "data/dir1: neither opaque nor whiteouts for a and b"; bad=1; }
+    for unwanted in data/big data/big.md5 data/file1 data/deldir/x data/dir1/a data/l1gone data/tmpnew; do
+        grep -qE " \.?/?$unwanted( |$)" <<<"$list" && { echo "unchanged/deleted path in layer: $unwanted"; bad=1; }
+    done
+    grep -qE ' \.?/?data/\.wh\.(\.wh\.)?(work|index)' <<<"$list" && { echo "internal entries in layer"; bad=1; }
+    # Whiteouts must be AUFS files, not 0/0 char devices.
+    grep -E '^c' <<<"$list" && { echo "char devices in layer (kernel-style whiteouts leaked)"; bad=1; }
+    grep -qE '^p.* \.?/?data/fifo$' <<<"$list" || { echo "data/fifo is not a FIFO in the layer"; bad=1; }
+    grep -qE '^l.* \.?/?data/symlink -> file1$' <<<"$list" || { echo "data/symlink is not a symlink to file1"; bad=1; }
+    grep -qE '^h.* \.?/?data/newhard link to \.?/?data/newfile$|^h.* \.?/?data/newfile link to \.?/?data/newhard$' <<<"$list" ||
+        { echo "newfile/newhard not stored as a hard link pair"; bad=1; }
+    [[ "$(cat "$x/layer/data/appendme")" == $'line1\nappended' ]] || { echo "appendme content wrong in layer"; bad=1; }
+    [[ "$(cat "$x/layer/data/truncme")" == 012 ]] || { echo "truncme content wrong in layer"; bad=1; }
+    grep -qE '^-rw------- 0/0 .* \.?/?data/chmodme$' <<<"$list" || { echo "chmodme mode not 0600 in layer"; bad=1; }
+    grep -qE '^-[rwx-]{9} 1234/5678 .* \.?/?data/chownme$' <<<"$list" || { echo "chownme owner not 1234/5678 in layer"; bad=1; }
+    if ((bad)); then
+        echo "--- top layer listing:"
+        echo "$list"
+        return 1
+    fi
+}
+
+# run_suite MODE ENGINE_FUNC
+run_suite() {
+    M=$1
+    E=$2
+    local d=$T/$M log c merged n i ok out
+    log=$d/mount-program.log
+    say "==== $M ===="
+
+    info_ok() {
+        local out
+        out=$(p info --format '{{.Store.GraphDriverName}} {{json .Store.GraphOptions}}') || return 1
+        echo "$out"
+        [[ $out == overlay\ *mount_program*"$d/mount-program"* ]]
+    }
+    check "podman info (overlay + mount_program)" info_ok || return 1
+
+    tar_in() { "$E" podman import --change 'CMD ["/bin/sh"]' - localhost/base:latest <"$T/rootfs.tar"; }
+    check "podman import busybox rootfs as localhost/base" tar_in || return 1
+
+    check_out "run: read lower files, root fs is $fstype" \
+        "base-file1 $fstype" \
+        p "${RUN[@]}" --rm localhost/base sh -c \
+        'echo "$(cat /data/file1) $(awk '\''$5 == "/" { for (i = 6; i <= NF; i++) if ($i == "-") print $(i + 1) }'\'' /proc/self/mountinfo)"'
+    if [[ -s $log ]] && grep -q "lowerdir=.*upperdir=.*workdir=" "$log"; then
+        pass "$M: engine called the mount_program wrapper ($(wc -l <"$log") calls so far)"
+        info "$M: first mount argv: $(grep -m1 lowerdir= "$log" | sed 's/^.*argv://' | cut -c1-500)"
+    else
+        fail "$M: engine called the mount_program wrapper" "$(cat "$log" 2>/dev/null)"
+    fi
+
+    check_out "run as uid 1000: read lower, write /tmp" "base-file1 w" \
+        p "${RUN[@]}" --rm --user 1000:1000 localhost/base sh -c \
+        'echo w > /tmp/u && echo "$(cat /data/file1) $(cat /tmp/u)"'
+
+    check "podman build: second layer (RUN deletes/replaces lower entries)" \
+        p build --network none --pull=never -t localhost/layered -f "$T/buildctx/Containerfile" "$T/buildctx" ||
+        return 1
+    local wh
+    wh=$(find "$d/storage/overlay" -mindepth 4 -maxdepth 4 -path '*/diff/data/.wh.l1gone' -type f 2>/dev/null | head -n 1)
+    if [[ -n "$wh" ]]; then
+        pass "$M: layered image's layer stores AUFS whiteouts on disk (diff/data/.wh.l1gone)"
+    else
+        fail "$M: layered image's layer stores AUFS whiteouts on disk (diff/data/.wh.l1gone)" \
+            "$(find "$d/storage/overlay" -path '*/diff/data/*' -name '*l1gone*' 2>&1 | head)"
+    fi
+    check "layered image: pristine view (2 layers, AUFS whiteouts in lower)" \
+        p "${RUN[@]}" --rm localhost/layered sh /e2e/verify.sh pristine
+
+    # --- run, then start -a: same upper remounted
+    check "run c-once: mutate lower files/dirs, verify in the same container" \
+        p "${RUN[@]}" --name c-once localhost/layered sh /e2e/once.sh
+    check "podman start -a c-once: view after remount" \
+        p start -a c-once
+
+    # --- a running container: exec, stop, start
+    if check "run -d c-live" p "${RUN[@]}" -d --name c-live localhost/layered \
+        sh -c 'trap "exit 0" TERM; while :; do sleep 1; done'; then
+        merged=$(ctr_merged c-live)
+        check_out "c-live merged dir is a $fstype mount" "$fstype" fstype_at "$merged"
+        check "exec mutate.sh in c-live" p exec c-live sh /e2e/mutate.sh
+        check "exec verify.sh in c-live" p exec c-live sh /e2e/verify.sh mutated
+        echo copied-in >"$d/cpfile"
+        chmod 644 "$d/cpfile"
+        check_out "podman cp into and out of c-live" "copied-in|line1 appended" cp_roundtrip c-live "$d/cpfile"
+        check "podman stop c-live" p stop -t 5 c-live
+        check_out "c-live unmounted after stop" "" fstype_at "$merged"
+        check "c-live's stratafs daemon exited after stop" wait_daemon_gone "$merged"
+        check "podman start c-live" p start c-live
+        check "exec verify.sh after stop/start (remount)" p exec c-live sh /e2e/verify.sh mutated
+        check "podman stop c-live (again)" p stop -t 5 c-live
+    fi
+
+    # --- commit
+    if check "podman commit --pause=false c-once localhost/committed" \
+        p commit --pause=false c-once localhost/committed; then
+        rm -f "$d/committed.tar"
+        if check "podman save --format docker-archive localhost/committed" \
+            p save --format docker-archive -o "$d/committed.tar" localhost/committed; then
+            check "committed layer: .wh. whiteouts, opaque dir, contents, types" \
+                layer_tar_checks "$d/committed.tar"
+        fi
+        info "$M: podman image tree localhost/committed:"
+        p image tree localhost/committed 2>&1 | indent 20
+        check "run committed image: view equals the mutated container" \
+            p "${RUN[@]}" --rm localhost/committed sh /e2e/verify.sh committed
+    fi
+
+    # --- podman diff (naive diff through a read-only mount)
+    local diffout
+    diffout=$(p diff c-once 2>&1)
+    if grep -qx 'D /data/deleteme' <<<"$diffout" && grep -qx 'A /data/newfile' <<<"$diffout" &&
+        grep -qx 'C /data/appendme' <<<"$diffout" && grep -qx 'D /data/l1dir' <<<"$diffout"; then
+        pass "$M: podman diff c-once lists A/C/D changes"
+    else
+        fail "$M: podman diff c-once lists A/C/D changes" "$diffout"
+    fi
+
+    # --- image mount: the read-only form (lowerdir=DIFF:L1:..., no upperdir)
+    local script before
+    before=$(wc -l <"$log")
+    # shellcheck disable=SC2016
+    script='mp=$(podman image mount localhost/layered) || exit 1
+        t=$(awk -v m="$mp" '\''$5 == m { for (i = 7; i <= NF; i++) if ($i == "-") { print $(i + 1); break } }'\'' /proc/self/mountinfo)
+        echo "$t $(cat "$mp/data/l2file") $(test -e "$mp/data/l1gone" && echo present || echo gone) $(ls "$mp/data/l1dir")"
+        if touch "$mp/newfile" 2>/dev/null; then echo writable; else echo read-only; fi
+        podman image unmount localhost/layered >/dev/null || echo unmount-failed'
+    check_out "podman image mount: read-only $fstype view of the image" "$fstype l2 gone new1"$'\n'"read-only" \
+        eng_sh "$script"
+    if tail -n +"$((before + 1))" "$log" | grep -v upperdir= | grep -q "lowerdir=[^,']*/diff:"; then
+        pass "$M: image mount used the read-only form (no upperdir)"
+    else
+        fail "$M: image mount used the read-only form (no upperdir)" "$(tail -n +"$((before + 1))" "$log")"
+    fi
+
+    # --- overlay volume -v SRC:DST:O (containers/common pkg/overlay)
+    local vol=$d/vol
+    mkdir -p "$vol/sub"
+    echo host >"$vol/hostfile"
+    echo x >"$vol/delme"
+    echo s >"$vol/sub/s"
+    [[ $M == rootless ]] && chown -R "$e2e_user:" "$vol"
+    before=$(wc -l <"$log")
+    check_out "run -v SRC:/vol:O: writes stay in the container" "host c|a-new|delme-gone|s|hostfile new sub" \
+        p "${RUN[@]}" --rm -v "$vol:/vol:O" localhost/base sh -c \
+        'cd /vol && echo c >> hostfile && echo a-new > new && rm delme && echo "$(cat hostfile | tr "\n" " " | sed "s/ $//")|$(cat new)|$(test -e delme && echo delme-present || echo delme-gone)|$(cat sub/s)|$(ls | tr "\n" " " | sed "s/ $//")"'
+    if [[ "$(cat "$vol/hostfile") $(ls "$vol" | tr '\n' ' ')" == "host delme hostfile sub " ]]; then
+        pass "$M: overlay volume source dir unchanged"
+    else
+        fail "$M: overlay volume source dir unchanged" "$(ls -la "$vol"; cat "$vol/hostfile")"
+    fi
+    if tail -n +"$((before + 1))" "$log" | grep -q "lowerdir=${vol}[,']"; then
+        info "$M: :O volume mount argv: $(tail -n +"$((before + 1))" "$log" | grep "lowerdir=$vol" | sed 's/^.*argv://' | cut -c1-400)"
+    else
+        info "$M: the :O volume was not mounted through the mount_program (engine used something else)"
+    fi
+
+    # --- buildah from/run/commit, twice
+    local b1 b2
+    if b1=$("$E" buildah from --pull-never localhost/base 2>&1) && b1=$(tail -n 1 <<<"$b1"); then
+        pass "$M: buildah from localhost/base ($b1)"
+        check "buildah run #1 (write, delete lower)" "$E" buildah run --network none "$b1" -- \
+            sh -c 'echo b1 > /b1 && rm /data/deleteme && echo b1 >> /data/appendme && mkdir /bdir && echo in > /bdir/f'
+        check "buildah commit #1" "$E" buildah commit --quiet "$b1" localhost/bimg1
+        if b2=$("$E" buildah from --pull-never localhost/bimg1 2>&1) && b2=$(tail -n 1 <<<"$b2"); then
+            pass "$M: buildah from localhost/bimg1 ($b2)"
+            check_out "buildah run #2 (sees layer 1, changes it)" "b1 line1 b1 in" "$E" buildah run --network none "$b2" -- \
+                sh -c 'test ! -e /data/deleteme && echo $(cat /b1 /data/appendme /bdir/f) && rm /b1 && rm -r /bdir && echo b2 > /b2 && echo b2 >> /data/appendme'
+            check "buildah commit #2" "$E" buildah commit --quiet "$b2" localhost/bimg2
+            check_out "run buildah image: whiteouts across 3 layers" "gone gone b2 line1 b1 b2 gone" \
+                p "${RUN[@]}" --rm localhost/bimg2 sh -c \
+                'for f in /b1 /bdir; do test -e $f && echo present || echo gone; done | tr "\n" " "; echo $(cat /b2 /data/appendme) $(test -e /data/deleteme && echo present || echo gone)'
+        else
+            fail "$M: buildah from localhost/bimg1" "$b2"
+        fi
+        "$E" buildah rm --all >/dev/null 2>&1
+    else
+        fail "$M: buildah from localhost/base" "$b1"
+    fi
+
+    # --- 4 containers at once from one image
+    ok=1
+    for i in 1 2 3 4; do
+        p "${RUN[@]}" -d --name "c-par$i" localhost/layered sh -c 'trap "exit 0" TERM; while :; do sleep 1; done' >"$d/par$i.out" 2>&1 &
+    done
+    wait
+    for i in 1 2 3 4; do
+        p container exists "c-par$i" || { ok=0; cat "$d/par$i.out"; }
+    done >"$d/par.err" 2>&1
+    if ((ok)); then
+        pass "$M: 4 containers started concurrently"
+        n=$(stratafs_mount_count)
+        if ((n >= 4)); then pass "$M: $n $fstype mounts live"; else fail "$M: >= 4 $fstype mounts live" "found $n"; fi
+        for i in 1 2 3 4; do
+            p exec "c-par$i" sh -c "echo c$i > /mine-c$i && echo c$i >> /data/appendme && rm /data/file1 && mkdir /data/dir1/only-c$i" >"$d/par$i.out" 2>&1 &
+        done
+        wait
+        ok=1
+        out=
+        for i in 1 2 3 4; do
+            got=$(p exec "c-par$i" sh -c 'echo $(ls -d /mine-* /data/dir1/only-*) $(cat /data/appendme) $(test -e /data/file1 && echo file1 || echo nofile1)' 2>&1)
+            want="/data/dir1/only-c$i /mine-c$i line1 c$i nofile1"
+            [[ $got == "$want" ]] || { ok=0; out+="c-par$i: got [$got] want [$want]"$'\n'"$(cat "$d/par$i.out")"$'\n'; }
+        done
+        if ((ok)); then pass "$M: each parallel container sees only its own writes"; else fail "$M: each parallel container sees only its own writes" "$out"; fi
+    else
+        fail "$M: 4 containers started concurrently" "$(cat "$d/par.err")"
+    fi
+    p rm -f -t 0 c-par1 c-par2 c-par3 c-par4 >/dev/null 2>&1
+
+    # --- --uidmap
+    # containers-storage 1.43 (Debian 12) on a kernel with idmapped mounts
+    # gives the mount program idmapped lower dirs *and* uidmapping=, so ids
+    # are shifted twice and the container cannot write its own / (fails the
+    # same way with fuse-overlayfs 1.10).  Newer containers-storage does not
+    # idmap lowers for a mount program; its cached feature probe is seeded
+    # here so that the engine uses the fuse-overlayfs contract (uidmapping=
+    # on plain lowers).  The probe only runs for euid 0 (root podman).
+    local map upper own
+    if [[ $M == root ]]; then
+        map=0:100000:65536
+        mkdir -p "$d/runroot/overlay"
+        rm -f "$d/runroot/overlay/idmapped-lower-dir-true"
+        echo "idmapped lowers with a mount_program disabled by e2e-podman.sh" >"$d/runroot/overlay/idmapped-lower-dir-false"
+    else
+        map=0:1:60000
+    fi
+    before=$(wc -l <"$log")
+    check_out "run --uidmap $map: owners, copy-up, chown, mutate+verify" "0 0:0 0:0 1234:5678 verify mutated ok" \
+        p "${RUN[@]}" --name c-uidmap --uidmap "$map" --gidmap "$map" localhost/layered sh -c \
+        'echo "$(id -u) $(stat -c %u:%g /data/file1) $(echo n > /new && stat -c %u:%g /new)" "$(sh /e2e/mutate.sh >/dev/null && stat -c %u:%g /data/chownme)" "$(sh /e2e/verify.sh mutated | tail -n 1 | sed "s/: .*, 0 failed/ ok/")"'
+    local margs
+    margs=$(tail -n +"$((before + 1))" "$log" | grep -o "uidmapping=[^,' ]*\|gidmapping=[^,' ]*\|squash_to_[ug]id=[^,' ]*" | sort -u | tr '\n' ' ')
+    info "$M: mount_program id options for the --uidmap container: ${margs:-none (storage chowned a copy of the layers)}"
+    if [[ -n "$margs" ]]; then
+        # With shifting done by the mount program the upper dir keeps the
+        # container's ids on disk (as fuse-overlayfs does).
+        upper=$(p inspect --format '{{.GraphDriver.Data.UpperDir}}' c-uidmap 2>&1)
+        if [[ $M == root ]]; then
+            own=$(stat -c %u:%g "$upper/data/chownme" "$upper/new" 2>&1 | tr '\n' ' ')
+        else
+            own=$(p unshare stat -c %u:%g "$upper/data/chownme" "$upper/new" 2>&1 | tr '\n' ' ')
+        fi
+        if [[ $own == "1234:5678 0:0 " ]]; then
+            pass "$M: --uidmap upper dir holds unshifted ids (chownme 1234:5678, new file 0:0)"
+        else
+            fail "$M: --uidmap upper dir holds unshifted ids (chownme 1234:5678, new file 0:0)" "got: $own ($upper)"
+        fi
+    fi
+    p rm -f -t 0 c-uidmap >/dev/null 2>&1
+
+    # --- cleanup and leftovers
+    check "podman rm -a -f" p rm -a -f -t 0
+    local gone=0 mounts daemons
+    for i in $(seq 1 50); do
+        mounts=$(engine_mounts | awk -v t="$T/" 'index($5, t) == 1 && / - fuse\./ { print $5 }')
+        if [[ -z "$mounts" ]]; then gone=1; break; fi
+        sleep 0.2
+    done
+    if ((gone)); then pass "$M: no $fstype mount left after podman rm"; else fail "$M: no $fstype mount left after podman rm" "$mounts"; fi
+    gone=0
+    for i in $(seq 1 50); do
+        daemons=$(pgrep -af "^$T/bin/$prog_name .*$d/" || true)
+        if [[ -z "$daemons" ]]; then gone=1; break; fi
+        sleep 0.2
+    done
+    if ((gone)); then pass "$M: no stratafs daemon left"; else fail "$M: no stratafs daemon left" "$daemons"; fi
+    info "$M: mount_program was called $(wc -l <"$log") times (log: $log)"
+}
+
+# ------------------------------------------------------------ root
+if ((do_root)); then
+    mkdir -p "$T/root"/{tmp,home,storage,runroot}
+    write_configs "$T/root" root
+    touch "$T/root/ready"
+    run_suite root root_eng
+fi
+
+# ------------------------------------------------------------ rootless
+rootless_setup() {
+    # Prints the reason and returns 1 if rootless podman cannot be set up.
+    if ! getent passwd "$e2e_user" >/dev/null; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin "$e2e_user" || { echo "useradd $e2e_user failed"; return 1; }
+    fi
+    local uid gid
+    uid=$(id -u "$e2e_user")
+    gid=$(id -g "$e2e_user")
+    for f in /etc/subuid /etc/subgid; do
+        touch "$f"
+        if ! grep -qE "^($e2e_user|$uid):" "$f"; then
+            # The first free 65536 block above every existing range.
+            local start
+            start=$(awk -F: 'BEGIN { m = 165536 } { e = $2 + $3; if (e > m) m = e } END { print m }' "$f")
+            start=$(((start + 65535) / 65536 * 65536))
+            echo "$e2e_user:$start:65536" >>"$f"
+        fi
+    done
+    local d=$T/rootless
+    mkdir -p "$d"/{tmp,run}
+    write_configs "$d" rootless
+    chown -R "$uid:$gid" "$d"
+    chmod 700 "$d/run"
+    # Rootless podman refuses a runroot ($XDG_RUNTIME_DIR/containers) longer
+    # than 50 characters when it is passed on the command line, which is how
+    # conmon's exit command (`podman container cleanup`) gets it: the cleanup
+    # then fails and every attached `podman run` waits 20s for it.
+    if ((${#d} + 15 > 50)); then
+        echo "rootless runroot $d/run/containers is longer than 50 characters (podman limit)"
+        return 1
+    fi
+    [[ -u /usr/bin/newuidmap || -n "$(getcap /usr/bin/newuidmap 2>/dev/null)" ]] || { echo "newuidmap is neither setuid nor has file capabilities"; return 1; }
+    touch "$d/ready"
+    local out
+    if ! out=$(rl_eng podman info --format '{{.Host.Security.Rootless}} {{.Store.GraphDriverName}}' 2>&1); then
+        echo "rootless 'podman info' failed: $out"
+        return 1
+    fi
+    [[ $(tail -n 1 <<<"$out") == "true overlay" ]] || { echo "rootless podman info: $out"; return 1; }
+}
+if ((do_rootless)); then
+    M=rootless
+    if reason=$(rootless_setup 2>&1); then
+        info "rootless: user $e2e_user ($(id -u "$e2e_user")), $(grep "^$e2e_user:" /etc/subuid)"
+        run_suite rootless rl_eng
+        pp=$(cat "$T/rootless/run/libpod/tmp/pause.pid" 2>/dev/null)
+        [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
+    else
+        skip "rootless: all checks" "$reason"
+    fi
+fi
+
+# ------------------------------------------------------------ host state
+M=host
+rm_out=$( (
+    [[ -f $T/root/ready ]] && root_eng podman rm -a -f -t 0
+    [[ -f $T/rootless/ready ]] && rl_eng podman rm -a -f -t 0
+    true
+) 2>&1)
+for i in $(seq 1 50); do
+    left_d=$(our_daemons)
+    left_m=$(our_mounts_ns)
+    [[ -z "$left_d$left_m" ]] && break
+    sleep 0.2
+done
+if [[ -z "$left_d$left_m" ]]; then
+    pass "host: no stratafs daemon or mount of this run left"
+else
+    fail "host: no stratafs daemon or mount of this run left" "$(ps -o pid,args -p "${left_d//$'\n'/,}" 2>/dev/null)"$'\n'"$left_m"$'\n'"$rm_out"
+fi
+if [[ $(host_state) == "$host_state_before" ]]; then
+    pass "host: /etc/containers and /var/lib/containers untouched"
+else
+    fail "host: /etc/containers and /var/lib/containers untouched" "$(ls -la /var/lib/containers 2>&1)"
+fi
+inns_upper=$(find "$T/varlib/upper" -mindepth 1 -maxdepth 3 2>/dev/null | sed "s|$T/varlib/upper|/var/lib|"
+    find "$T/run/upper" -mindepth 1 -maxdepth 1 2>/dev/null | sed "s|$T/run/upper|/run|")
+[[ -n "$inns_upper" ]] && info "engines wrote (into the private /var/lib and /run overlays): $(tr '\n' ' ' <<<"$inns_upper")"
+
+elapsed=$(($(date +%s) - start_time))
+say "runtime ${elapsed}s"
+((${#failed_checks[@]})) && printf 'e2e: failed: %s\n' "${failed_checks[@]}"
+if ((nskip)); then
+    echo "e2e: $npass passed, $nfail failed, $nskip skipped"
+else
+    echo "e2e: $npass passed, $nfail failed"
+fi
+((nfail == 0))
