@@ -24,6 +24,8 @@ if ! command -v cargo >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
 fi
 
 export STRATAFS_DIFF_CASES=${STRATAFS_DIFF_CASES:-300}
+# The CI variant of the stress test runs two minutes (scripts/stress.sh: 30).
+export STRATAFS_STRESS_SECS=${STRATAFS_STRESS_SECS:-120}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
 # The tests create their mounts under $TMPDIR; give this run its own, so that
