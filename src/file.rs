@@ -23,6 +23,9 @@ use crate::readdir::DirEntry;
 use crate::util;
 use crate::xattr;
 
+/// Prefix of `security.*` xattrs kept by the containers override mode.
+const OVERRIDE_PREFIX: &[u8] = b"user.containers.override_";
+
 /// An open regular file (or other non-directory).
 #[derive(Debug)]
 pub struct OpenFile {
@@ -409,14 +412,52 @@ impl Overlay {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
-        self.with_top(&node, |_, top| top.get_xattr(name))
+        self.with_top(&node, |layer, top| {
+            top.get_xattr(&self.stored_xattr_name(layer, name))
+        })
+    }
+
+    /// Where an xattr named `name` is kept in layer `layer`: in the
+    /// containers override mode (`xattr_permissions=2`), `security.*`
+    /// (file capabilities, SELinux labels the engine sets) live in
+    /// `user.containers.override_security.*`, which the owner can write.
+    fn stored_xattr_name(&self, layer: usize, name: &[u8]) -> Vec<u8> {
+        if self.override_name(layer) == Some(override_stat::CONTAINERS)
+            && name.starts_with(b"security.")
+        {
+            let mut v = OVERRIDE_PREFIX.to_vec();
+            v.extend_from_slice(name);
+            v
+        } else {
+            name.to_vec()
+        }
     }
 
     /// `listxattr`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        match self.with_top(&node, |_, top| top.list_xattr()) {
-            Ok(all) => Ok(xattr::public_names(&all)),
+        let containers = |layer| self.override_name(layer) == Some(override_stat::CONTAINERS);
+        match self.with_top(&node, |layer, top| {
+            Ok((containers(layer), top.list_xattr()?))
+        }) {
+            Ok((false, all)) => Ok(xattr::public_names(&all)),
+            Ok((true, all)) => {
+                // Stored security.* show under their own names; real ones
+                // on disk do not show.
+                let mut out = Vec::new();
+                for n in xattr::names(&all) {
+                    let shown = match n.strip_prefix(OVERRIDE_PREFIX) {
+                        Some(sec) if sec.starts_with(b"security.") => sec,
+                        _ if n.starts_with(b"security.") => continue,
+                        _ => n,
+                    };
+                    if !xattr::is_private(shown) {
+                        out.extend_from_slice(shown);
+                        out.push(0);
+                    }
+                }
+                Ok(out)
+            }
             Err(Errno::NOTSUP) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -430,7 +471,16 @@ impl Overlay {
         self.writable()?;
         let node = self.node(ino)?;
         let up = self.copy_up(&node, Data::All)?;
-        xattr::set(&*up, name, value, XattrFlags::from_bits_retain(flags as _))
+        let stored = self.stored_xattr_name(0, name);
+        if stored.len() > 255 {
+            return Err(Errno::RANGE);
+        }
+        xattr::set(
+            &*up,
+            &stored,
+            value,
+            XattrFlags::from_bits_retain(flags as _),
+        )
     }
 
     /// `removexattr`: copy up, then remove.
@@ -441,8 +491,10 @@ impl Overlay {
         self.writable()?;
         let node = self.node(ino)?;
         // Removing an absent attribute must not copy anything up.
-        self.with_top(&node, |_, top| top.get_xattr(name))?;
+        self.with_top(&node, |layer, top| {
+            top.get_xattr(&self.stored_xattr_name(layer, name))
+        })?;
         let up = self.copy_up(&node, Data::All)?;
-        xattr::remove(&*up, name)
+        xattr::remove(&*up, &self.stored_xattr_name(0, name))
     }
 }

@@ -75,3 +75,48 @@ fn descriptors_do_not_leak() {
         "daemon descriptors grew from {before} to {after} over 400 rounds"
     );
 }
+
+#[test]
+fn works_when_installed_as_fuse_overlayfs() {
+    // Engines look for `fuse-overlayfs` on PATH.
+    let tmp = tempdir();
+    let bin = tmp.path().join("fuse-overlayfs");
+    std::fs::copy(stratafs_bin(), &bin).unwrap();
+    let out = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let first = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        first
+            .split_whitespace()
+            .any(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit())),
+        "{first}"
+    );
+    let spec = StackSpec::new(vec![LayerSpec::new().file("f", "x")], LayerSpec::new());
+    let st = spec.build(Format::Kernel);
+    let out = std::process::Command::new(&bin)
+        .arg("-o")
+        .arg(overlay_opts(
+            &st.lowers,
+            st.upper.as_deref(),
+            st.work.as_deref(),
+        ))
+        .arg(&st.mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _guard = ExternalMount::new(&st.mnt);
+    assert_eq!(read_string(&st.m("f")), "x");
+    let info = mount_at(&st.mnt).expect("mounted");
+    assert!(info.fstype.starts_with("fuse"), "{info:?}");
+}

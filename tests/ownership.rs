@@ -212,3 +212,37 @@ fn override_stat_is_read_from_every_layer_and_written_to_the_upper() {
         getxattr_str(&st.u("dev/zero"), "user.containers.override_stat").ends_with(":char-1-5")
     );
 }
+
+#[test]
+fn containers_mode_keeps_security_xattrs_in_user_namespace() {
+    let spec = StackSpec::new(
+        vec![LayerSpec::new().file("bin/ping", "elf")],
+        LayerSpec::new(),
+    );
+    let st = spec.build(Format::Kernel);
+    let _m = mount_with(&st, "xattr_permissions=2");
+    sys::lsetxattr(&st.m("bin/ping"), "security.test", b"cap-blob", 0).unwrap();
+    assert_eq!(
+        sys::lgetxattr(&st.m("bin/ping"), "security.test").unwrap(),
+        b"cap-blob"
+    );
+    // Stored where an unprivileged owner can write, shown under its name.
+    assert_eq!(
+        sys::lgetxattr(&st.u("bin/ping"), "user.containers.override_security.test").unwrap(),
+        b"cap-blob"
+    );
+    let names = sys::llistxattr(&st.m("bin/ping")).unwrap();
+    assert!(names.iter().any(|n| n == "security.test"), "{names:?}");
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("user.containers.override_security")),
+        "{names:?}"
+    );
+    sys::lremovexattr(&st.m("bin/ping"), "security.test").unwrap();
+    assert_errno(
+        sys::lgetxattr(&st.m("bin/ping"), "security.test"),
+        libc::ENODATA,
+        "removed",
+    );
+}
