@@ -546,6 +546,69 @@ layer_tar_checks() {
     fi
 }
 
+# tree_listing DIR: one line per entry under DIR, sorted: type, mode,
+# owner, path, and the size and sha256 of regular files or the target of
+# symlinks (directory sizes and link counts are file-system specific).
+tree_listing() {
+    inns sh -c 'cd "$1" && { find . -mindepth 1 \( -type f -printf "f %m %U:%G %p %s\n" \) \
+        -o \( -type l -printf "l %m %U:%G %p -> %l\n" \) -o -printf "%y %m %U:%G %p\n" &&
+        find . -type f -exec sha256sum {} + | sed "s/^\([0-9a-f]*\)  \(.*\)$/sha256 \2 \1/"; } | LC_ALL=C sort' sh "$1"
+}
+# store_mount_check CTR: mounts the container's storage layer with
+# `stratafs mount --store <graphroot>/overlay ID --read-only` and compares
+# the tree with `podman export CTR`; checks `stratafs inspect --json`.
+store_mount_check() {
+    local ctr=$1 d=$T/$M upper id store mnt=$T/$M/storemnt ex=$T/$M/export
+    local a b out rc
+    upper=$(p inspect --format '{{.GraphDriver.Data.UpperDir}}' "$ctr") || { fail "$M: stratafs mount --store: podman inspect $ctr" "$upper"; return; }
+    id=$(basename "$(dirname "$upper")")
+    store=$(dirname "$(dirname "$upper")")
+    if [[ $store != "$d/storage/overlay" || ! -d $store/$id/diff ]]; then
+        fail "$M: stratafs mount --store: layer of $ctr" "UpperDir $upper"
+        return
+    fi
+    rm -rf "$ex" && mkdir -p "$ex" "$mnt"
+    if ! out=$(p export "$ctr" 2>&1 >"$d/export.tar" && tar -C "$ex" -xf "$d/export.tar" 2>&1); then
+        fail "$M: podman export $ctr" "$out"
+        return
+    fi
+    out=$(inns "$T/bin/$prog_name" mount --store "$store" --read-only "$id" "$mnt" 2>&1)
+    rc=$?
+    if ((rc != 0)) || [[ $(inns awk -v m="$mnt" '$2 == m { print $3 }' /proc/mounts) != "$fstype" ]]; then
+        fail "$M: stratafs mount --store ... --read-only (container layer of $ctr) (exit $rc)" "$out"
+        inns fusermount3 -u "$mnt" 2>/dev/null
+        return
+    fi
+    pass "$M: stratafs mount --store ... --read-only (container layer of $ctr)"
+    a=$(tree_listing "$mnt" 2>&1)
+    b=$(tree_listing "$ex" 2>&1)
+    if [[ -n "$a" && "$a" == "$b" ]]; then
+        pass "$M: store mount of $ctr equals podman export ($(wc -l <<<"$a") entries: type, mode, owner, size, sha256)"
+    else
+        fail "$M: store mount of $ctr equals podman export" "$(diff <(echo "$b") <(echo "$a") | head -n 40)"
+    fi
+    if inns touch "$mnt/.e2e-ro" 2>/dev/null; then
+        inns rm -f "$mnt/.e2e-ro"
+        fail "$M: store mount is read-only"
+    else
+        pass "$M: store mount is read-only"
+    fi
+    out=$(inns "$T/bin/$prog_name" inspect --store "$store" "$id" --json 2>&1)
+    if printf '%s' "$out" | python3 -c 'import json,sys; json.load(sys.stdin)' 2>/dev/null &&
+        printf '%s' "$out" | jq -e --arg i "$id-init" --arg u "$id" \
+            '(.Layers | map(select(.id == $i and .init == true)) | length == 1) and (.Layers[0].id == $u)' >/dev/null; then
+        pass "$M: stratafs inspect --store --json parses, names $ctr's layer and its -init parent"
+    else
+        fail "$M: stratafs inspect --store --json parses, names $ctr's layer and its -init parent" "$out"
+    fi
+    out=$(inns fusermount3 -u "$mnt" 2>&1) || { fail "$M: fusermount3 -u store mount" "$out"; inns umount -l "$mnt" 2>/dev/null; return; }
+    if wait_daemon_gone "$mnt" >/dev/null && [[ -z $(inns awk -v m="$mnt" '$2 == m' /proc/mounts) ]]; then
+        pass "$M: store mount unmounted, its stratafs daemon exited"
+    else
+        fail "$M: store mount unmounted, its stratafs daemon exited" "$(pgrep -af "^$T/bin/$prog_name .*$mnt")"
+    fi
+}
+
 # run_suite MODE ENGINE_FUNC
 run_suite() {
     M=$1
@@ -641,6 +704,11 @@ run_suite() {
         pass "$M: podman diff c-once lists A/C/D changes"
     else
         fail "$M: podman diff c-once lists A/C/D changes" "$diffout"
+    fi
+
+    # --- the container's layer mounted by id from the store (root only)
+    if [[ $M == root && $prog_name == stratafs ]]; then
+        store_mount_check c-once
     fi
 
     # --- image mount: the read-only form (lowerdir=DIFF:L1:..., no upperdir)
