@@ -559,7 +559,7 @@ tree_listing() {
 # the tree with `podman export CTR`; checks `stratafs inspect --json`.
 store_mount_check() {
     local ctr=$1 d=$T/$M upper id store mnt=$T/$M/storemnt ex=$T/$M/export
-    local a b out rc
+    local a b out rc lower init
     upper=$(p inspect --format '{{.GraphDriver.Data.UpperDir}}' "$ctr") || { fail "$M: stratafs mount --store: podman inspect $ctr" "$upper"; return; }
     id=$(basename "$(dirname "$upper")")
     store=$(dirname "$(dirname "$upper")")
@@ -593,13 +593,22 @@ store_mount_check() {
     else
         pass "$M: store mount is read-only"
     fi
+    # The chain must be the one the engine reports.  containers-storage
+    # (podman 4.3) gives a container no `<ID>-init` parent (Docker does): one
+    # is required, and marked init, only if the store has it.
+    lower=$(p inspect --format '{{.GraphDriver.Data.LowerDir}}' "$ctr" 2>&1)
+    init=false
+    [[ -d $store/$id-init ]] && init=true
     out=$(inns "$T/bin/$prog_name" inspect --store "$store" "$id" --json 2>&1)
     if printf '%s' "$out" | python3 -c 'import json,sys; json.load(sys.stdin)' 2>/dev/null &&
-        printf '%s' "$out" | jq -e --arg i "$id-init" --arg u "$id" \
-            '(.Layers | map(select(.id == $i and .init == true)) | length == 1) and (.Layers[0].id == $u)' >/dev/null; then
-        pass "$M: stratafs inspect --store --json parses, names $ctr's layer and its -init parent"
+        printf '%s' "$out" | jq -e --arg u "$id" --arg i "$id-init" --arg lower "$lower" --argjson init "$init" \
+            '(.Layers[0] | .id == $u and .role == "upper" and .init == false)
+             and (.Layers[1:] | all(.role == "lower"))
+             and .GraphDriver.Data.LowerDir == $lower
+             and ([.Layers[] | select(.init)] | map(.id) == (if $init then [$i] else [] end))' >/dev/null; then
+        pass "$M: stratafs inspect --store --json parses, names $ctr's layer and the engine's chain (-init layer: $init)"
     else
-        fail "$M: stratafs inspect --store --json parses, names $ctr's layer and its -init parent" "$out"
+        fail "$M: stratafs inspect --store --json parses, names $ctr's layer and the engine's chain" "engine LowerDir: $lower"$'\n'"$out"
     fi
     out=$(inns fusermount3 -u "$mnt" 2>&1) || { fail "$M: fusermount3 -u store mount" "$out"; inns umount -l "$mnt" 2>/dev/null; return; }
     if wait_daemon_gone "$mnt" >/dev/null && [[ -z $(inns awk -v m="$mnt" '$2 == m' /proc/mounts) ]]; then
