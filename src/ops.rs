@@ -691,8 +691,7 @@ impl Overlay {
             if dn.is_dir() && FileType::from_raw_mode(dst_st.st_mode) == FileType::Directory {
                 // The target is logically empty; its upper dir may still
                 // hold whiteouts, which must go before it can be replaced.
-                let sub = open_path(&*p2, newname)?;
-                crate::layer::clear_dir(&util::open_dir_read(&sub)?)?;
+                self.empty_upper_dir(&p2, newname, dst_st)?;
             }
         }
         if src_node.is_dir() && d2_merged {
@@ -750,6 +749,37 @@ impl Overlay {
         self.inodes.remove_dentry(parent, name);
         self.relocate(&src_node, newparent, newname, &p2);
         Ok(())
+    }
+
+    /// Make the upper directory `name` in `pup` (logically empty, but
+    /// holding whiteouts) really empty, in one step: an empty opaque
+    /// directory with the same owner and mode is built in the work dir and
+    /// exchanged with it, and the old one is removed from the work dir. A
+    /// crash at any point leaves either the old or the new directory, both
+    /// showing nothing.
+    fn empty_upper_dir(&self, pup: &OwnedFd, name: &[u8], st: &Stat) -> Result<()> {
+        let sub = open_path(pup, name)?;
+        let has_entries = rustix::fs::Dir::new(util::open_dir_read(&sub)?)?.any(|e| {
+            e.map(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+                .unwrap_or(true)
+        });
+        if !has_entries {
+            return Ok(());
+        }
+        let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
+        let tmp = self.stack.tmp_name();
+        rustix::fs::mkdirat(work, tmp.as_slice(), Mode::from_raw_mode(0o700))?;
+        let staged = (|| {
+            let fresh = open_path(work, &tmp)?;
+            self.stack.formats.set_opaque(&fresh)?;
+            util::give_to(&fresh, st.st_uid, st.st_gid, &rustix::fs::fstat(&fresh)?)?;
+            util::set_mode(&fresh, st.st_mode & 0o7777)?;
+            rustix::fs::renameat_with(work, tmp.as_slice(), pup, name, RenameFlags::EXCHANGE)
+        })();
+        // Either the fresh directory (if the exchange failed) or the old one
+        // with its whiteouts is now at `tmp`.
+        let _ = remove_tree(work, &tmp, true);
+        staged
     }
 
     /// Mark a pure upper directory opaque unless it already is.
