@@ -31,7 +31,7 @@
 mod common;
 
 use common::*;
-use libc::{EEXIST, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV};
+use libc::{EEXIST, EINVAL, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -1615,6 +1615,13 @@ impl Worker {
                 match sys::rename2(&p, &self.ctx.m(&dst), flags) {
                     Err(EXDEV) if is_lower_dir_rel(&rel) => {
                         self.check(op, &what, Err::<(), i32>(EXDEV), &[EXDEV]);
+                    }
+                    // EINVAL: a concurrent rename moved the target's parent
+                    // below the source between the path walk and the rename
+                    // lock; the VFS then refuses to put a directory inside
+                    // itself (the kernel overlay does the same).
+                    Err(EINVAL) if rel.matches('/').count() < dst.matches('/').count() => {
+                        self.check(op, &what, Err::<(), i32>(EINVAL), &[EINVAL]);
                     }
                     r => {
                         self.check(op, &what, r, RENAME);
