@@ -270,8 +270,10 @@ impl Overlay {
         Ok(id)
     }
 
-    /// The snapshot of an open directory from `offset` (0 takes a new one).
-    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+    /// The listing of an open directory and the index of its first entry
+    /// after `offset`. Reading from 0 (or a first read at any offset, when
+    /// the kernel served the start from its cache) takes a new snapshot.
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<(Arc<Vec<DirEntry>>, usize)> {
         let d = self
             .handles
             .dirs
@@ -279,15 +281,17 @@ impl Overlay {
             .map(|d| d.clone())
             .ok_or(Errno::BADF)?;
         let mut cur = d.entries.lock();
-        match &*cur {
-            Some(e) if offset != 0 => Ok(e.clone()),
+        let e = match &*cur {
+            Some(e) if offset != 0 => e.clone(),
             _ => {
                 let _g = d.node.dir_lock.read();
                 let e = Arc::new(self.snapshot(&d.node)?);
                 *cur = Some(e.clone());
-                Ok(e)
+                e
             }
-        }
+        };
+        let start = crate::readdir::start_after(&e, offset);
+        Ok((e, start))
     }
 
     /// `releasedir`.

@@ -462,11 +462,13 @@ impl Filesystem for FuseOverlay {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            // No FOPEN_CACHE_DIR: the kernel's listing cache is shared by
-            // all handles and re-filled after a change, so a reader in the
-            // middle of a listing could see entries twice or miss some; each
-            // handle reads its own snapshot instead.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // Offsets are name hashes (see readdir.rs), valid across
+            // handles, so the kernel may keep listings in its page cache; it
+            // drops them itself when the directory changes through the mount.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -479,13 +481,12 @@ impl Filesystem for FuseOverlay {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.dir_entries(fh.0, offset) {
+        let (entries, start) = match self.fs.dir_entries(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
         let ttl = self.ttl();
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let off = (i + 1) as u64;
+        for e in &entries[start..] {
             let name = OsStr::from_bytes(&e.name);
             if &*e.name == b"." || &*e.name == b".." {
                 // No lookup reference for these; the kernel skips them.
@@ -494,7 +495,7 @@ impl Filesystem for FuseOverlay {
                 a.kind = FuseType::Directory;
                 if reply.add(
                     INodeNo(e.ino),
-                    off,
+                    e.off,
                     name,
                     &Duration::ZERO,
                     &a,
@@ -512,7 +513,14 @@ impl Filesystem for FuseOverlay {
                         entry.node.is_merged_dir(),
                         &self.fs.config.ids,
                     );
-                    if reply.add(INodeNo(entry.node.ino), off, name, &ttl, &a, Generation(0)) {
+                    if reply.add(
+                        INodeNo(entry.node.ino),
+                        e.off,
+                        name,
+                        &ttl,
+                        &a,
+                        Generation(0),
+                    ) {
                         // Not sent: give the reference back.
                         self.fs.inodes.forget(entry.node.ino, 1);
                         break;
@@ -537,14 +545,14 @@ impl Filesystem for FuseOverlay {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.fs.dir_entries(fh.0, offset) {
+        let (entries, start) = match self.fs.dir_entries(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for e in &entries[start..] {
             if reply.add(
                 INodeNo(e.ino),
-                (i + 1) as u64,
+                e.off,
                 kind_of(e.kind),
                 OsStr::from_bytes(&e.name),
             ) {

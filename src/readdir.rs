@@ -5,11 +5,17 @@
 //! them, markers (`.wh.*`) never show. `d_ino` is the number `lookup` would
 //! give (the live node's, else the topmost object's identity).
 //!
-//! Each open directory handle takes a snapshot at offset 0; offsets are
-//! positions in that snapshot, so a directory read in several calls (or
-//! with seekdir/telldir) sees each entry exactly once however it changes
-//! meanwhile. Reading from offset 0 again takes a fresh snapshot, which is
-//! what rewinddir promises.
+//! Offsets are not positions but a 63-bit hash of the name (`.` is 1, `..`
+//! is 2), and a listing is sorted by it, the way ext4 and XFS hash-ordered
+//! directories work. "Continue at offset h" then means "the entries whose
+//! hash is above h" in any listing of the directory, taken at any time: a
+//! directory read in several calls, or with seekdir/telldir, sees each entry
+//! that exists throughout exactly once however it changes meanwhile. That
+//! is what lets the kernel cache listings (`FOPEN_CACHE_DIR`): an offset it
+//! got from one handle's listing means the same in another handle's.
+//!
+//! Each open directory handle takes a snapshot when it reads from offset 0
+//! (or first reads at all); rewinddir takes a fresh one.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,6 +37,41 @@ pub struct DirEntry {
     pub ino: u64,
     /// `d_type`.
     pub kind: FileType,
+    /// `d_off`: where a listing continues after this entry.
+    pub off: u64,
+}
+
+/// Offset of `.`.
+const DOT_OFF: u64 = 1;
+/// Offset of `..`; every other entry's offset is above it.
+const DOTDOT_OFF: u64 = 2;
+
+/// The offset of name: a 63-bit FNV-1a hash, moved above `..`.
+fn name_off(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Fold the top bit in rather than dropping it; offsets are loff_t.
+    let h = (h ^ (h >> 63)) & (u64::MAX >> 1);
+    h.max(DOTDOT_OFF + 1)
+}
+
+/// Sorts entries by offset; two names with the same hash (astronomically
+/// rare) get consecutive offsets so that every offset stays unique.
+fn order_by_offset(v: &mut [DirEntry]) {
+    v.sort_unstable_by(|a, b| a.off.cmp(&b.off).then_with(|| a.name.cmp(&b.name)));
+    for i in 1..v.len() {
+        if v[i].off <= v[i - 1].off {
+            v[i].off = v[i - 1].off.saturating_add(1) & (u64::MAX >> 1);
+        }
+    }
+}
+
+/// Index of the first entry of a sorted listing that comes after `offset`.
+pub fn start_after(entries: &[DirEntry], offset: u64) -> usize {
+    entries.partition_point(|e| e.off <= offset)
 }
 
 impl Overlay {
@@ -84,9 +125,15 @@ impl Overlay {
                     };
                     origin.unwrap_or_else(|| self.inodes.ino_for(dev, ent.ino()))
                 });
+                let off = name_off(name);
                 let name: Box<[u8]> = Box::from(name);
                 seen.insert(name.clone());
-                out.push(DirEntry { name, ino, kind });
+                out.push(DirEntry {
+                    name,
+                    ino,
+                    kind,
+                    off,
+                });
             }
             hidden.extend(layer_wh);
         }
@@ -98,21 +145,74 @@ impl Overlay {
         Ok(self.list_dir(node)?.is_empty())
     }
 
-    /// Full listing for a directory handle, `.` and `..` first.
+    /// Full listing for a directory handle, `.` and `..` first, the rest
+    /// in offset order.
     pub fn snapshot(&self, node: &Arc<Node>) -> Result<Vec<DirEntry>> {
         let (parent, _) = node.location();
-        let mut v = Vec::new();
+        let mut rest = self.list_dir(node)?;
+        order_by_offset(&mut rest);
+        let mut v = Vec::with_capacity(rest.len() + 2);
         v.push(DirEntry {
             name: Box::from(&b"."[..]),
             ino: node.ino,
             kind: FileType::Directory,
+            off: DOT_OFF,
         });
         v.push(DirEntry {
             name: Box::from(&b".."[..]),
             ino: parent,
             kind: FileType::Directory,
+            off: DOTDOT_OFF,
         });
-        v.extend(self.list_dir(node)?);
+        v.extend(rest);
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, off: u64) -> DirEntry {
+        DirEntry {
+            name: Box::from(name.as_bytes()),
+            ino: 1,
+            kind: FileType::RegularFile,
+            off,
+        }
+    }
+
+    #[test]
+    fn offsets_are_above_dotdot_and_fit_loff_t() {
+        for name in ["", "a", "b", ".wh.x", "\u{ff}", &"z".repeat(255)] {
+            let o = name_off(name.as_bytes());
+            assert!(o > DOTDOT_OFF && o <= i64::MAX as u64, "{name}: {o}");
+        }
+        assert_ne!(name_off(b"a"), name_off(b"b"));
+        assert_eq!(name_off(b"same"), name_off(b"same"));
+    }
+
+    #[test]
+    fn colliding_hashes_get_unique_increasing_offsets() {
+        let mut v = vec![entry("c", 7), entry("a", 5), entry("b", 5), entry("d", 6)];
+        order_by_offset(&mut v);
+        let got: Vec<(&[u8], u64)> = v.iter().map(|e| (&*e.name, e.off)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (&b"a"[..], 5),
+                (&b"b"[..], 6),
+                (&b"d"[..], 7),
+                (&b"c"[..], 8)
+            ]
+        );
+        assert_eq!(start_after(&v, 0), 0);
+        assert_eq!(start_after(&v, 5), 1);
+        assert_eq!(start_after(&v, 7), 3);
+        assert_eq!(start_after(&v, 8), 4);
+        // An offset from another listing that this one lacks: continue at
+        // the next larger one.
+        let w = vec![entry("a", 5), entry("c", 9)];
+        assert_eq!(start_after(&w, 7), 1);
     }
 }

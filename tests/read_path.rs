@@ -431,12 +431,32 @@ fn telldir_seekdir_resume_at_the_same_entry() {
 
 #[test]
 fn readdir_sees_untouched_entries_exactly_once_while_the_dir_changes() {
+    untouched_entries_once_while_changing(false);
+}
+
+/// The same with the listing in the kernel's directory cache: the reader
+/// starts from the cache, and after each change another reader lists the
+/// directory from the start, which drops the cache and fills it again from
+/// a newer listing; the first reader then goes on at an offset the old
+/// cache handed out.
+#[test]
+fn readdir_from_the_kernel_cache_sees_untouched_entries_once_while_the_dir_changes() {
+    untouched_entries_once_while_changing(true);
+}
+
+fn untouched_entries_once_while_changing(warm: bool) {
     let n = 2000;
     let spec = big_merged_spec(n);
     let p = Pair::with_format(&spec, Format::Mixed(17));
     for root in [&p.s.mnt, &p.k.mnt] {
         let dir = root.join("d");
         let original = expected_names(n);
+        if warm {
+            for _ in 0..2 {
+                let all = LibcDir::open(&dir).unwrap().all();
+                assert_eq!(all.len(), original.len() + 2, "{root:?}: warm-up listing");
+            }
+        }
         let mut d = LibcDir::open(&dir).unwrap();
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
         let mut deleted = BTreeSet::new();
@@ -448,14 +468,20 @@ fn readdir_sees_untouched_entries_exactly_once_while_the_dir_changes() {
             *counts.entry(e.name.clone()).or_default() += 1;
             i += 1;
             if i % 25 == 0 {
-                let new = format!("zz-new-{i}");
-                sys::write_file(&dir.join(&new), b"n", 0o644).unwrap();
-                created.insert(new);
+                // Two in, one out: positions of later entries move.
+                for k in 0..2 {
+                    let new = format!("zz-new-{i}-{k}");
+                    sys::write_file(&dir.join(&new), b"n", 0o644).unwrap();
+                    created.insert(new);
+                }
                 if vi < victims.len() {
                     let v = &victims[vi];
                     vi += 1;
                     sys::unlink(&dir.join(v)).unwrap();
                     deleted.insert(v.clone());
+                }
+                if warm {
+                    LibcDir::open(&dir).unwrap().all();
                 }
             }
         }
