@@ -136,7 +136,13 @@ impl Overlay {
         }
         let lower = lower.ok_or(Errno::IO)?.fd()?;
         let parent = self.node(parent_ino)?;
-        let pup = parent.upper().ok_or(Errno::IO)?;
+        // Normally copied up just before; but a lower hard link's node
+        // moves to whichever of its names was looked up last, and that
+        // directory may not have an upper copy yet.
+        let pup = match parent.upper() {
+            Some(u) => u,
+            None => self.copy_up(&parent, Data::All)?,
+        };
         let work = self.stack.work.as_ref().ok_or(Errno::ROFS)?;
         let st = rustix::fs::fstat(&*lower)?;
         let lower_layer = node.top_layer_obj().map(|(l, _)| l).unwrap_or(0);
