@@ -256,9 +256,13 @@ impl Overlay {
         Ok(n as u32)
     }
 
-    /// `opendir`.
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
+    /// `opendir`: the handle, and whether the kernel may cache the
+    /// listing (see `Node::change_listing`).
+    pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
         let node = self.dir_node(ino)?;
+        let cacheable = !node
+            .listing_changed
+            .load(std::sync::atomic::Ordering::Acquire);
         let id = self.handles.id();
         self.handles.dirs.insert(
             id,
@@ -267,7 +271,7 @@ impl Overlay {
                 entries: Mutex::new(None),
             }),
         );
-        Ok(id)
+        Ok((id, cacheable))
     }
 
     /// The listing of an open directory and the index of its first entry
@@ -416,6 +420,9 @@ impl Overlay {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
+        if node.lower_xattr_free() {
+            return Err(Errno::NODATA);
+        }
         self.with_top(&node, |layer, top| {
             top.get_xattr(&self.stored_xattr_name(layer, name))
         })
@@ -440,6 +447,9 @@ impl Overlay {
     /// `listxattr`.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
+        if node.lower_xattr_free() {
+            return Ok(Vec::new());
+        }
         let containers = |layer| self.override_name(layer) == Some(override_stat::CONTAINERS);
         match self.with_top(&node, |layer, top| {
             Ok((containers(layer), top.list_xattr()?))

@@ -463,12 +463,13 @@ impl Filesystem for FuseOverlay {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
             // Offsets are name hashes (see readdir.rs), valid across
-            // handles, so the kernel may keep listings in its page cache; it
-            // drops them itself when the directory changes through the mount.
-            Ok(fh) => reply.opened(
+            // handles, so the kernel may keep listings of directories that
+            // have not changed in its page cache.
+            Ok((fh, true)) => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
         }
     }

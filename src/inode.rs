@@ -10,7 +10,7 @@
 //! `dentries` map makes lookups and `readdir` of that name report it.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -170,7 +170,21 @@ pub struct Node {
     pub copy_lock: Mutex<()>,
     /// For directories: readers resolve names, writers change entries.
     pub dir_lock: RwLock<()>,
+    /// Whether the top object carries xattrs (`XATTRS_*`), known once
+    /// asked; meaningful only while the node has no upper copy (lower
+    /// layers never change under a mount).
+    pub lower_xattrs: AtomicU8,
+    /// For directories: an entry was added, removed or renamed through
+    /// this mount (see `Node::change_listing`).
+    pub listing_changed: AtomicBool,
 }
+
+/// `Node::lower_xattrs`: not yet known.
+pub const XATTRS_UNKNOWN: u8 = 0;
+/// `Node::lower_xattrs`: the lower object has no xattrs at all.
+pub const XATTRS_NONE: u8 = 1;
+/// `Node::lower_xattrs`: the lower object has some.
+pub const XATTRS_SOME: u8 = 2;
 
 impl Node {
     /// A new node with no kernel references yet.
@@ -182,6 +196,51 @@ impl Node {
             state: RwLock::new(state),
             copy_lock: Mutex::new(()),
             dir_lock: RwLock::new(()),
+            lower_xattrs: AtomicU8::new(XATTRS_UNKNOWN),
+            listing_changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Lock this directory for a change of its entries, and remember that
+    /// its listing changed. Directories whose listing never changed may be
+    /// cached by the kernel: its listing cache can be filled by a reader
+    /// whose listing predates a change while it already carries the
+    /// version stamp of after the change, so once a directory changes it
+    /// is listed by the daemon only.
+    pub fn change_listing(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        self.listing_changed.store(true, Ordering::Release);
+        self.dir_lock.write()
+    }
+
+    /// Whether the node's object is known to carry no xattrs: true only
+    /// while it has no upper copy and its lower object has none. The first
+    /// call lists the lower object's xattrs once.
+    pub fn lower_xattr_free(&self) -> bool {
+        let obj = {
+            let st = self.state.read();
+            if st.upper.is_some() {
+                return false;
+            }
+            match self.lower_xattrs.load(Ordering::Relaxed) {
+                XATTRS_NONE => return true,
+                XATTRS_SOME => return false,
+                _ => match st.lowers.first() {
+                    Some(l) => l.obj.clone(),
+                    None => return false,
+                },
+            }
+        };
+        match obj.list_xattr() {
+            Ok(names) => {
+                let known = if names.is_empty() {
+                    XATTRS_NONE
+                } else {
+                    XATTRS_SOME
+                };
+                self.lower_xattrs.store(known, Ordering::Relaxed);
+                names.is_empty()
+            }
+            Err(_) => false,
         }
     }
 

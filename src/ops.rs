@@ -136,13 +136,13 @@ impl Overlay {
         Option<parking_lot::RwLockWriteGuard<'a, ()>>,
     ) {
         if a.ino == b.ino {
-            (a.dir_lock.write(), None)
+            (a.change_listing(), None)
         } else if a.ino < b.ino {
-            let g1 = a.dir_lock.write();
-            (g1, Some(b.dir_lock.write()))
+            let g1 = a.change_listing();
+            (g1, Some(b.change_listing()))
         } else {
-            let g2 = b.dir_lock.write();
-            (a.dir_lock.write(), Some(g2))
+            let g2 = b.change_listing();
+            (a.change_listing(), Some(g2))
         }
     }
 
@@ -164,7 +164,7 @@ impl Overlay {
             return Err(Errno::EXIST);
         }
         let pup = self.copy_up(&dir, Data::All)?;
-        let _g = dir.dir_lock.write();
+        let _g = dir.change_listing();
         if resolve::exists(&dir.dir_layers(), name)? {
             return Err(Errno::EXIST);
         }
@@ -397,7 +397,7 @@ impl Overlay {
         }
         let src = self.copy_up(&node, Data::All)?;
         let pup = self.copy_up(&dir, Data::All)?;
-        let _g = dir.dir_lock.write();
+        let _g = dir.change_listing();
         if resolve::exists(&dir.dir_layers(), name)? {
             return Err(Errno::EXIST);
         }
@@ -443,7 +443,7 @@ impl Overlay {
             self.removable(&dir, name, want_dir)?;
         }
         let pup = self.copy_up(&dir, Data::All)?;
-        let _g = dir.dir_lock.write();
+        let _g = dir.change_listing();
         let (found, in_upper, is_dir) = self.removable(&dir, name, want_dir)?;
         let lower_below = if in_upper {
             resolve::exists(&dir.lower_dirs(), name)?
@@ -642,6 +642,13 @@ impl Overlay {
         let p1 = self.copy_up(&d1, Data::All)?;
         let p2 = self.copy_up(&d2, Data::All)?;
         let (_g1, _g2) = Self::lock_pair(&d1, &d2);
+        // A moved directory's `..` changes.
+        for n in std::iter::once(&src_node).chain(dst_node.as_ref().filter(|_| exchange)) {
+            if n.is_dir() {
+                n.listing_changed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
 
         // Under the locks: the upper must hold the source now.
         let st = rustix::fs::statat(&*p1, name, AtFlags::SYMLINK_NOFOLLOW)?;

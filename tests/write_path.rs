@@ -732,7 +732,9 @@ fn xattr_get_set_list_remove_match_the_kernel_overlay() {
             .file("f", "x")
             .xattr("user.a", "lower-a")
             .dir("d")
-            .xattr("user.dd", "1")],
+            .xattr("user.dd", "1")
+            .file("bare", "no xattrs")
+            .dir("bared")],
         LayerSpec::new(),
     );
     let p = Pair::new(&spec);
@@ -761,6 +763,48 @@ fn xattr_get_set_list_remove_match_the_kernel_overlay() {
             "get missing",
             |r| sys::lgetxattr(&r.join("f"), "user.none").map(|_| String::new()),
             Err(libc::ENODATA),
+        ),
+        // A lower file and dir without any xattrs (remembered as such
+        // until they are copied up).
+        (
+            "get on bare lower",
+            |r| sys::lgetxattr(&r.join("bare"), "user.x").map(|_| String::new()),
+            Err(libc::ENODATA),
+        ),
+        (
+            "list bare lower",
+            |r| sys::llistxattr(&r.join("bare")).map(|v| v.join(",")),
+            Ok(""),
+        ),
+        (
+            "set on bare lower",
+            |r| ok(sys::lsetxattr(&r.join("bare"), "user.x", b"xv", 0)),
+            Ok(""),
+        ),
+        (
+            "get after copy-up",
+            |r| sys::lgetxattr(&r.join("bare"), "user.x").map(|v| String::from_utf8(v).unwrap()),
+            Ok("xv"),
+        ),
+        (
+            "list after copy-up",
+            |r| sys::llistxattr(&r.join("bare")).map(|v| v.join(",")),
+            Ok("user.x"),
+        ),
+        (
+            "get on bare lower dir",
+            |r| sys::lgetxattr(&r.join("bared"), "user.y").map(|_| String::new()),
+            Err(libc::ENODATA),
+        ),
+        (
+            "set on bare lower dir",
+            |r| ok(sys::lsetxattr(&r.join("bared"), "user.y", b"yv", 0)),
+            Ok(""),
+        ),
+        (
+            "get on dir after copy-up",
+            |r| sys::lgetxattr(&r.join("bared"), "user.y").map(|v| String::from_utf8(v).unwrap()),
+            Ok("yv"),
         ),
         (
             "create existing",
