@@ -432,7 +432,10 @@ impl Filesystem for FuseOverlay {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do at close (no locks are kept here, writes are not
+        // buffered), and ENOSYS makes the kernel stop sending FLUSH: one
+        // round trip less for every close(2).
+        reply.error(fuser::Errno::ENOSYS);
     }
 
     fn release(
