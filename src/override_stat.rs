@@ -56,54 +56,111 @@ pub struct Override {
     pub kind: Option<(u32, u64)>,
 }
 
-fn parse_type(t: &str) -> Option<(u32, u64)> {
+fn parse_type(t: &str) -> Result<(u32, u64), String> {
     let dev = |rest: &str| -> Option<u64> {
         let (maj, min) = rest.split_once('-')?;
-        Some(rustix::fs::makedev(maj.parse().ok()?, min.parse().ok()?))
+        Some(rustix::fs::makedev(decimal(maj)?, decimal(min)?))
+    };
+    let bad = || {
+        format!("type {t:?} is not file, dir, symlink, pipe, socket, block-MAJ-MIN or char-MAJ-MIN")
     };
     if let Some(rest) = t.strip_prefix("block-") {
-        return Some((libc::S_IFBLK, dev(rest)?));
+        return Ok((libc::S_IFBLK, dev(rest).ok_or_else(bad)?));
     }
     if let Some(rest) = t.strip_prefix("char-") {
-        return Some((libc::S_IFCHR, dev(rest)?));
+        return Ok((libc::S_IFCHR, dev(rest).ok_or_else(bad)?));
     }
     let m = match t {
-        t if t.starts_with("file") => libc::S_IFREG,
-        t if t.starts_with("dir") => libc::S_IFDIR,
-        t if t.starts_with("symlink") => libc::S_IFLNK,
-        t if t.starts_with("pipe") => libc::S_IFIFO,
-        t if t.starts_with("socket") => libc::S_IFSOCK,
-        _ => return None,
+        "file" => libc::S_IFREG,
+        "dir" => libc::S_IFDIR,
+        "symlink" => libc::S_IFLNK,
+        "pipe" => libc::S_IFIFO,
+        "socket" => libc::S_IFSOCK,
+        _ => return Err(bad()),
     };
-    Some((m, 0))
+    Ok((m, 0))
 }
+
+/// A decimal number without sign or spaces.
+fn decimal(f: &str) -> Option<u32> {
+    if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    f.parse().ok()
+}
+
+/// File-type bits a MODE may carry.
+const KNOWN_TYPES: [u32; 8] = [
+    0,
+    libc::S_IFREG,
+    libc::S_IFDIR,
+    libc::S_IFLNK,
+    libc::S_IFIFO,
+    libc::S_IFSOCK,
+    libc::S_IFBLK,
+    libc::S_IFCHR,
+];
 
 impl Override {
     /// Parse `UID:GID:MODE[:TYPE]`; `None` (with a logged warning) when the
     /// value is malformed, so the on-disk values apply.
     pub fn parse(v: &[u8]) -> Option<Override> {
-        let s = std::str::from_utf8(v).ok()?.trim_end_matches('\0');
-        let mut it = s.split(':');
-        let (uid, gid, mode) = (it.next()?, it.next()?, it.next()?);
-        let ty = it.next();
-        let parsed = (|| {
-            let mode = u32::from_str_radix(mode, 8).ok()?;
-            let kind = match ty {
-                Some(t) => Some(parse_type(t)?),
-                None if mode & libc::S_IFMT != 0 => Some((mode & libc::S_IFMT, 0)),
-                None => None,
-            };
-            Some(Override {
-                uid: uid.parse().ok()?,
-                gid: gid.parse().ok()?,
-                perm: mode & 0o7777,
-                kind,
-            })
-        })();
-        if parsed.is_none() {
-            log::warn!("ignoring malformed override_stat value {s:?}");
+        match Self::parse_checked(v) {
+            Ok(o) => Some(o),
+            Err(why) => {
+                log::warn!(
+                    "ignoring malformed override_stat value {:?}: {why}",
+                    String::from_utf8_lossy(v)
+                );
+                None
+            }
         }
-        parsed
+    }
+
+    /// Parse `UID:GID:MODE[:TYPE]` (trailing NULs of C writers allowed), or
+    /// say what is wrong with the value. The one definition of a valid
+    /// value, shared by the daemon and `stratafs check`.
+    pub fn parse_checked(v: &[u8]) -> Result<Override, String> {
+        let s = std::str::from_utf8(v)
+            .map_err(|_| "not UTF-8".to_string())?
+            .trim_end_matches('\0');
+        let fields: Vec<&str> = s.split(':').collect();
+        let [uid, gid, m, rest @ ..] = fields.as_slice() else {
+            return Err(format!(
+                "{} field(s), expected UID:GID:MODE[:TYPE]",
+                fields.len()
+            ));
+        };
+        if rest.len() > 1 {
+            return Err(format!(
+                "{} fields, expected UID:GID:MODE[:TYPE]",
+                fields.len()
+            ));
+        }
+        let uid = decimal(uid).ok_or_else(|| format!("uid {uid:?} is not a decimal number"))?;
+        let gid = decimal(gid).ok_or_else(|| format!("gid {gid:?} is not a decimal number"))?;
+        if m.is_empty() || !m.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!("mode {m:?} is not an octal number"));
+        }
+        let mode = u32::from_str_radix(m, 8)
+            .ok()
+            .filter(|&m| m <= 0o177_777)
+            .ok_or_else(|| format!("mode {m:?} is out of range"))?;
+        let fmt = mode & libc::S_IFMT;
+        if !KNOWN_TYPES.contains(&fmt) {
+            return Err(format!("mode {m:?} has unknown file type bits"));
+        }
+        let kind = match rest.first() {
+            Some(t) => Some(parse_type(t)?),
+            None if fmt != 0 => Some((fmt, 0)),
+            None => None,
+        };
+        Ok(Override {
+            uid,
+            gid,
+            perm: mode & 0o7777,
+            kind,
+        })
     }
 
     /// The value as written: `UID:GID:MODE[:TYPE]`.

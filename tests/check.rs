@@ -415,8 +415,11 @@ fn override_stat_values_are_validated() {
         "0:0:0755:char-1",
         "-1:0:0755",
         "",
+        "0:0:0755:filex",
+        "0:0:0755:file:extra",
+        "0:0:0170644",
     ];
-    let warnings = ["0:0:0755:filex", "0:0:0755:file:extra", "0:0:0755\0"];
+    let warnings = ["0:0:0755\0"];
     let mut upper = LayerSpec::new();
     let all = good
         .iter()
