@@ -271,8 +271,18 @@ impl Overlay {
             }
             UpperSlot::CharWhiteout => rustix::fs::renameat(work, tmp, pup, name)?,
             UpperSlot::WhFile | UpperSlot::Empty => {
+                // New object first, marker second: in between (or after a
+                // crash there) the object beside its `.wh.` file is shown
+                // and the marker still hides the layers below, which is the
+                // state we want anyway. So a marker that cannot be removed
+                // (say a directory someone put there) is left, not an error.
                 rustix::fs::renameat_with(work, tmp, pup, name, RenameFlags::NOREPLACE)?;
-                Formats::remove_wh_file(pup, name)?;
+                if let Err(e) = Formats::remove_wh_file(pup, name) {
+                    log::warn!(
+                        "whiteout marker for {} left in place: {e}",
+                        crate::layer::display_name(name)
+                    );
+                }
             }
         }
         Ok(())
@@ -710,7 +720,8 @@ impl Overlay {
             // layers show that name.
             rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
             if !src_lower {
-                rustix::fs::unlinkat(&*p1, name, AtFlags::empty())?;
+                // Best effort: a whiteout with nothing below hides nothing.
+                let _ = rustix::fs::unlinkat(&*p1, name, AtFlags::empty());
             }
         } else {
             // NOREPLACE was checked on the merged view; a whiteout in the
@@ -720,38 +731,60 @@ impl Overlay {
             } else {
                 flags & RenameFlags::NOREPLACE
             };
-            let mut whiteout_after = false;
+            // Where the whiteout cannot come with the rename itself, its
+            // `.wh.` form is written first (it does not hide the source
+            // beside it), so no moment, crash included, shows the lower
+            // object again at the old name.
+            let char_wh = self
+                .stack
+                .formats
+                .char_whiteout
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let mut marker_first = false;
             if src_lower {
-                if self
-                    .stack
-                    .formats
-                    .char_whiteout
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
+                if char_wh {
                     rflags |= RenameFlags::WHITEOUT;
                 } else {
-                    whiteout_after = true;
+                    Formats::make_wh_file(&*p1, name)?;
+                    marker_first = true;
                 }
             }
-            match rustix::fs::renameat_with(&*p1, name, &*p2, newname, rflags) {
-                Ok(()) => {}
+            let renamed = match rustix::fs::renameat_with(&*p1, name, &*p2, newname, rflags) {
                 Err(Errno::INVAL) | Err(Errno::PERM) if rflags.contains(RenameFlags::WHITEOUT) => {
+                    Formats::make_wh_file(&*p1, name)?;
+                    marker_first = true;
                     rustix::fs::renameat_with(
                         &*p1,
                         name,
                         &*p2,
                         newname,
                         rflags & !RenameFlags::WHITEOUT,
-                    )?;
-                    whiteout_after = true;
+                    )
                 }
-                Err(e) => return Err(e),
+                r => r,
+            };
+            if let Err(e) = renamed {
+                if marker_first {
+                    let _ = Formats::remove_wh_file(&*p1, name);
+                }
+                return Err(e);
             }
-            if whiteout_after {
-                self.stack.formats.make_whiteout(&*p1, name)?;
+            if marker_first && char_wh {
+                // Also the form the kernel overlay reads, then drop the
+                // marker; either alone is a whiteout.
+                if self.stack.formats.make_char_whiteout(&*p1, name).is_ok() {
+                    let _ = Formats::remove_wh_file(&*p1, name);
+                }
             }
         }
-        Formats::remove_wh_file(&*p2, newname)?;
+        // The target's marker (after the rename, as in `publish`): a
+        // leftover only hides what the new entry hides anyway.
+        if let Err(e) = Formats::remove_wh_file(&*p2, newname) {
+            log::warn!(
+                "whiteout marker for {} left in place: {e}",
+                crate::layer::display_name(newname)
+            );
+        }
         self.detach(newparent, newname);
         self.inodes.remove_dentry(parent, name);
         self.relocate(&src_node, newparent, newname, &p2);

@@ -80,7 +80,8 @@ pub fn is_opaque(dir: impl AsFd) -> Result<bool> {
             for n in xattr::names(&list) {
                 if n == OPAQUE_TRUSTED || n == OPAQUE_USER || n == OPAQUE_FO {
                     match xattr::get(dir, n) {
-                        Ok(v) if v.first() == Some(&b'y') => return Ok(true),
+                        // Exactly "y", as the kernel requires.
+                        Ok(v) if v == b"y" => return Ok(true),
                         Ok(v) => log::debug!(
                             "opaque xattr {} has value {:?}: not opaque",
                             String::from_utf8_lossy(n),
@@ -183,6 +184,15 @@ impl Formats {
     /// Create a whiteout for `name` in `dir`, where nothing exists yet.
     pub fn make_whiteout(&self, dir: impl AsFd, name: &[u8]) -> Result<()> {
         let dir = dir.as_fd();
+        match self.make_char_whiteout(dir, name) {
+            Err(Errno::NOTSUP) => Self::make_wh_file(dir, name),
+            r => r,
+        }
+    }
+
+    /// Write the char 0/0 form of a whiteout; `NOTSUP` when the upper does
+    /// not allow it (remembered for the rest of the mount).
+    pub fn make_char_whiteout(&self, dir: impl AsFd, name: &[u8]) -> Result<()> {
         if self.char_whiteout.load(Ordering::Relaxed) {
             match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
                 Ok(()) => return Ok(()),
@@ -192,6 +202,13 @@ impl Formats {
                 Err(e) => return Err(e),
             }
         }
+        Err(Errno::NOTSUP)
+    }
+
+    /// Write the AUFS form of a whiteout, `.wh.NAME`. Beside a real `NAME`
+    /// in the same directory it hides only the layers below, so it can be
+    /// made before `NAME` goes away.
+    pub fn make_wh_file(dir: impl AsFd, name: &[u8]) -> Result<()> {
         let w = wh_name(name).ok_or(Errno::NAMETOOLONG)?;
         let fd = rustix::fs::openat(
             dir,
