@@ -1755,6 +1755,26 @@ impl Pair {
         }
     }
 
+    /// Like [`Pair::new`], with `prepare` run on each built stack (the
+    /// kernel's first, then stratafs') before either is mounted: for
+    /// contents a [`StackSpec`] cannot describe, such as non-UTF-8 names or
+    /// objects beside the layers.
+    pub fn with_prepare(spec: &StackSpec, mut prepare: impl FnMut(&Stack)) -> Pair {
+        let k = spec.build(Format::Kernel);
+        let s = spec.build(Format::AsSpecified);
+        prepare(&k);
+        prepare(&s);
+        let km = k.mount_kernel();
+        let sm = s.mount_strata();
+        Pair {
+            sm,
+            km,
+            s,
+            k,
+            spec: spec.clone(),
+        }
+    }
+
     /// Runs `f` with the stratafs mountpoint and then the kernel one.
     pub fn both<T>(&self, mut f: impl FnMut(&Path) -> T) -> (T, T) {
         let a = f(&self.s.mnt);
