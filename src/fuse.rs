@@ -21,6 +21,7 @@ use crate::error::Errno;
 use crate::idmap::Ids;
 use crate::ops::NewKind;
 use crate::overlay::{Caller, Entry, Overlay};
+use crate::readdir::NO_LAYER;
 
 /// The overlay as a `fuser` filesystem.
 #[derive(Debug)]
@@ -509,7 +510,8 @@ impl Filesystem for FuseOverlay {
                 }
                 continue;
             }
-            match self.fs.lookup(ino.0, &e.name) {
+            let hint = (e.layer != NO_LAYER).then_some(usize::from(e.layer));
+            match self.fs.lookup_hinted(ino.0, &e.name, hint) {
                 Ok(Some(entry)) => {
                     let a = attr(
                         entry.node.ino,

@@ -221,6 +221,18 @@ impl Overlay {
     /// Look `name` up in directory `parent`; takes a lookup reference.
     /// `Ok(None)` means the name does not exist.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Entry>> {
+        self.lookup_hinted(parent, name, None)
+    }
+
+    /// `lookup` of a name a listing of `parent` showed in layer `hint` (see
+    /// `DirEntry::layer`): while the directory's entries never changed, the
+    /// layers above it need not be searched.
+    pub fn lookup_hinted(
+        &self,
+        parent: u64,
+        name: &[u8],
+        hint: Option<usize>,
+    ) -> Result<Option<Entry>> {
         if whiteout::is_marker_name(name) {
             return Ok(None);
         }
@@ -242,7 +254,22 @@ impl Overlay {
                 }
             }
         }
-        let Some(found) = resolve::resolve(&dir.dir_layers(), name)? else {
+        let mut layers = dir.dir_layers();
+        let start = hint
+            .filter(|_| {
+                !dir.listing_changed
+                    .load(std::sync::atomic::Ordering::Acquire)
+            })
+            .and_then(|h| layers.iter().position(|l| l.layer == h))
+            .unwrap_or(0);
+        if start > 0 {
+            // Lower layers never change; the upper may have got a copy of
+            // the name since the listing, so it is always searched.
+            let upper = (self.stack.has_upper && layers[0].layer == 0).then(|| layers[0].clone());
+            layers.drain(..start);
+            layers.splice(0..0, upper);
+        }
+        let Some(found) = resolve::resolve(&layers, name)? else {
             return Ok(None);
         };
         if let Some(copy) = self.copied_alias(&found) {

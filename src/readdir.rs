@@ -20,7 +20,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, FileType};
+use rustix::fs::{AtFlags, FileType, RawDir};
 
 use crate::error::Result;
 use crate::inode::Node;
@@ -39,7 +39,13 @@ pub struct DirEntry {
     pub kind: FileType,
     /// `d_off`: where a listing continues after this entry.
     pub off: u64,
+    /// Index of the topmost layer that has the name (`NO_LAYER` for `.`
+    /// and `..`): a lookup that follows the listing can start there.
+    pub layer: u16,
 }
+
+/// `DirEntry::layer` when there is no hint.
+pub const NO_LAYER: u16 = u16::MAX;
 
 /// Offset of `.`.
 const DOT_OFF: u64 = 1;
@@ -82,14 +88,16 @@ impl Overlay {
         let mut seen: HashSet<Box<[u8]>> = HashSet::new();
         let mut hidden: HashSet<Box<[u8]>> = HashSet::new();
         let mut out = Vec::new();
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 32 * 1024];
         for (i, l) in layers.iter().enumerate() {
             let more_below = i + 1 < n;
             let upper_of_merged = more_below && l.layer == 0 && self.stack.has_upper;
             let dev = self.stack.layers.get(l.layer).map(|x| x.dev).unwrap_or(0);
-            let fd = util::open_dir_read(&*l.fd)?;
-            let dirfd = util::dup_path(&fd)?;
+            let dirfd = util::open_dir_read(&*l.fd)?;
+            let hint = u16::try_from(l.layer).unwrap_or(NO_LAYER);
             let mut layer_wh: Vec<Box<[u8]>> = Vec::new();
-            for ent in rustix::fs::Dir::new(fd)? {
+            let mut entries = RawDir::new(&dirfd, &mut buf);
+            while let Some(ent) = entries.next() {
                 let ent = ent?;
                 let name = ent.file_name().to_bytes();
                 if name == b"." || name == b".." || name == OPAQUE_FILE {
@@ -133,6 +141,7 @@ impl Overlay {
                     ino,
                     kind,
                     off,
+                    layer: hint,
                 });
             }
             hidden.extend(layer_wh);
@@ -157,12 +166,14 @@ impl Overlay {
             ino: node.ino,
             kind: FileType::Directory,
             off: DOT_OFF,
+            layer: NO_LAYER,
         });
         v.push(DirEntry {
             name: Box::from(&b".."[..]),
             ino: parent,
             kind: FileType::Directory,
             off: DOTDOT_OFF,
+            layer: NO_LAYER,
         });
         v.extend(rest);
         Ok(v)
@@ -179,6 +190,7 @@ mod tests {
             ino: 1,
             kind: FileType::RegularFile,
             off,
+            layer: NO_LAYER,
         }
     }
 
