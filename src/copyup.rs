@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat};
 
 use crate::error::{Errno, Result};
-use crate::inode::{Node, Obj, ROOT_INO};
+use crate::inode::{Name, Node, Obj, ROOT_INO};
 use crate::overlay::{Invalidate, Overlay};
 use crate::override_stat::{self, Override};
 use crate::resolve::{self, open_path};
@@ -115,7 +115,7 @@ impl Overlay {
             name,
             AtFlags::SYMLINK_FOLLOW,
         )?;
-        self.inodes.set_dentry(parent, name, node.ino);
+        self.inodes.set_dentry(parent, Name::from(name), node.ino);
         self.invalidate(Invalidate::Attr(node.ino));
         Ok(())
     }

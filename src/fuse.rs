@@ -20,7 +20,7 @@ use rustix::fs::{FileType, Stat, Timespec};
 use crate::error::Errno;
 use crate::idmap::Ids;
 use crate::ops::NewKind;
-use crate::overlay::{Caller, Entry, Overlay};
+use crate::overlay::{Caller, Entry, Invalidate, Overlay};
 use crate::readdir::NO_LAYER;
 
 /// The overlay as a `fuser` filesystem.
@@ -225,6 +225,9 @@ impl Filesystem for FuseOverlay {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.inodes.forget(ino.0, nlookup);
+        if self.fs.inodes.trim_due() {
+            self.fs.invalidate(Invalidate::Trim);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {

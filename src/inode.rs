@@ -23,6 +23,10 @@ use crate::resolve::open_path;
 /// FUSE's id for the root directory.
 pub const ROOT_INO: u64 = 1;
 
+/// An entry name, shared by a node's state, its by-name object and its
+/// entry in the name map (one allocation per name).
+pub type Name = Arc<[u8]>;
+
 /// The AUFS whiteout names (`.wh.NAME` -> `NAME`) of a lower directory,
 /// read once with one listing instead of one `stat` per lookup. `None`
 /// inside means the listing failed and lookups stat instead. Only for
@@ -56,11 +60,20 @@ pub enum Obj {
         /// The parent directory in the object's layer.
         dir: Arc<OwnedFd>,
         /// The entry's name.
-        name: Box<[u8]>,
+        name: Name,
     },
 }
 
 impl Obj {
+    /// The name to share with this object: its own if it is held by name
+    /// (`name` then is that name), else a new one.
+    pub fn shared_name(&self, name: &[u8]) -> Name {
+        match self {
+            Obj::At { name: n, .. } if **n == *name => n.clone(),
+            _ => Name::from(name),
+        }
+    }
+
     /// An `O_PATH` descriptor of the object (opened now for `At`).
     pub fn fd(&self) -> Result<Arc<OwnedFd>> {
         match self {
@@ -140,7 +153,7 @@ pub struct NodeState {
     /// Parent node id of the name this node was last reached by.
     pub parent: u64,
     /// That name.
-    pub name: Box<[u8]>,
+    pub name: Name,
     /// The object in the upper layer, once there is one.
     pub upper: Option<Obj>,
     /// For directories: the lower directories merged below, top first.
@@ -352,7 +365,7 @@ impl Node {
     }
 
     /// (parent, name) this node is known by.
-    pub fn location(&self) -> (u64, Box<[u8]>) {
+    pub fn location(&self) -> (u64, Name) {
         let st = self.state.read();
         (st.parent, st.name.clone())
     }
@@ -364,17 +377,20 @@ pub const FRESH_BASE: u64 = 0xff << 56;
 const INO_BITS: u32 = 56;
 const MAX_DEV_INDEX: u64 = 0xfe;
 const TRIM_EVERY: u64 = 4096;
+/// Freed nodes after which the end of a FORGET batch gives memory back.
+const TRIM_BATCH: u64 = 256;
 
 /// All live nodes.
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: DashMap<u64, Arc<Node>>,
-    dentries: DashMap<(u64, Box<[u8]>), u64>,
+    dentries: DashMap<(u64, Name), u64>,
     devs: DashMap<u64, u64>,
     next_dev: Mutex<u64>,
     spilled: DashMap<(u64, u64), u64>,
     next_fresh: AtomicU64,
     freed: AtomicU64,
+    trim_pending: AtomicBool,
 }
 
 impl InodeTable {
@@ -388,6 +404,7 @@ impl InodeTable {
             spilled: DashMap::new(),
             next_fresh: AtomicU64::new(FRESH_BASE),
             freed: AtomicU64::new(0),
+            trim_pending: AtomicBool::new(false),
         };
         root.lookups.store(1, Ordering::Relaxed);
         t.nodes.insert(ROOT_INO, Arc::new(root));
@@ -447,7 +464,7 @@ impl InodeTable {
     /// The live node known at (`parent`, `name`), taking a lookup reference
     /// on it.
     pub fn lookup_dentry(&self, parent: u64, name: &[u8]) -> Option<Arc<Node>> {
-        let ino = *self.dentries.get(&(parent, Box::from(name)))?;
+        let ino = *self.dentries.get(&(parent, Name::from(name)))?;
         let n = self.nodes.get(&ino)?;
         if n.state.read().detached {
             return None;
@@ -458,7 +475,7 @@ impl InodeTable {
 
     /// The id of the live node known at (`parent`, `name`), if any.
     pub fn dentry_ino(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        let ino = *self.dentries.get(&(parent, Box::from(name)))?;
+        let ino = *self.dentries.get(&(parent, Name::from(name)))?;
         self.nodes.contains_key(&ino).then_some(ino)
     }
 
@@ -483,24 +500,50 @@ impl InodeTable {
     }
 
     /// Record that (`parent`, `name`) now shows node `ino`.
-    pub fn set_dentry(&self, parent: u64, name: &[u8], ino: u64) {
-        self.dentries.insert((parent, Box::from(name)), ino);
+    pub fn set_dentry(&self, parent: u64, name: Name, ino: u64) {
+        self.dentries.insert((parent, name), ino);
     }
 
     /// Forget the name (`parent`, `name`).
     pub fn remove_dentry(&self, parent: u64, name: &[u8]) -> Option<u64> {
         self.dentries
-            .remove(&(parent, Box::from(name)))
+            .remove(&(parent, Name::from(name)))
             .map(|(_, v)| v)
     }
 
     /// Every name recorded for node `ino`.
-    pub fn names_of(&self, ino: u64) -> Vec<(u64, Box<[u8]>)> {
+    pub fn names_of(&self, ino: u64) -> Vec<(u64, Name)> {
         self.dentries
             .iter()
             .filter(|e| *e.value() == ino)
             .map(|e| e.key().clone())
             .collect()
+    }
+
+    /// Whether enough nodes were freed that memory should be given back
+    /// soon; true once until `give_back` runs.
+    pub fn trim_due(&self) -> bool {
+        self.freed.load(Ordering::Relaxed) >= TRIM_BATCH
+            && !self.trim_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Shrink the maps once most of their room is unused (their tables
+    /// never shrink by themselves) and return free heap to the system.
+    pub fn give_back(&self) {
+        self.freed.store(0, Ordering::Relaxed);
+        self.trim_pending.store(false, Ordering::Release);
+        if self.nodes.len() * 4 < self.nodes.capacity() {
+            self.nodes.shrink_to_fit();
+        }
+        if self.dentries.len() * 4 < self.dentries.capacity() {
+            self.dentries.shrink_to_fit();
+        }
+        crate::sys::trim_heap();
+        log::debug!(
+            "memory given back: {} nodes, {} names left",
+            self.nodes.len(),
+            self.dentries.len()
+        );
     }
 
     /// Drop `n` kernel references to `ino`; free the node when none is left.
@@ -532,8 +575,8 @@ impl InodeTable {
             drop(node);
             // Many nodes freed (the kernel dropped its caches): return the
             // memory, so the daemon shrinks back.
-            if self.freed.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
-                crate::sys::trim_heap();
+            if self.freed.fetch_add(1, Ordering::Relaxed) + 1 >= TRIM_EVERY {
+                self.give_back();
             }
         }
     }

@@ -16,7 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags}
 
 use crate::copyup::Data;
 use crate::error::{Errno, Result};
-use crate::inode::{LayerObj, Node, NodeState, Obj};
+use crate::inode::{LayerObj, Name, Node, NodeState, Obj};
 use crate::layer::remove_tree;
 use crate::overlay::{Caller, Entry, Overlay};
 use crate::override_stat::Override;
@@ -243,7 +243,7 @@ impl Overlay {
         } else {
             Obj::At {
                 dir: pup.clone(),
-                name: Box::from(name),
+                name: Name::from(name),
             }
         };
         self.present(0, &obj, &mut stat);
@@ -368,13 +368,14 @@ impl Overlay {
     fn new_node(&self, parent: u64, name: &[u8], obj: Obj, stat: Stat) -> Entry {
         let kind = FileType::from_raw_mode(stat.st_mode);
         let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
+        let shared = obj.shared_name(name);
         loop {
             let node = Node::new(
                 ino,
                 kind,
                 NodeState {
                     parent,
-                    name: Box::from(name),
+                    name: shared.clone(),
                     upper: Some(obj.clone()),
                     lowers: Vec::new(),
                     detached: false,
@@ -383,7 +384,7 @@ impl Overlay {
             );
             let (n, inserted) = self.inodes.insert_or_get(node);
             if inserted {
-                self.inodes.set_dentry(parent, name, n.ino);
+                self.inodes.set_dentry(parent, shared, n.ino);
                 return Entry { node: n, stat };
             }
             // The id is still held by an older node whose inode number the
@@ -436,7 +437,7 @@ impl Overlay {
         // Not stat_node: this directory's write lock is held.
         let mut stat = rustix::fs::fstat(&*src)?;
         self.present(0, &Obj::Fd(src.clone()), &mut stat);
-        self.inodes.set_dentry(parent, name, node.ino);
+        self.inodes.set_dentry(parent, Name::from(name), node.ino);
         let node = self.inodes.reference(node.ino).unwrap_or(node);
         Ok(Entry { node, stat })
     }
@@ -507,7 +508,7 @@ impl Overlay {
                 FileType::Directory,
                 NodeState {
                     parent: dir.ino,
-                    name: Box::from(name),
+                    name: Name::from(name),
                     upper: in_upper.then(|| found.top.obj.clone()),
                     lowers: {
                         let below = found.below.iter().cloned().map(LayerObj::from);
@@ -834,15 +835,16 @@ impl Overlay {
     /// Record that `node` now lives at (`parent`, `name`), in the upper
     /// directory `dir`.
     fn relocate(&self, node: &Node, parent: u64, name: &[u8], dir: &Arc<OwnedFd>) {
+        let name = Name::from(name);
         {
             let mut st = node.state.write();
             st.parent = parent;
-            st.name = Box::from(name);
+            st.name = name.clone();
             st.detached = false;
             if let Some(Obj::At { .. }) = st.upper {
                 st.upper = Some(Obj::At {
                     dir: dir.clone(),
-                    name: Box::from(name),
+                    name: name.clone(),
                 });
             }
         }
@@ -863,7 +865,8 @@ impl Overlay {
         else {
             return Ok(());
         };
-        if node.location() == (parent, Box::from(name)) {
+        let (p, n) = node.location();
+        if p == parent && *n == *name {
             node.pin()?;
         }
         Ok(())

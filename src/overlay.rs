@@ -5,13 +5,13 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FileType, Stat};
 
 use crate::error::{Errno, Result};
 use crate::file::HandleTable;
-use crate::inode::{InodeTable, LayerObj, Node, NodeState, Obj, FRESH_BASE, ROOT_INO};
+use crate::inode::{InodeTable, LayerObj, Name, Node, NodeState, Obj, FRESH_BASE, ROOT_INO};
 use crate::layer::Stack;
 use crate::override_stat::{self, Override};
 use crate::resolve::{self, Found};
@@ -71,7 +71,12 @@ pub enum Invalidate {
     Entry(u64, Box<[u8]>),
     /// The attributes of an inode.
     Attr(u64),
+    /// Many nodes were freed: give memory back once the forgets settle.
+    Trim,
 }
+
+/// How long the forgets must pause before memory is given back.
+const TRIM_DELAY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// An answer to lookup-like requests: the node and its attributes.
 #[derive(Debug)]
@@ -114,7 +119,7 @@ impl Overlay {
             FileType::Directory,
             NodeState {
                 parent: ROOT_INO,
-                name: Box::from(&b""[..]),
+                name: Name::from(&b""[..]),
                 upper,
                 lowers,
                 detached: false,
@@ -306,13 +311,17 @@ impl Overlay {
         }
         let origin =
             (upper.is_none() && kind != FileType::Directory).then_some((stat.st_dev, stat.st_ino));
+        let shared = upper
+            .as_ref()
+            .or(lowers.first().map(|l| &l.obj))
+            .map_or_else(|| Name::from(name), |o| o.shared_name(name));
         let make = |ino| {
             Node::new(
                 ino,
                 kind,
                 NodeState {
                     parent,
-                    name: Box::from(name),
+                    name: shared.clone(),
                     upper: upper.clone(),
                     lowers: lowers.clone(),
                     detached: false,
@@ -330,10 +339,10 @@ impl Overlay {
                     if st.detached {
                         st.detached = false;
                         st.parent = parent;
-                        st.name = Box::from(name);
+                        st.name = shared.clone();
                     }
                 }
-                self.inodes.set_dentry(parent, name, node.ino);
+                self.inodes.set_dentry(parent, shared, node.ino);
                 return Entry { node, stat };
             }
             // Taken by an unrelated object (an inode number reused after a
@@ -383,22 +392,45 @@ impl Overlay {
     }
 
     /// Start the thread that sends dentry invalidations to the kernel.
-    pub fn start_invalidator(&self, notifier: fuser::Notifier) {
+    /// Also gives memory back after many forgets (`Invalidate::Trim`).
+    pub fn start_invalidator(self: &Arc<Self>, notifier: fuser::Notifier) {
         let (tx, rx) = std::sync::mpsc::channel::<Invalidate>();
         if self.invalidate.set(tx).is_err() {
             return;
         }
+        let me = Arc::downgrade(self);
         let spawned = std::thread::Builder::new()
             .name("stratafs-inval".into())
             .spawn(move || {
                 use std::os::unix::ffi::OsStrExt;
-                for what in rx {
+                use std::sync::mpsc::RecvTimeoutError;
+                let mut trim_at: Option<Instant> = None;
+                loop {
+                    let what = match trim_at {
+                        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                        Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
+                    };
                     let _ = match what {
-                        Invalidate::Entry(parent, name) => notifier.inval_entry(
+                        Ok(Invalidate::Entry(parent, name)) => notifier.inval_entry(
                             fuser::INodeNo(parent),
                             std::ffi::OsStr::from_bytes(&name),
                         ),
-                        Invalidate::Attr(ino) => notifier.inval_inode(fuser::INodeNo(ino), -1, 0),
+                        Ok(Invalidate::Attr(ino)) => {
+                            notifier.inval_inode(fuser::INodeNo(ino), -1, 0)
+                        }
+                        Ok(Invalidate::Trim) => {
+                            // Wait until the forgets pause.
+                            trim_at = Some(Instant::now() + TRIM_DELAY);
+                            Ok(())
+                        }
+                        Err(RecvTimeoutError::Timeout) => {
+                            trim_at = None;
+                            if let Some(me) = me.upgrade() {
+                                me.inodes.give_back();
+                            }
+                            Ok(())
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
                     };
                 }
             });

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use crate::error::{Errno, Result};
-use crate::inode::{LayerFd, LayerObj, Obj};
+use crate::inode::{LayerFd, LayerObj, Name, Obj};
 use crate::whiteout;
 
 /// What a name resolves to.
@@ -72,7 +72,7 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
                         layer: l.layer,
                         obj: Obj::At {
                             dir: l.fd.clone(),
-                            name: Box::from(name),
+                            name: Name::from(name),
                         },
                         wh: None,
                     },
