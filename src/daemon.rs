@@ -31,6 +31,9 @@ pub fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     if let Some(t) = opts.timeout {
         config.ttl = Duration::from_secs_f64(t.min(1e9));
     }
+    if let Some(n) = opts.max_fds {
+        config.max_fds = n;
+    }
     Overlay::new(stack, config).map_err(|e| {
         SetupError::new(format!(
             "cannot read the layer roots: {}",

@@ -260,6 +260,8 @@ impl Overlay {
     /// listing (see `Node::change_listing`).
     pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
         let node = self.dir_node(ino)?;
+        node.used
+            .store(crate::fdbudget::now_ms(), Ordering::Relaxed);
         let cacheable = !node
             .listing_changed
             .load(std::sync::atomic::Ordering::Acquire);

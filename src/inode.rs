@@ -10,7 +10,7 @@
 //! `dentries` map makes lookups and `readdir` of that name report it.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -190,6 +190,8 @@ pub struct Node {
     /// For directories: an entry was added, removed or renamed through
     /// this mount (see `Node::change_listing`).
     pub listing_changed: AtomicBool,
+    /// For directories: when the node was last used (`fdbudget::now_ms`).
+    pub used: AtomicU32,
 }
 
 /// `Node::lower_xattrs`: not yet known.
@@ -211,6 +213,7 @@ impl Node {
             dir_lock: RwLock::new(()),
             lower_xattrs: AtomicU8::new(XATTRS_UNKNOWN),
             listing_changed: AtomicBool::new(false),
+            used: AtomicU32::new(crate::fdbudget::now_ms()),
         }
     }
 
@@ -391,6 +394,7 @@ pub struct InodeTable {
     next_fresh: AtomicU64,
     freed: AtomicU64,
     trim_pending: AtomicBool,
+    new_dirs: AtomicU64,
 }
 
 impl InodeTable {
@@ -405,6 +409,7 @@ impl InodeTable {
             next_fresh: AtomicU64::new(FRESH_BASE),
             freed: AtomicU64::new(0),
             trim_pending: AtomicBool::new(false),
+            new_dirs: AtomicU64::new(0),
         };
         root.lookups.store(1, Ordering::Relaxed);
         t.nodes.insert(ROOT_INO, Arc::new(root));
@@ -517,6 +522,20 @@ impl InodeTable {
             .iter()
             .filter(|e| *e.value() == ino)
             .map(|e| e.key().clone())
+            .collect()
+    }
+
+    /// Count a new directory node; true every `every` of them.
+    pub fn count_new_dir(&self, every: u64) -> bool {
+        (self.new_dirs.fetch_add(1, Ordering::Relaxed) + 1) % every.max(1) == 0
+    }
+
+    /// All live directory nodes.
+    pub fn dir_nodes(&self) -> Vec<Arc<Node>> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_dir())
+            .map(|n| n.value().clone())
             .collect()
     }
 

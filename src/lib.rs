@@ -16,6 +16,7 @@ pub mod check;
 pub mod copyup;
 pub mod daemon;
 pub mod error;
+pub mod fdbudget;
 pub mod file;
 pub mod fuse;
 pub mod idmap;

@@ -26,7 +26,9 @@ struct Cli {
     /// user.containers.override_stat (2)).
     /// Behaviour: timeout=SECONDS (kernel cache of entries and attributes,
     /// default 86400), threads=N, fsync=0|1 (fsync copied-up data, default
-    /// 1), volatile (= fsync=0), debug.
+    /// 1), volatile (= fsync=0), max_fds=N (open descriptors to stay below:
+    /// directories the kernel keeps are dropped from its cache beyond that;
+    /// default 3/4 of the open-file limit, at most 65536), debug.
     /// FUSE/VFS: ro, rw, allow_other, allow_root, default_permissions
     /// (always on), suid/nosuid, dev/nodev, exec/noexec, noatime (default),
     /// atime, auto_unmount, fsname=NAME.

@@ -384,6 +384,9 @@ impl Overlay {
             );
             let (n, inserted) = self.inodes.insert_or_get(node);
             if inserted {
+                if kind == FileType::Directory {
+                    self.new_dir_node();
+                }
                 self.inodes.set_dentry(parent, shared, n.ino);
                 return Entry { node: n, stat };
             }

@@ -54,6 +54,8 @@ pub struct MountOptions {
     pub timeout: Option<f64>,
     /// Number of request threads (`threads=`).
     pub threads: Option<usize>,
+    /// Open descriptors the daemon aims to stay below (`max_fds=`).
+    pub max_fds: Option<usize>,
     /// `xattr_permissions=1|2`: keep owner and mode in an xattr.
     pub xattr_permissions: u8,
     /// `fsync=0` disables fsync of copied-up data (and `volatile` too).
@@ -248,6 +250,13 @@ impl MountOptions {
                         SetupError::new(format!("option threads={v}: expected 1 to 1024"))
                     })?;
                 self.threads = Some(n);
+            }
+            "max_fds" => {
+                let v = need(key, value)?;
+                let n: usize = v.parse().ok().filter(|n| *n >= 64).ok_or_else(|| {
+                    SetupError::new(format!("option max_fds={v}: expected a number, 64 or more"))
+                })?;
+                self.max_fds = Some(n);
             }
             "uidmapping" => self.ids.uid.ranges = IdMap::parse(key, need(key, value)?)?,
             "gidmapping" => self.ids.gid.ranges = IdMap::parse(key, need(key, value)?)?,

@@ -33,6 +33,8 @@ pub struct Config {
     pub ttl: Duration,
     /// Ownership presentation.
     pub ids: crate::idmap::Ids,
+    /// Open descriptors to stay below (`max_fds=`; 0: from the limit).
+    pub max_fds: usize,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
         Config {
             ttl: Duration::from_secs(86400),
             ids: crate::idmap::Ids::default(),
+            max_fds: 0,
         }
     }
 }
@@ -60,6 +63,8 @@ pub struct Overlay {
     /// Where to send names whose kernel dentries must be dropped (served by
     /// a thread that owns the FUSE notifier; replies must not wait on it).
     pub invalidate: std::sync::OnceLock<std::sync::mpsc::Sender<Invalidate>>,
+    /// See `fdbudget`.
+    pub fd_budget: std::sync::OnceLock<usize>,
     /// See `euid`.
     pub egid: u32,
 }
@@ -73,6 +78,9 @@ pub enum Invalidate {
     Attr(u64),
     /// Many nodes were freed: give memory back once the forgets settle.
     Trim,
+    /// Many new directories: count descriptors, drop old directories from
+    /// the kernel cache if over budget (see `fdbudget`).
+    FdCheck,
 }
 
 /// How long the forgets must pause before memory is given back.
@@ -139,6 +147,7 @@ impl Overlay {
             config,
             euid: rustix::process::geteuid().as_raw(),
             invalidate: std::sync::OnceLock::new(),
+            fd_budget: std::sync::OnceLock::new(),
             egid: rustix::process::getegid().as_raw(),
         })
     }
@@ -238,6 +247,19 @@ impl Overlay {
         name: &[u8],
         hint: Option<usize>,
     ) -> Result<Option<Entry>> {
+        let r = self.lookup_inner(parent, name, hint);
+        if let Ok(Some(e)) = &r {
+            if e.node.is_dir() {
+                e.node.used.store(
+                    crate::fdbudget::now_ms(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+        r
+    }
+
+    fn lookup_inner(&self, parent: u64, name: &[u8], hint: Option<usize>) -> Result<Option<Entry>> {
         if whiteout::is_marker_name(name) {
             return Ok(None);
         }
@@ -289,6 +311,14 @@ impl Overlay {
         Ok(Some(self.attach(parent, name, found)))
     }
 
+    /// A directory node was made: now and then, check the descriptor
+    /// budget (in the background).
+    pub fn new_dir_node(&self) {
+        if self.inodes.count_new_dir(self.fd_check_every()) {
+            self.invalidate(Invalidate::FdCheck);
+        }
+    }
+
     /// Make (or find) the node for a resolved name and record the name.
     pub fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry {
         let mut stat = found.stat;
@@ -331,6 +361,9 @@ impl Overlay {
         };
         loop {
             let (node, inserted) = self.inodes.insert_or_get(make(ino));
+            if inserted && kind == FileType::Directory {
+                self.new_dir_node();
+            }
             if inserted || self.same_object(&node, &stat, kind) {
                 if !inserted {
                     // Another name of the same inode (a hard link), or a
@@ -417,6 +450,17 @@ impl Overlay {
                         ),
                         Ok(Invalidate::Attr(ino)) => {
                             notifier.inval_inode(fuser::INodeNo(ino), -1, 0)
+                        }
+                        Ok(Invalidate::FdCheck) => {
+                            if let Some(me) = me.upgrade() {
+                                for (parent, name) in me.dirs_to_drop() {
+                                    let _ = notifier.inval_entry(
+                                        fuser::INodeNo(parent),
+                                        std::ffi::OsStr::from_bytes(&name),
+                                    );
+                                }
+                            }
+                            Ok(())
                         }
                         Ok(Invalidate::Trim) => {
                             // Wait until the forgets pause.

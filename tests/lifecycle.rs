@@ -120,3 +120,49 @@ fn works_when_installed_as_fuse_overlayfs() {
     let info = mount_at(&st.mnt).expect("mounted");
     assert!(info.fstype.starts_with("fuse"), "{info:?}");
 }
+
+/// A walk over more directories than the descriptor budget allows: every
+/// entry is seen, twice, and the daemon stays within `max_fds=` by letting
+/// the kernel drop old directories from its cache.
+#[test]
+fn a_walk_over_more_directories_than_the_fd_budget_stays_within_it() {
+    let max_fds = 200;
+    let (n_top, n_sub) = (20, 60); // 1,220 directories
+    let mut lower = LayerSpec::new();
+    for i in 0..n_top {
+        for j in 0..n_sub {
+            lower = lower.file(&format!("a{i}/b{j}/f"), "x");
+        }
+    }
+    let spec = StackSpec::new(vec![lower, LayerSpec::new().dir("a0")], LayerSpec::new());
+    let st = spec.build(Format::Kernel);
+    let opts = format!(
+        "{},max_fds={max_fds}",
+        overlay_opts(&st.lowers, st.upper.as_deref(), st.work.as_deref())
+    );
+    let m = spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &st.mnt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = m.daemon_pid().unwrap();
+    let mut most = 0;
+    for pass in 0..2 {
+        let mut files = 0;
+        for i in 0..n_top {
+            for e in std::fs::read_dir(st.m(&format!("a{i}"))).unwrap() {
+                let sub = e.unwrap().path();
+                for f in std::fs::read_dir(&sub)
+                    .unwrap_or_else(|e| panic!("pass {pass}: read_dir {sub:?}: {e}"))
+                {
+                    let f = f.unwrap().path();
+                    assert_eq!(std::fs::read_to_string(&f).unwrap(), "x", "{f:?}");
+                    files += 1;
+                }
+                most = most.max(fd_count(pid));
+            }
+        }
+        assert_eq!(files, n_top * n_sub, "pass {pass}: files seen");
+    }
+    assert!(
+        most <= max_fds,
+        "daemon held up to {most} descriptors with max_fds={max_fds}"
+    );
+}
