@@ -566,6 +566,48 @@ def wl_stat_missing(ctx, m):
             timed(m, f"stat {kn(n)} missing names (warm)", c, cwd=m.mnt, check_out=exp)]
 
 
+MEMORY_SETTLE_SECONDS = 2.0  # after drop_caches: FORGETs arrive, the daemons free their nodes
+
+
+def fd_count(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def wl_memory(ctx, m):
+    """Daemon RSS and open descriptors: idle, after a cold walk that leaves every
+    entry looked up and held by the kernel, and after drop_caches made the kernel
+    forget them again. Only for FUSE daemons (m.pid)."""
+    exp = ctx.manifest["merged_entries"] + 1
+    _, rss_idle = daemon_stats(m.pid)
+    fds_idle = fd_count(m.pid)
+    # -printf %i needs a stat of every entry, so each one is looked up (not
+    # just listed) and its inode stays in the kernel's cache.
+    r = timed(m, "memory", f"find {m.mnt} -printf '%i\\n' | wc -l", check_out=exp)
+    _, rss_walk = daemon_stats(m.pid)
+    fds_walk = fd_count(m.pid)
+    drop_caches()
+    time.sleep(MEMORY_SETTLE_SECONDS)
+    _, rss_dropped = daemon_stats(m.pid)
+    fds_dropped = fd_count(m.pid)
+    try:
+        entries = int(r["out"])
+    except ValueError:
+        entries = exp
+    r.update(kind="memory", entries=entries, rss_idle=rss_idle, rss_walk=rss_walk, rss_dropped=rss_dropped,
+             fds_idle=fds_idle, fds_walk=fds_walk, fds_dropped=fds_dropped,
+             settle_seconds=MEMORY_SETTLE_SECONDS)
+    if None not in (rss_idle, rss_walk, rss_dropped) and entries > 0 and rss_idle > 0:
+        r["bytes_per_entry"] = (rss_walk - rss_idle) * 2**20 / entries
+        r["dropped_vs_idle"] = rss_dropped / rss_idle
+    log(f"memory on {m.fs}: RSS idle {rss_idle:.1f} MiB, after walk of {entries} entries {rss_walk:.1f} MiB "
+        f"({fds_walk} fds), after drop_caches {rss_dropped:.1f} MiB ({fds_dropped} fds)"
+        if None not in (rss_idle, rss_walk, rss_dropped) else f"memory on {m.fs}: daemon stats unavailable")
+    return [r]
+
+
 def wl_seqread(ctx, m):
     c = f"dd if={m.mnt}/var/lib/images/big1g.bin of=/dev/null bs=1M status=none"
     return [timed(m, f"seq read {ctx.manifest['big_file_mib']} MiB (cold)", c), timed(m, f"seq read {ctx.manifest['big_file_mib']} MiB (warm)", c)]
@@ -637,6 +679,7 @@ WORKLOADS = [
     ("untar", wl_untar, MAIN_FS),
     ("gitclone", wl_gitclone, MAIN_FS),
     ("make", wl_make, MAIN_FS),
+    ("memory", wl_memory, ["stratafs", "fuse-overlayfs"]),
 ]
 
 
@@ -660,6 +703,8 @@ def summarize(result):
     out = {}
     order = []
     for r in result["measurements"]:
+        if r.get("kind") == "memory":
+            continue  # own table (render_memory)
         v = r["variant"]
         if v not in out:
             out[v] = {}
@@ -687,6 +732,46 @@ def ratio(a, b):
     return f"{a / b:.2f}×"
 
 
+def fmt_mib(x):
+    return "–" if x is None else f"{x:.1f} MiB"
+
+
+def render_memory(result):
+    """Table of the `memory` workload: one row per daemon, median per column."""
+    recs = {}
+    for r in result["measurements"]:
+        if r.get("kind") == "memory":
+            recs.setdefault(r["fs"], []).append(r)
+    if not recs:
+        return [], []
+    runs = max(len(rs) for rs in recs.values())
+    entries = median([r.get("entries") for rs in recs.values() for r in rs])
+    settle = median([r.get("settle_seconds") for rs in recs.values() for r in rs])
+    L = [f"Daemon memory and descriptors (`memory`, median of {runs} run{'s' if runs != 1 else ''}): VmRSS right "
+         f"after mounting (idle), after a cold `find MNT -printf '%i\\n'` that leaves all {entries:.0f} entries looked "
+         f"up and held by the kernel, and {settle:g} s after `drop_caches` made the kernel forget them again. "
+         "Bytes per entry = (RSS after walk − idle RSS) / entries. The kernel overlay has no daemon.",
+         "",
+         f"| daemon | idle RSS | RSS after walk of {entries:.0f} entries | bytes per entry | descriptors after walk "
+         "| descriptors after drop_caches | RSS after drop_caches (× idle) |",
+         "|---|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for fs in ("stratafs", "fuse-overlayfs"):
+        rs = recs.get(fs)
+        if not rs:
+            continue
+        def col(k, rs=rs):
+            return median([r.get(k) for r in rs])
+        bpe, fw, fd, ratio_d = col("bytes_per_entry"), col("fds_walk"), col("fds_dropped"), col("dropped_vs_idle")
+        L.append(f"| {fs} | {fmt_mib(col('rss_idle'))} | {fmt_mib(col('rss_walk'))} | "
+                 f"{'–' if bpe is None else f'{bpe:.0f} B'} | {'–' if fw is None else f'{fw:.0f}'} | "
+                 f"{'–' if fd is None else f'{fd:.0f}'} | {fmt_mib(col('rss_dropped'))}"
+                 f"{'' if ratio_d is None else f' ({ratio_d:.2f}×)'} |")
+        notes += [f"{r['variant']} on {fs}: {r['mismatch']}" for r in rs if "mismatch" in r]
+    L.append("")
+    return L, notes
+
+
 def render(result, title):
     order, summ = summarize(result)
     meta = result["meta"]
@@ -706,40 +791,41 @@ def render(result, title):
                  f"max {max(loads):.1f}" + (" (**the machine was busy with other work; expect noise**)"
                                             if statistics.median(loads) > 3.0 else ""))
     L.append("")
-    L.append("Ratio = time / kernel overlay time (lower is better, 1.00× = as fast as the kernel).")
-    L.append("")
-    L.append("| workload | kernel overlay | stratafs | ratio | fuse-overlayfs | ratio |")
-    L.append("|---|---:|---:|---:|---:|---:|")
     notes = []
-    for v in order:
-        s = summ[v]
-        k = s.get("kernel", {}).get("seconds")
-        st = s.get("stratafs", {}).get("seconds")
-        fo = s.get("fuse-overlayfs", {}).get("seconds")
-        L.append(f"| {v} | {fmt_t(k)} | {fmt_t(st)} | {ratio(st, k)} | {fmt_t(fo)} | {ratio(fo, k)} |")
-        if "kernel-volatile" in s:
-            kv = s["kernel-volatile"]["seconds"]
-            L.append(f"| {v}, vs kernel `volatile` | {fmt_t(kv)} | {fmt_t(st)} | {ratio(st, kv)} | {fmt_t(fo)} | {ratio(fo, kv)} |")
-        for fs, x in s.items():
-            for mm in x["mismatch"]:
-                notes.append(f"{v} on {fs}: {mm}")
-    L.append("")
-    L.append("Daemon CPU time (utime+stime of the FUSE daemon during the timed command, median) and "
-             "daemon RSS before → after the command (MiB, median):")
-    L.append("")
-    L.append("| workload | stratafs CPU | stratafs RSS | fuse-overlayfs CPU | fuse-overlayfs RSS |")
-    L.append("|---|---:|---:|---:|---:|")
+    if order:  # timing tables (absent when only `memory` ran)
+        L.append("Ratio = time / kernel overlay time (lower is better, 1.00× = as fast as the kernel).")
+        L.append("")
+        L.append("| workload | kernel overlay | stratafs | ratio | fuse-overlayfs | ratio |")
+        L.append("|---|---:|---:|---:|---:|---:|")
+        for v in order:
+            s = summ[v]
+            k = s.get("kernel", {}).get("seconds")
+            st = s.get("stratafs", {}).get("seconds")
+            fo = s.get("fuse-overlayfs", {}).get("seconds")
+            L.append(f"| {v} | {fmt_t(k)} | {fmt_t(st)} | {ratio(st, k)} | {fmt_t(fo)} | {ratio(fo, k)} |")
+            if "kernel-volatile" in s:
+                kv = s["kernel-volatile"]["seconds"]
+                L.append(f"| {v}, vs kernel `volatile` | {fmt_t(kv)} | {fmt_t(st)} | {ratio(st, kv)} | {fmt_t(fo)} | {ratio(fo, kv)} |")
+            for fs, x in s.items():
+                for mm in x["mismatch"]:
+                    notes.append(f"{v} on {fs}: {mm}")
+        L.append("")
+        L.append("Daemon CPU time (utime+stime of the FUSE daemon during the timed command, median) and "
+                 "daemon RSS before → after the command (MiB, median):")
+        L.append("")
+        L.append("| workload | stratafs CPU | stratafs RSS | fuse-overlayfs CPU | fuse-overlayfs RSS |")
+        L.append("|---|---:|---:|---:|---:|")
 
-    def cell(x):
-        if not x or x.get("cpu") is None:
-            return "–", "–"
-        return f"{x['cpu']:.2f} s", f"{x['rss_before']:.0f} → {x['rss_after']:.0f}"
-    for v in order:
-        s = summ[v]
-        a, b = cell(s.get("stratafs"))
-        c, d = cell(s.get("fuse-overlayfs"))
-        L.append(f"| {v} | {a} | {b} | {c} | {d} |")
-    L.append("")
+        def cell(x):
+            if not x or x.get("cpu") is None:
+                return "–", "–"
+            return f"{x['cpu']:.2f} s", f"{x['rss_before']:.0f} → {x['rss_after']:.0f}"
+        for v in order:
+            s = summ[v]
+            a, b = cell(s.get("stratafs"))
+            c, d = cell(s.get("fuse-overlayfs"))
+            L.append(f"| {v} | {a} | {b} | {c} | {d} |")
+        L.append("")
     walk = summ.get("find (cold)")
     if walk:
         n = man["merged_entries"] + 1
@@ -750,6 +836,9 @@ def render(result, title):
                 parts.append(f"{fs} {x['cpu'] / n * 1e6:.1f} µs/entry")
         L.append(f"Daemon CPU per entry of a cold `find` walk ({n} entries): " + ", ".join(parts) + ".")
         L.append("")
+    mem, mem_notes = render_memory(result)
+    L += mem
+    notes += mem_notes
     if notes:
         L.append("**Result mismatches** (a filesystem returned something other than the kernel overlay's view):")
         L.append("")
