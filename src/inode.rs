@@ -27,11 +27,11 @@ pub const ROOT_INO: u64 = 1;
 /// entry in the name map (one allocation per name).
 pub type Name = Arc<[u8]>;
 
-/// The AUFS whiteout names (`.wh.NAME` -> `NAME`) of a lower directory,
-/// read once with one listing instead of one `stat` per lookup. `None`
-/// inside means the listing failed and lookups stat instead. Only for
-/// directories that never change while mounted (not the upper's).
-pub type WhCache = std::sync::OnceLock<Option<std::collections::HashSet<Box<[u8]>>>>;
+/// The index of a lower directory (`whiteout::DirIndex`), made by its
+/// first listing or first failed lookup. `None` inside means reading it
+/// failed and lookups stat instead. Only for directories that never change
+/// while mounted (not the upper's).
+pub type WhCache = std::sync::OnceLock<Option<crate::whiteout::DirIndex>>;
 
 /// A directory in one layer, held open.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct LayerFd {
     pub layer: usize,
     /// `O_PATH` descriptor of the directory in that layer.
     pub fd: Arc<OwnedFd>,
-    /// Whiteout names of a lower directory.
+    /// Index of a lower directory.
     pub wh: Option<Arc<WhCache>>,
 }
 

@@ -50,10 +50,10 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
     let n = layers.len();
     for (i, l) in layers.iter().enumerate() {
         let more_below = i + 1 < n;
-        let st = match rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        let st = match stat_in(l, name) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
-                if more_below && has_wh(l, name) {
+                if has_wh(l, name) && more_below {
                     break;
                 }
                 continue;
@@ -118,10 +118,10 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
 pub fn exists(layers: &[LayerFd], name: &[u8]) -> Result<bool> {
     let n = layers.len();
     for (i, l) in layers.iter().enumerate() {
-        match rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        match stat_in(l, name) {
             Ok(st) => return Ok(!whiteout::is_whiteout(&st)),
             Err(Errno::NOENT) => {
-                if i + 1 < n && has_wh(l, name) {
+                if has_wh(l, name) && i + 1 < n {
                     return Ok(false);
                 }
             }
@@ -131,13 +131,26 @@ pub fn exists(layers: &[LayerFd], name: &[u8]) -> Result<bool> {
     Ok(false)
 }
 
-/// Whether the layer directory `l` has an AUFS whiteout for `name`.
+/// Whether the layer directory `l` has an AUFS whiteout for `name`. Called
+/// when `l` lacks `name`, also where no layer is below: reading the index
+/// then spares later lookups of missing names their `stat`.
 fn has_wh(l: &LayerFd, name: &[u8]) -> bool {
     let Some(cache) = &l.wh else {
         return whiteout::has_wh_file(&*l.fd, name);
     };
-    match cache.get_or_init(|| whiteout::wh_names(&*l.fd).ok()) {
-        Some(set) => set.contains(name),
+    match cache.get_or_init(|| whiteout::DirIndex::read(&*l.fd).ok()) {
+        Some(index) => index.hides(name),
         None => whiteout::has_wh_file(&*l.fd, name),
     }
+}
+
+/// `lstat` of `name` in the layer directory `l`; `NOENT` without a system
+/// call when the directory's index says it lacks the name.
+fn stat_in(l: &LayerFd, name: &[u8]) -> Result<Stat> {
+    if let Some(Some(index)) = l.wh.as_ref().and_then(|c| c.get()) {
+        if index.lacks(name) {
+            return Err(Errno::NOENT);
+        }
+    }
+    rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW)
 }

@@ -7,6 +7,17 @@ use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timestamps};
 use crate::error::{Errno, Result};
 use crate::sys::proc_fd_path;
 
+/// A 64-bit FNV-1a hash of an entry name (listing offsets, directory
+/// indexes).
+pub fn name_hash(name: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// A second `O_PATH` descriptor for the same directory.
 pub fn dup_path(fd: impl AsFd) -> Result<OwnedFd> {
     rustix::fs::openat(

@@ -56,20 +56,70 @@ pub fn has_wh_file(dir: impl AsFd, name: &[u8]) -> bool {
     }
 }
 
-/// The names hidden by AUFS whiteouts (`.wh.NAME` files) in `dir`.
-pub fn wh_names(dir: impl AsFd) -> Result<std::collections::HashSet<Box<[u8]>>> {
-    let rd = crate::util::open_dir_read(dir)?;
-    let mut set = std::collections::HashSet::new();
-    for ent in rustix::fs::Dir::new(rd)? {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if let Some(target) = n.strip_prefix(WH_PREFIX) {
-            if n != OPAQUE_FILE && !target.is_empty() {
-                set.insert(Box::from(target));
+/// What a lower directory holds, read once with one listing: the names its
+/// AUFS whiteouts (`.wh.NAME` files) hide, and a hash of every name in it,
+/// so that lookups skip the `stat` of names it lacks. Only for directories
+/// that never change while mounted (not the upper's).
+#[derive(Debug, Default)]
+pub struct DirIndex {
+    hidden: std::collections::HashSet<Box<[u8]>>,
+    hashes: Box<[u64]>,
+}
+
+impl DirIndex {
+    /// Read `dir`'s entries.
+    pub fn read(dir: impl AsFd) -> Result<DirIndex> {
+        let rd = crate::util::open_dir_read(dir)?;
+        let mut b = DirIndexBuilder::default();
+        for ent in rustix::fs::Dir::new(rd)? {
+            b.add(ent?.file_name().to_bytes());
+        }
+        Ok(b.build())
+    }
+
+    /// Whether a `.wh.` file in this directory hides `name`.
+    pub fn hides(&self, name: &[u8]) -> bool {
+        self.hidden.contains(name)
+    }
+
+    /// Whether the directory certainly has no entry `name`.
+    pub fn lacks(&self, name: &[u8]) -> bool {
+        self.hashes
+            .binary_search(&crate::util::name_hash(name))
+            .is_err()
+    }
+}
+
+/// Collects a `DirIndex` from a listing.
+#[derive(Debug, Default)]
+pub struct DirIndexBuilder {
+    hidden: std::collections::HashSet<Box<[u8]>>,
+    hashes: Vec<u64>,
+}
+
+impl DirIndexBuilder {
+    /// One entry of the listing (`.` and `..` may be left out).
+    pub fn add(&mut self, name: &[u8]) {
+        if name == b"." || name == b".." {
+            return;
+        }
+        self.hashes.push(crate::util::name_hash(name));
+        if let Some(target) = name.strip_prefix(WH_PREFIX) {
+            if name != OPAQUE_FILE && !target.is_empty() {
+                self.hidden.insert(Box::from(target));
             }
         }
     }
-    Ok(set)
+
+    /// The index.
+    pub fn build(mut self) -> DirIndex {
+        self.hashes.sort_unstable();
+        self.hashes.dedup();
+        DirIndex {
+            hidden: self.hidden,
+            hashes: self.hashes.into_boxed_slice(),
+        }
+    }
 }
 
 /// Whether the directory `dir` is opaque (hides same-named dirs below).
