@@ -27,8 +27,8 @@ pub const ROOT_INO: u64 = 1;
 /// entry in the name map (one allocation per name).
 pub type Name = Arc<[u8]>;
 
-/// The index of a lower directory (`whiteout::DirIndex`), made by its
-/// first listing or first failed lookup. `None` inside means reading it
+/// The index of a lower directory (`whiteout::DirIndex`), read at the
+/// first lookup of a name it lacks. `None` inside means reading it
 /// failed and lookups stat instead. Only for directories that never change
 /// while mounted (not the upper's).
 pub type WhCache = std::sync::OnceLock<Option<crate::whiteout::DirIndex>>;

@@ -26,7 +26,7 @@ use crate::error::Result;
 use crate::inode::Node;
 use crate::overlay::Overlay;
 use crate::util;
-use crate::whiteout::{self, DirIndexBuilder, OPAQUE_FILE, WH_PREFIX};
+use crate::whiteout::{self, OPAQUE_FILE, WH_PREFIX};
 
 /// One entry of a listing.
 #[derive(Debug, Clone)]
@@ -92,18 +92,10 @@ impl Overlay {
             let dirfd = util::open_dir_read(&*l.fd)?;
             let hint = u16::try_from(l.layer).unwrap_or(NO_LAYER);
             let mut layer_wh: Vec<Box<[u8]>> = Vec::new();
-            // A lower directory's index comes free with its first listing.
-            let mut index =
-                l.wh.as_ref()
-                    .filter(|c| c.get().is_none())
-                    .map(|_| DirIndexBuilder::default());
             let mut entries = RawDir::new(&dirfd, &mut buf);
             while let Some(ent) = entries.next() {
                 let ent = ent?;
                 let name = ent.file_name().to_bytes();
-                if let Some(b) = &mut index {
-                    b.add(name);
-                }
                 if name == b"." || name == b".." || name == OPAQUE_FILE {
                     continue;
                 }
@@ -149,9 +141,6 @@ impl Overlay {
                 });
             }
             hidden.extend(layer_wh);
-            if let (Some(b), Some(cache)) = (index, &l.wh) {
-                let _ = cache.set(Some(b.build()));
-            }
         }
         Ok(out)
     }
