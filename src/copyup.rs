@@ -42,7 +42,7 @@ impl Overlay {
     /// Make sure `node` has an upper copy; returns its `O_PATH` fd.
     pub fn copy_up(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
         self.writable()?;
-        if let Some(u) = node.upper() {
+        if let Some(u) = self.upper_fd(node)? {
             return Ok(u);
         }
         // Collect the ancestors that lack an upper copy, nearest first.
@@ -98,7 +98,7 @@ impl Overlay {
     /// a link to the upper copy.
     pub fn link_up(&self, node: &Arc<Node>, parent: u64, name: &[u8]) -> Result<()> {
         let origin = node.state.read().origin;
-        let src = node.upper().ok_or(Errno::IO)?;
+        let src = self.upper_fd(node)?.ok_or(Errno::IO)?;
         let dir = self.dir_node(parent)?;
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write();
@@ -122,7 +122,7 @@ impl Overlay {
 
     fn copy_up_one(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
         let _g = node.copy_lock.lock();
-        if let Some(u) = node.upper() {
+        if let Some(u) = self.upper_fd(node)? {
             return Ok(u);
         }
         let (parent_ino, name, lower, detached) = {

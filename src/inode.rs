@@ -298,7 +298,9 @@ impl Node {
         self.state.read().upper.clone()
     }
 
-    /// An `O_PATH` descriptor of the upper object, if there is one.
+    /// An `O_PATH` descriptor of the upper object, if there is one and it
+    /// can be opened. For directories (held open); for objects reached by
+    /// name use `Overlay::upper_fd`, which tells the two cases apart.
     pub fn upper(&self) -> Option<Arc<OwnedFd>> {
         self.upper_obj().and_then(|o| o.fd().ok())
     }

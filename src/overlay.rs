@@ -210,6 +210,24 @@ impl Overlay {
         }
     }
 
+    /// The upper object of `node` held open, if it has one. Unlike
+    /// `Node::upper`, an object reached by name is opened under its
+    /// parent's read lock (see `with_top`), so a concurrent rename cannot
+    /// make it look absent, and a failure to open it is an error, not "no
+    /// upper copy".
+    pub fn upper_fd(&self, node: &Node) -> Result<Option<Arc<OwnedFd>>> {
+        if !node.has_upper() {
+            return Ok(None);
+        }
+        self.with_top(node, |layer, obj| {
+            if self.stack.has_upper && layer == 0 {
+                obj.fd().map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
     /// The override xattr of layer `layer`, if it keeps owners and modes in
     /// xattrs.
     pub fn override_name(&self, layer: usize) -> Option<&'static [u8]> {
