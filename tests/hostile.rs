@@ -1319,12 +1319,7 @@ fn char_devices_other_than_0_0_are_device_nodes_not_whiteouts() {
     assert_eq!(k, Ok(Vec::new()), "kernel");
     {
         let st = spec.build(Format::AsSpecified);
-        let opts = format!(
-            "{},dev",
-            overlay_opts(&st.lowers, st.upper.as_deref(), st.work.as_deref())
-        );
-        let _m = spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &st.mnt)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let _m = st.mount_strata_with("dev");
         assert_eq!(sys::read_all(&st.m("null13")), Ok(Vec::new()), "-o dev");
         assert_ok(
             sys::write_file(&st.m("up13"), b"into the device", 0o644),

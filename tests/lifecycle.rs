@@ -136,12 +136,7 @@ fn a_walk_over_more_directories_than_the_fd_budget_stays_within_it() {
     }
     let spec = StackSpec::new(vec![lower, LayerSpec::new().dir("a0")], LayerSpec::new());
     let st = spec.build(Format::Kernel);
-    let opts = format!(
-        "{},max_fds={max_fds}",
-        overlay_opts(&st.lowers, st.upper.as_deref(), st.work.as_deref())
-    );
-    let m = spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &st.mnt)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let m = st.mount_strata_with(&format!("max_fds={max_fds}"));
     let pid = m.daemon_pid().unwrap();
     let mut most = 0;
     for pass in 0..2 {

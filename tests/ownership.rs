@@ -7,12 +7,7 @@ mod common;
 use common::*;
 
 fn mount_with(st: &Stack, extra: &str) -> Mount {
-    let opts = format!(
-        "{},{extra}",
-        overlay_opts(&st.lowers, st.upper.as_deref(), st.work.as_deref())
-    );
-    spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &st.mnt)
-        .unwrap_or_else(|e| panic!("{e}"))
+    st.mount_strata_with(extra)
 }
 
 fn owner(p: &std::path::Path) -> (u32, u32) {

@@ -905,6 +905,15 @@ impl Stack {
             &self.mnt,
         )
     }
+    /// `mount_strata` with more `-o` options (`extra`, comma-separated).
+    pub fn mount_strata_with(&self, extra: &str) -> Mount {
+        let opts = format!(
+            "{},{extra}",
+            overlay_opts(&self.lowers, self.upper.as_deref(), self.work.as_deref())
+        );
+        spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &self.mnt)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
     pub fn try_mount_strata(&self) -> Result<Mount, String> {
         try_mount_stratafs(
             &self.lowers,
