@@ -558,7 +558,6 @@ fn quote(b: &[u8]) -> String {
     one_line(&String::from_utf8_lossy(b))
 }
 
-/// Strict check of an override_stat value: `UID:GID:OCTALMODE[:TYPE]`.
 /// Whether `name` resolves to something visible in the lower directories
 /// `chain` (top first), as stratafs resolves it.
 fn visible_below(chain: &[Rc<OwnedFd>], name: &[u8]) -> bool {

@@ -382,7 +382,7 @@ pub const FRESH_BASE: u64 = 0xff << 56;
 const INO_BITS: u32 = 56;
 const MAX_DEV_INDEX: u64 = 0xfe;
 const TRIM_EVERY: u64 = 4096;
-/// Freed nodes after which the end of a FORGET batch gives memory back.
+/// Freed nodes after which memory is given back once the forgets pause.
 const TRIM_BATCH: u64 = 256;
 
 /// All live nodes.

@@ -456,26 +456,23 @@ impl Overlay {
                 use std::os::unix::ffi::OsStrExt;
                 use std::sync::mpsc::RecvTimeoutError;
                 let mut trim_at: Option<Instant> = None;
+                let drop_entry = |parent: u64, name: &[u8]| {
+                    notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name))
+                };
                 loop {
                     let what = match trim_at {
                         None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                         Some(t) => rx.recv_timeout(t.saturating_duration_since(Instant::now())),
                     };
                     let _ = match what {
-                        Ok(Invalidate::Entry(parent, name)) => notifier.inval_entry(
-                            fuser::INodeNo(parent),
-                            std::ffi::OsStr::from_bytes(&name),
-                        ),
+                        Ok(Invalidate::Entry(parent, name)) => drop_entry(parent, &name),
                         Ok(Invalidate::Attr(ino)) => {
                             notifier.inval_inode(fuser::INodeNo(ino), -1, 0)
                         }
                         Ok(Invalidate::FdCheck) => {
                             if let Some(me) = me.upgrade() {
                                 for (parent, name) in me.dirs_to_drop() {
-                                    let _ = notifier.inval_entry(
-                                        fuser::INodeNo(parent),
-                                        std::ffi::OsStr::from_bytes(&name),
-                                    );
+                                    let _ = drop_entry(parent, &name);
                                 }
                             }
                             Ok(())

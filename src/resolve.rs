@@ -53,7 +53,7 @@ pub fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
         let st = match stat_in(l, name) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
-                if has_wh(l, name) && more_below {
+                if more_below && has_wh(l, name) {
                     break;
                 }
                 continue;
@@ -121,7 +121,7 @@ pub fn exists(layers: &[LayerFd], name: &[u8]) -> Result<bool> {
         match stat_in(l, name) {
             Ok(st) => return Ok(!whiteout::is_whiteout(&st)),
             Err(Errno::NOENT) => {
-                if has_wh(l, name) && i + 1 < n {
+                if i + 1 < n && has_wh(l, name) {
                     return Ok(false);
                 }
             }
@@ -131,26 +131,34 @@ pub fn exists(layers: &[LayerFd], name: &[u8]) -> Result<bool> {
     Ok(false)
 }
 
-/// Whether the layer directory `l` has an AUFS whiteout for `name`. Called
-/// when `l` lacks `name`, also where no layer is below: reading the index
-/// then spares later lookups of missing names their `stat`.
+/// The index of the lower directory `l`, read at its first use; `None` for
+/// the upper (which changes) or when it cannot be read.
+fn index(l: &LayerFd) -> Option<&whiteout::DirIndex> {
+    l.wh.as_ref()?
+        .get_or_init(|| whiteout::DirIndex::read(&*l.fd).ok())
+        .as_ref()
+}
+
+/// Whether the layer directory `l` (which lacks `name`) has an AUFS
+/// whiteout for `name`.
 fn has_wh(l: &LayerFd, name: &[u8]) -> bool {
-    let Some(cache) = &l.wh else {
-        return whiteout::has_wh_file(&*l.fd, name);
-    };
-    match cache.get_or_init(|| whiteout::DirIndex::read(&*l.fd).ok()) {
+    match index(l) {
         Some(index) => index.hides(name),
         None => whiteout::has_wh_file(&*l.fd, name),
     }
 }
 
-/// `lstat` of `name` in the layer directory `l`; `NOENT` without a system
-/// call when the directory's index says it lacks the name.
+/// `lstat` of `name` in the layer directory `l`. A lower directory's index
+/// is read at its first miss; from then on names it lacks cost no system
+/// call.
 fn stat_in(l: &LayerFd, name: &[u8]) -> Result<Stat> {
-    if let Some(Some(index)) = l.wh.as_ref().and_then(|c| c.get()) {
-        if index.lacks(name) {
-            return Err(Errno::NOENT);
-        }
+    let known = l.wh.as_ref().and_then(|c| c.get()).and_then(|i| i.as_ref());
+    if known.is_some_and(|i| i.lacks(name)) {
+        return Err(Errno::NOENT);
     }
-    rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW)
+    let r = rustix::fs::statat(&*l.fd, name, AtFlags::SYMLINK_NOFOLLOW);
+    if matches!(r, Err(Errno::NOENT)) && known.is_none() {
+        index(l);
+    }
+    r
 }

@@ -70,11 +70,27 @@ impl DirIndex {
     /// Read `dir`'s entries.
     pub fn read(dir: impl AsFd) -> Result<DirIndex> {
         let rd = crate::util::open_dir_read(dir)?;
-        let mut b = DirIndexBuilder::default();
+        let mut hidden = std::collections::HashSet::new();
+        let mut hashes = Vec::new();
         for ent in rustix::fs::Dir::new(rd)? {
-            b.add(ent?.file_name().to_bytes());
+            let ent = ent?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            hashes.push(crate::util::name_hash(name));
+            if let Some(target) = name.strip_prefix(WH_PREFIX) {
+                if name != OPAQUE_FILE && !target.is_empty() {
+                    hidden.insert(Box::from(target));
+                }
+            }
         }
-        Ok(b.build())
+        hashes.sort_unstable();
+        hashes.dedup();
+        Ok(DirIndex {
+            hidden,
+            hashes: hashes.into_boxed_slice(),
+        })
     }
 
     /// Whether a `.wh.` file in this directory hides `name`.
@@ -87,38 +103,6 @@ impl DirIndex {
         self.hashes
             .binary_search(&crate::util::name_hash(name))
             .is_err()
-    }
-}
-
-/// Collects a `DirIndex` from a listing.
-#[derive(Debug, Default)]
-pub struct DirIndexBuilder {
-    hidden: std::collections::HashSet<Box<[u8]>>,
-    hashes: Vec<u64>,
-}
-
-impl DirIndexBuilder {
-    /// One entry of the listing (`.` and `..` may be left out).
-    pub fn add(&mut self, name: &[u8]) {
-        if name == b"." || name == b".." {
-            return;
-        }
-        self.hashes.push(crate::util::name_hash(name));
-        if let Some(target) = name.strip_prefix(WH_PREFIX) {
-            if name != OPAQUE_FILE && !target.is_empty() {
-                self.hidden.insert(Box::from(target));
-            }
-        }
-    }
-
-    /// The index.
-    pub fn build(mut self) -> DirIndex {
-        self.hashes.sort_unstable();
-        self.hashes.dedup();
-        DirIndex {
-            hidden: self.hidden,
-            hashes: self.hashes.into_boxed_slice(),
-        }
     }
 }
 
