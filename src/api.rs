@@ -40,22 +40,11 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::error::SetupError;
-use crate::options::parse_mount_args;
-use crate::{spawn_mount, BackgroundMount};
-
-/// Escape a path for a `-o` option value (`\`, `,` and `:` get a `\`).
-pub fn escape_path(p: &Path) -> String {
-    let s = p.as_os_str().to_string_lossy();
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '\\' | ',' | ':') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use crate::error::SetupError;
+use crate::fuse::daemon::spawn_mount;
+pub use crate::fuse::daemon::BackgroundMount;
+pub use crate::setup::options::escape_path;
+use crate::setup::options::parse_mount_args;
 
 /// Describes a stack to mount: lower directories (top first), an optional
 /// upper and work directory, and extra `-o` options.

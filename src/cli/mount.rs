@@ -1,0 +1,123 @@
+//! Mounting: the plain command line and `stratafs mount --store`.
+
+use std::ffi::OsString;
+
+use clap::Parser;
+
+use super::{fail, init_log};
+use crate::fuse::daemon;
+use crate::setup::options::parse_mount_args;
+use crate::setup::store::Chain;
+
+/// Rootless userspace overlay filesystem.
+///
+/// Mounts LOWERDIRs (leftmost on top) under a writable UPPERDIR at
+/// MOUNTPOINT: `stratafs -o lowerdir=L1:L2,upperdir=U,workdir=W MOUNTPOINT`.
+/// Without upperdir the mount is read-only. In -o values a backslash
+/// escapes `,` `:` and `\`; double quotes protect a value.
+///
+/// Other commands: `stratafs mount --store DIR ID MOUNTPOINT` (a layer of a
+/// Docker or containers-storage overlay store), `stratafs inspect`, `stratafs
+/// check`; each has its own --help.
+#[derive(Parser, Debug)]
+#[command(name = "stratafs", version, about, long_about)]
+struct Cli {
+    /// Mount options, comma separated; -o may repeat.
+    /// Layers: lowerdir=DIR[:DIR...] (top first), upperdir=DIR, workdir=DIR
+    /// (same filesystem as upperdir).
+    /// Ownership: uidmapping=C:H:S[:C:H:S...] and gidmapping=... (show
+    /// on-disk ids C.. as H.., map writes back; unmapped ids show as
+    /// 65534), squash_to_root, squash_to_uid=N, squash_to_gid=N,
+    /// xattr_permissions=0|1|2 (keep owner and mode in
+    /// security.fuseoverlayfs.override_stat (1) or
+    /// user.containers.override_stat (2)).
+    /// Behaviour: timeout=SECONDS (kernel cache of entries and attributes,
+    /// default 86400), threads=N, fsync=0|1 (fsync copied-up data, default
+    /// 1), volatile (= fsync=0), max_fds=N (open descriptors to stay below:
+    /// directories the kernel keeps are dropped from its cache beyond that;
+    /// default 3/4 of the open-file limit, at most 65536), debug.
+    /// FUSE/VFS: ro, rw, allow_other, allow_root, suid/nosuid, dev/nodev,
+    /// exec/noexec, noatime (default), atime, auto_unmount, fsname=NAME;
+    /// default_permissions is always on (the kernel checks permissions).
+    /// Accepted and ignored (container engines pass them): context=,
+    /// private, static_nlink, noacl, noxattrs=, redirect_dir=, index=,
+    /// metacopy=, xino=, userxattr, writeback=, fast_ino=, threaded=,
+    /// max_write=, empty options. Unknown options: a warning.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+
+    /// Log every request (implies -f).
+    #[arg(short = 'd')]
+    debug: bool,
+
+    /// [SOURCE] MOUNTPOINT (the source of the mount(8) helper form is ignored).
+    #[arg(value_name = "MOUNTPOINT", required = true, num_args = 1..=2)]
+    args: Vec<String>,
+}
+
+/// `stratafs mount --store DIR ID MOUNTPOINT`: mount a layer of a Docker or
+/// containers-storage overlay store with its whole chain.
+#[derive(Parser, Debug)]
+#[command(name = "stratafs mount", version)]
+struct MountCmd {
+    /// The store directory (e.g. /var/lib/docker/overlay2).
+    #[arg(long, value_name = "DIR")]
+    store: std::path::PathBuf,
+    /// Mount the chain and the layer's own diff read-only (no upper).
+    #[arg(long)]
+    read_only: bool,
+    /// Extra mount options, as for the plain command line.
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    options: Vec<String>,
+    /// Stay in the foreground.
+    #[arg(short = 'f')]
+    foreground: bool,
+    /// Log every request (implies -f).
+    #[arg(short = 'd')]
+    debug: bool,
+    /// The layer id (its directory name in the store).
+    id: String,
+    /// Where to mount.
+    mountpoint: String,
+}
+
+/// The plain command line.
+pub(super) fn plain(argv: Vec<OsString>) -> i32 {
+    let cli = Cli::parse_from(argv);
+    let debug = cli.debug
+        || cli
+            .options
+            .iter()
+            .any(|o| o.split(',').any(|t| t == "debug"));
+    init_log(debug);
+    match parse_mount_args(&cli.options, &cli.args, cli.foreground || cli.debug, debug) {
+        Ok(opts) => daemon::run(&opts),
+        Err(e) => fail(e),
+    }
+}
+
+/// `stratafs mount --store`.
+pub(super) fn store(args: Vec<OsString>) -> i32 {
+    let cmd = MountCmd::parse_from(args);
+    init_log(cmd.debug);
+    let opts = Chain::resolve(&cmd.store, &cmd.id)
+        .and_then(|chain| chain.mount_options(cmd.read_only))
+        .and_then(|o| {
+            let mut all = vec![o];
+            all.extend(cmd.options);
+            parse_mount_args(
+                &all,
+                &[cmd.mountpoint],
+                cmd.foreground || cmd.debug,
+                cmd.debug,
+            )
+        });
+    match opts {
+        Ok(opts) => daemon::run(&opts),
+        Err(e) => fail(e),
+    }
+}

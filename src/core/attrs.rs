@@ -1,0 +1,253 @@
+//! Attributes and extended attributes: getattr, setattr, readlink, statfs,
+//! and the xattr calls. Every change copies the object up first.
+
+use std::sync::Arc;
+
+use rustix::fs::{FileType, OFlags, Stat, Timespec, Timestamps, XattrFlags};
+
+use super::copyup::Data;
+use super::node::Node;
+use super::obj::Obj;
+use super::overlay::Overlay;
+use crate::error::{Errno, Result};
+use crate::format::override_stat::{self, Override, CONTAINERS};
+use crate::format::xattr_names;
+use crate::sys::{fd, xattr};
+
+/// A time to set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SetTime {
+    /// The current time.
+    Now,
+    /// This time.
+    At(Timespec),
+}
+
+/// What a `setattr` changes; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SetAttr {
+    /// Permission bits.
+    pub(crate) mode: Option<u32>,
+    /// Owner, as shown to clients.
+    pub(crate) uid: Option<u32>,
+    /// Group, as shown to clients.
+    pub(crate) gid: Option<u32>,
+    /// Size (truncate).
+    pub(crate) size: Option<u64>,
+    /// Access time.
+    pub(crate) atime: Option<SetTime>,
+    /// Modification time.
+    pub(crate) mtime: Option<SetTime>,
+    /// The open file the change comes through (ftruncate, futimens).
+    pub(crate) fh: Option<u64>,
+}
+
+fn timespec(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        Some(SetTime::At(t)) => t,
+    }
+}
+
+impl Overlay {
+    /// Attributes for `getattr`.
+    pub(crate) fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<(Arc<Node>, Stat)> {
+        let node = self.node(ino)?;
+        // fstat(2) of an open file: ask the open file itself.
+        if let Some(st) = fh.and_then(|h| self.handle_stat(h, &node)) {
+            return Ok((node, st));
+        }
+        let st = self.stat_node(&node)?;
+        Ok((node, st))
+    }
+
+    /// `setattr`: copy up, then apply owner, mode, size and times.
+    pub(crate) fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        let ids = &self.config.ids;
+        let uid = match set.uid {
+            Some(u) => ids.uid.chown_to_disk(u)?,
+            None => None,
+        };
+        let gid = match set.gid {
+            Some(g) => ids.gid.chown_to_disk(g)?,
+            None => None,
+        };
+        let data = if set.size == Some(0) {
+            Data::Empty
+        } else {
+            Data::All
+        };
+        let up = self.copy_up(&node, data)?;
+        if set.mode.is_some() && node.kind == FileType::Symlink {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let real = rustix::fs::fstat(&*up)?;
+        match self
+            .stack
+            .override_xattr(0)
+            .filter(|_| override_stat::applies_to(&real))
+        {
+            Some(name) if uid.is_some() || gid.is_some() || set.mode.is_some() => {
+                // Owner and mode live in the xattr; the inode keeps its own.
+                let mut ov = self
+                    .recorded_override(0, &Obj::Fd(up.clone()), &real)
+                    .unwrap_or_else(|| Override::of_stat(&real));
+                ov.uid = uid.unwrap_or(ov.uid);
+                ov.gid = gid.unwrap_or(ov.gid);
+                if let Some(m) = set.mode {
+                    ov.perm = m & 0o7777;
+                }
+                xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
+            }
+            _ => {
+                if uid.is_some() || gid.is_some() {
+                    fd::set_owner(&*up, uid, gid)?;
+                }
+                if let Some(m) = set.mode {
+                    fd::set_mode(&*up, m)?;
+                }
+            }
+        }
+        if let Some(len) = set.size {
+            if node.is_dir() {
+                return Err(Errno::ISDIR);
+            }
+            match set.fh.and_then(|h| self.io_fd(h).ok()) {
+                Some(f) if rustix::fs::ftruncate(&*f, len).is_ok() => {}
+                _ => {
+                    let f = fd::reopen(&*up, OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(&f, len)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = Timestamps {
+                last_access: timespec(set.atime),
+                last_modification: timespec(set.mtime),
+            };
+            if node.kind == FileType::Symlink {
+                let (parent, name) = node.location();
+                let pup = self.node(parent)?.upper().ok_or(Errno::IO)?;
+                rustix::fs::utimensat(&*pup, &*name, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+            } else {
+                fd::set_times(&*up, &ts)?;
+            }
+        }
+        self.stat_node(&node)
+    }
+
+    /// Target of a symlink.
+    pub(crate) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != FileType::Symlink {
+            return Err(Errno::INVAL);
+        }
+        self.with_top(&node, |_, obj| {
+            let target = match obj {
+                Obj::Fd(fd) => rustix::fs::readlinkat(&**fd, "", Vec::new()),
+                Obj::At { dir, name } => rustix::fs::readlinkat(&**dir, &**name, Vec::new()),
+            };
+            match target {
+                Ok(t) => Ok(t.into_bytes()),
+                // A symlink kept as a regular file whose override says
+                // `symlink`: the target is the file's content.
+                Err(Errno::INVAL) => {
+                    let fd = obj.open(OFlags::RDONLY)?;
+                    let mut buf = vec![0u8; 4096];
+                    let n = rustix::io::read(&fd, &mut buf[..])?;
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Filesystem statistics of the upper layer (or the top lower).
+    pub(crate) fn statfs(&self) -> Result<rustix::fs::StatVfs> {
+        let l = self.stack.layers.first().ok_or(Errno::IO)?;
+        rustix::fs::fstatvfs(&l.root)
+    }
+
+    /// Whether layer `layer` keeps `security.*` in the containers override
+    /// names (see `format::xattr_names`).
+    fn containers_mode(&self, layer: usize) -> bool {
+        self.stack.override_xattr(layer) == Some(CONTAINERS)
+    }
+
+    /// `getxattr`.
+    pub(crate) fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>> {
+        if xattr_names::is_private(name) {
+            return Err(Errno::NODATA);
+        }
+        let node = self.node(ino)?;
+        if node.lower_xattr_free() {
+            return Err(Errno::NODATA);
+        }
+        self.with_top(&node, |layer, top| {
+            top.get_xattr(&xattr_names::stored_name(self.containers_mode(layer), name))
+        })
+    }
+
+    /// `listxattr`.
+    pub(crate) fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.lower_xattr_free() {
+            return Ok(Vec::new());
+        }
+        match self.with_top(&node, |layer, top| {
+            Ok((self.containers_mode(layer), top.list_xattr()?))
+        }) {
+            Ok((containers, all)) => Ok(xattr_names::shown_names(containers, &all)),
+            Err(Errno::NOTSUP) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `setxattr`: copy up, then set.
+    pub(crate) fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if xattr_names::is_private(name) {
+            return Err(Errno::PERM);
+        }
+        self.writable()?;
+        let node = self.node(ino)?;
+        let up = self.copy_up(&node, Data::All)?;
+        let stored = xattr_names::stored_name(self.containers_mode(0), name);
+        if stored.len() > 255 {
+            return Err(Errno::RANGE);
+        }
+        xattr::set(
+            &*up,
+            &stored,
+            value,
+            XattrFlags::from_bits_retain(flags as _),
+        )
+    }
+
+    /// `removexattr`: copy up, then remove.
+    pub(crate) fn removexattr(&self, ino: u64, name: &[u8]) -> Result<()> {
+        if xattr_names::is_private(name) {
+            return Err(Errno::NODATA);
+        }
+        self.writable()?;
+        let node = self.node(ino)?;
+        // Removing an absent attribute must not copy anything up.
+        self.with_top(&node, |layer, top| {
+            top.get_xattr(&xattr_names::stored_name(self.containers_mode(layer), name))
+        })?;
+        let up = self.copy_up(&node, Data::All)?;
+        xattr::remove(
+            &*up,
+            &xattr_names::stored_name(self.containers_mode(0), name),
+        )
+    }
+}

@@ -1,0 +1,403 @@
+//! Copy-up: give a lower object a copy in the upper layer before it is
+//! changed.
+//!
+//! Parents first (top-down), then the object itself. The copy is built
+//! completely in the work directory (data, xattrs, owner, mode with
+//! setuid/setgid, times), fsync'ed, and published with one
+//! `renameat2(RENAME_NOREPLACE)` into the upper parent, whose times are then
+//! restored. No partial copy is ever visible in the upper directory. Data is
+//! cloned (FICLONE) where the filesystem can, else copied in the kernel with
+//! `copy_file_range` over the data segments only (holes stay holes), else
+//! read and written.
+//!
+//! Only the node's own copy lock is held during the data copy; the parent
+//! directory is locked just for the publishing rename, so lookups elsewhere
+//! (and in the same directory) go on during a large copy.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, XattrFlags};
+
+use super::inodes::ROOT_INO;
+use super::node::Node;
+use super::notify::Invalidate;
+use super::obj::Obj;
+use super::overlay::Overlay;
+use super::resolve;
+use crate::error::{show_bytes, Errno, Result};
+use crate::format::override_stat::{self, Override};
+use crate::format::xattr_names;
+use crate::setup::stack::Stack;
+use crate::sys::{fd, tree, xattr};
+
+/// What to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Data {
+    /// Metadata and the whole content.
+    All,
+    /// Metadata only; the copy is empty (the caller truncates anyway).
+    Empty,
+}
+
+const CHUNK: usize = 1 << 20;
+
+impl Overlay {
+    /// Make sure `node` has an upper copy; returns its `O_PATH` fd.
+    pub(crate) fn copy_up(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
+        self.writable()?;
+        if let Some(u) = self.upper_fd(node)? {
+            return Ok(u);
+        }
+        // Collect the ancestors that lack an upper copy, nearest first.
+        let mut chain = vec![node.clone()];
+        loop {
+            let (parent, _) = chain.last().map(|n| n.location()).ok_or(Errno::IO)?;
+            if chain.last().map(|n| n.ino) == Some(ROOT_INO) {
+                break;
+            }
+            let p = self.node(parent)?;
+            if p.has_upper() {
+                break;
+            }
+            chain.push(p);
+        }
+        let hard_linked = !node.is_dir()
+            && node
+                .state
+                .read()
+                .lowers
+                .first()
+                .and_then(|l| l.obj.stat().ok())
+                .is_some_and(|st| st.st_nlink > 1);
+        let mut last = None;
+        for n in chain.iter().rev() {
+            let d = if Arc::ptr_eq(n, node) {
+                data
+            } else {
+                Data::All
+            };
+            last = Some(self.copy_up_one(n, d)?);
+        }
+        let up = last.ok_or(Errno::IO)?;
+        if hard_linked {
+            // Other names of a hard-linked lower file that the kernel knows
+            // as this inode get links to the copy.
+            let (parent, name) = node.location();
+            for (p, n) in self.inodes.names_of(node) {
+                if (p, &*n) != (parent, &*name) {
+                    if let Err(e) = self.link_up(node, p, &n) {
+                        log::warn!("hard link {} not linked to its copy: {e}", show_bytes(&n));
+                    }
+                }
+            }
+        }
+        Ok(up)
+    }
+
+    /// Give (`parent`, `name`), a lower hard link of the copied-up `node`,
+    /// a link to the upper copy.
+    pub(crate) fn link_up(&self, node: &Arc<Node>, parent: u64, name: &[u8]) -> Result<()> {
+        let origin = node.state.read().origin;
+        let src = self.upper_fd(node)?.ok_or(Errno::IO)?;
+        let dir = self.dir_node(parent)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.dir_lock.write(parent);
+        // Still a lower name of the same inode?
+        match resolve::resolve(&dir.dir_layers(), name)? {
+            Some(f)
+                if !self.stack.is_upper(f.top.layer)
+                    && Some((f.stat.st_dev, f.stat.st_ino)) == origin => {}
+            _ => return Ok(()),
+        }
+        fd::link_fd(&*src, &*pup, name)?;
+        self.inodes.set_dentry(parent, name.into(), node);
+        self.invalidate(Invalidate::Attr(node.ino));
+        Ok(())
+    }
+
+    fn copy_up_one(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
+        let _g = node.copy_lock.lock(node.ino);
+        if let Some(u) = self.upper_fd(node)? {
+            return Ok(u);
+        }
+        let (parent_ino, name, lower, detached) = {
+            let st = node.state.read();
+            let lower = st.lowers.first().map(|l| (l.layer, l.obj.clone()));
+            (st.parent, st.name.clone(), lower, st.detached)
+        };
+        if detached {
+            // The name is gone; there is no place to copy it to.
+            return Err(Errno::STALE);
+        }
+        let (lower_layer, lower) = lower.ok_or(Errno::IO)?;
+        let lower = lower.fd()?;
+        let parent = self.node(parent_ino)?;
+        // Normally copied up just before; but a lower hard link's node
+        // moves to whichever of its names was looked up last, and that
+        // directory may not have an upper copy yet.
+        let pup = match parent.upper() {
+            Some(u) => u,
+            None => self.copy_up(&parent, Data::All)?,
+        };
+        let work = self.stack.work()?;
+        let st = rustix::fs::fstat(&*lower)?;
+        let tmp = self.stack.tmp_name();
+        let built = build_copy(&self.stack, &tmp, &lower, &st, data)
+            .and_then(|()| fd::open_path(work, &tmp))
+            .and_then(|copy| {
+                self.record_origin(&copy, node.ino);
+                self.carry_override(lower_layer, &lower, &st, &copy)?;
+                Ok(Arc::new(copy))
+            });
+        let copy = match built {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tree::remove_tree(work, &tmp, node.is_dir());
+                return Err(e);
+            }
+        };
+        {
+            let _dl = parent.dir_lock.write(parent_ino);
+            if node.state.read().detached {
+                // Unlinked while being copied: nothing to publish.
+                let _ = tree::remove_tree(work, &tmp, node.is_dir());
+                return Err(Errno::NOENT);
+            }
+            let pst = rustix::fs::fstat(&*pup)?;
+            if let Err(e) = rustix::fs::renameat_with(
+                work,
+                tmp.as_slice(),
+                &*pup,
+                &*name,
+                RenameFlags::NOREPLACE,
+            ) {
+                let _ = tree::remove_tree(work, &tmp, node.is_dir());
+                return Err(e);
+            }
+            let _ = fd::set_times(&*pup, &fd::times_of(&pst));
+            let mut s = node.state.write();
+            s.upper = Some(if node.is_dir() {
+                Obj::Fd(copy.clone())
+            } else {
+                Obj::At {
+                    dir: pup.clone(),
+                    name: name.clone(),
+                }
+            });
+            if !node.is_dir() {
+                s.lowers.clear();
+            }
+        }
+        if node.is_dir() || st.st_nlink > 1 {
+            // The link count the kernel cached changed: a directory is now
+            // merged (nlink 1), a copied hard link has its own count.
+            self.invalidate(Invalidate::Attr(node.ino));
+        }
+        Ok(copy)
+    }
+
+    /// Give a copy the owner and mode its original shows, in the upper's
+    /// override xattr when the upper keeps owners in xattrs (the lower may
+    /// use another xattr name, or none).
+    fn carry_override(
+        &self,
+        lower_layer: usize,
+        lower: &Arc<OwnedFd>,
+        st: &Stat,
+        copy: &OwnedFd,
+    ) -> Result<()> {
+        let Some(name) = self.stack.override_xattr(0) else {
+            return Ok(());
+        };
+        if !override_stat::applies_to(st) {
+            return Ok(());
+        }
+        let ov = self
+            .recorded_override(lower_layer, &Obj::Fd(lower.clone()), st)
+            .unwrap_or_else(|| Override::of_stat(st));
+        xattr::set(copy, name, ov.format().as_bytes(), XattrFlags::empty())
+    }
+}
+
+/// Build a copy of `lower` (stat `st`) named `tmp` in the work directory.
+fn build_copy(stack: &Stack, tmp: &[u8], lower: &OwnedFd, st: &Stat, data: Data) -> Result<()> {
+    let work = stack.work()?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    match kind {
+        FileType::RegularFile => {
+            let dst = rustix::fs::openat(
+                work,
+                tmp,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            if data == Data::All && st.st_size > 0 {
+                let src = fd::reopen(lower, OFlags::RDONLY)?;
+                copy_data(&src, &dst, st.st_size as u64)?;
+            }
+            finish_copy(&dst, lower, st)?;
+            if stack.fsync {
+                rustix::fs::fsync(&dst)?;
+            }
+        }
+        FileType::Directory => {
+            rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+            finish_copy(fd::open_path(work, tmp)?, lower, st)?;
+        }
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(lower, "", Vec::new())?;
+            rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+            let d = fd::open_path(work, tmp)?;
+            copy_xattrs(lower, &d)?;
+            fd::give_to(&d, st.st_uid, st.st_gid, &rustix::fs::fstat(&d)?)?;
+            let _ = rustix::fs::utimensat(work, tmp, &fd::times_of(st), AtFlags::SYMLINK_NOFOLLOW);
+        }
+        _ => {
+            rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?;
+            finish_copy(fd::open_path(work, tmp)?, lower, st)?;
+        }
+    }
+    Ok(())
+}
+
+/// xattrs, owner, mode (after chown, so setuid/setgid survive), times.
+fn finish_copy(dst: impl AsFd, lower: &OwnedFd, st: &Stat) -> Result<()> {
+    let dst = dst.as_fd();
+    copy_xattrs(lower, dst)?;
+    fd::give_to(dst, st.st_uid, st.st_gid, &rustix::fs::fstat(dst)?)?;
+    fd::set_mode(dst, st.st_mode & 0o7777)?;
+    fd::set_times(dst, &fd::times_of(st))
+}
+
+/// Copy every xattr of `src` to `dst` except overlay metadata. Attributes
+/// the destination refuses for lack of privilege (trusted.*, security.*
+/// when rootless) are skipped, as the kernel overlay does.
+fn copy_xattrs(src: impl AsFd, dst: impl AsFd) -> Result<()> {
+    let (src, dst) = (src.as_fd(), dst.as_fd());
+    let all = match xattr::list(src) {
+        Ok(l) => l,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for n in xattr::names(&all) {
+        if xattr_names::is_private(n) {
+            continue;
+        }
+        let v = match xattr::get(src, n) {
+            Ok(v) => v,
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match xattr::set(dst, n, &v, XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::PERM) | Err(Errno::NOTSUP) | Err(Errno::ACCESS) => {
+                log::debug!(
+                    "copy-up: xattr {} not copied (not permitted)",
+                    show_bytes(n)
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Copy `len` bytes of `src` to the empty file `dst`, keeping holes.
+pub(crate) fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<()> {
+    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(Errno::NXIO) => break, // only a hole is left
+            Err(Errno::INVAL) | Err(Errno::NOTSUP) => pos,
+            Err(e) => return Err(e),
+        };
+        let end = match rustix::fs::seek(src, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(len),
+            Err(_) => len,
+        };
+        copy_range(src, dst, start, end)?;
+        pos = end;
+    }
+    rustix::fs::ftruncate(dst, len)
+}
+
+fn copy_range(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> Result<()> {
+    let mut off_in = start;
+    let mut off_out = start;
+    let mut kernel_copy = true;
+    let mut buf = Vec::new();
+    while off_in < end {
+        let want = ((end - off_in) as usize).min(CHUNK * 8);
+        if kernel_copy {
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want)
+            {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::NOTSUP) => {
+                    kernel_copy = false;
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; CHUNK];
+        }
+        let want = ((end - off_in) as usize).min(CHUNK);
+        let n = match rustix::io::pread(src, &mut buf[..want], off_in) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut done = 0;
+        while done < n {
+            match rustix::io::pwrite(dst, &buf[done..n], off_out + done as u64) {
+                Ok(w) => done += w,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        off_in += n as u64;
+        off_out += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom as Sf, Write};
+
+    #[test]
+    fn copy_keeps_content_and_holes() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let src_path = dir.path().join("src");
+        let mut f = std::fs::File::create(&src_path)?;
+        f.write_all(b"head")?;
+        f.seek(Sf::Start(8 << 20))?;
+        f.write_all(b"tail")?;
+        f.set_len(16 << 20)?;
+        drop(f);
+        let src = rustix::fs::open(&src_path, OFlags::RDONLY, Mode::empty())?;
+        let dst_path = dir.path().join("dst");
+        let dst = rustix::fs::open(
+            &dst_path,
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::from_raw_mode(0o600),
+        )?;
+        copy_data(&src, &dst, 16 << 20)?;
+        drop(dst);
+        let (a, b) = (std::fs::read(&src_path)?, std::fs::read(&dst_path)?);
+        assert!(a == b, "content differs");
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(&dst_path)?.blocks();
+        assert!(blocks < 1024, "holes were filled: {blocks} blocks");
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! Open files and directories: open, read, write, sync, seek, listings.
+//!
+//! Opening for writing copies the file up first. A file opened for reading
+//! on a lower layer keeps reading the lower copy until the file is copied up
+//! through another handle; the next I/O then switches to the upper copy
+//! (`io_fd`), so readers always see the latest data.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rustix::fs::{FallocateFlags, FileType, OFlags, SeekFrom, Stat};
+
+use super::copyup::Data;
+use super::listing::{self, DirEntry};
+use super::node::Node;
+use super::overlay::Overlay;
+use crate::error::{Errno, Result};
+use crate::sys::fd;
+
+/// Flags that are meaningful when reopening an existing file.
+fn reopen_flags(flags: i32) -> OFlags {
+    let f = OFlags::from_bits_retain(flags as _);
+    let keep = OFlags::ACCMODE
+        | OFlags::APPEND
+        | OFlags::NONBLOCK
+        | OFlags::DIRECT
+        | OFlags::DSYNC
+        | OFlags::SYNC
+        | OFlags::NOATIME
+        | OFlags::TRUNC;
+    f & keep
+}
+
+fn wants_write(flags: OFlags) -> bool {
+    let acc = flags & OFlags::ACCMODE;
+    acc == OFlags::WRONLY || acc == OFlags::RDWR || flags.contains(OFlags::TRUNC)
+}
+
+impl Overlay {
+    /// `open`: copy up first when the file is opened for writing.
+    pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::ISDIR);
+        }
+        let flags = reopen_flags(flags);
+        if wants_write(flags) {
+            self.writable()?;
+            if node.kind == FileType::RegularFile {
+                let data = if flags.contains(OFlags::TRUNC) {
+                    Data::Empty
+                } else {
+                    Data::All
+                };
+                self.copy_up(&node, data)?;
+            }
+        }
+        let (fd, on_upper) = self.with_top(&node, |layer, top| {
+            Ok((top.open(flags)?, self.stack.is_upper(layer)))
+        })?;
+        Ok(self.handles.add_file(node, fd, flags, on_upper))
+    }
+
+    /// The fd to use for I/O on handle `fh` (switched to the upper copy
+    /// once there is one).
+    pub(crate) fn io_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        let f = self.handles.file(fh)?;
+        if !f.on_upper.load(Ordering::Acquire) && f.node.has_upper() {
+            let mut cur = f.fd.write();
+            if !f.on_upper.load(Ordering::Acquire) {
+                *cur = Arc::new(self.with_top(&f.node, |_, up| up.open(f.flags))?);
+                f.on_upper.store(true, Ordering::Release);
+            }
+        }
+        let fd = f.fd.read().clone();
+        Ok(fd)
+    }
+
+    /// Attributes of the object open as `fh`, if `fh` is an open file of
+    /// `node`.
+    pub(crate) fn handle_stat(&self, fh: u64, node: &Node) -> Option<Stat> {
+        let f = self.handles.file(fh).ok()?;
+        if f.node.ino != node.ino {
+            return None;
+        }
+        let fd = self.io_fd(fh).ok()?;
+        let mut st = rustix::fs::fstat(&*fd).ok()?;
+        let (layer, obj) = node.top_layer_obj()?;
+        self.present(layer, &obj, &mut st);
+        Some(st)
+    }
+
+    /// `read`.
+    pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let fd = self.io_fd(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(&*fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// `write`.
+    pub(crate) fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let fd = self.io_fd(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) if done > 0 => {
+                    log::debug!("short write: {e}");
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done as u32)
+    }
+
+    /// `release`.
+    pub(crate) fn release(&self, fh: u64) {
+        self.handles.remove_file(fh);
+    }
+
+    /// `fsync`.
+    pub(crate) fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let fd = self.io_fd(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&*fd)
+        } else {
+            rustix::fs::fsync(&*fd)
+        }
+    }
+
+    /// `fallocate`.
+    pub(crate) fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let fd = self.io_fd(fh)?;
+        rustix::fs::fallocate(
+            &*fd,
+            FallocateFlags::from_bits_retain(mode as _),
+            offset,
+            len,
+        )
+    }
+
+    /// `lseek`: SEEK_DATA and SEEK_HOLE, the only kinds the kernel asks a
+    /// FUSE filesystem for (it moves the file position itself for
+    /// SEEK_SET, SEEK_CUR and SEEK_END).
+    pub(crate) fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let from = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
+        let pos = match whence {
+            libc::SEEK_DATA => SeekFrom::Data(from),
+            libc::SEEK_HOLE => SeekFrom::Hole(from),
+            _ => return Err(Errno::INVAL),
+        };
+        let fd = self.io_fd(fh)?;
+        rustix::fs::seek(&*fd, pos).map(|p| p as i64)
+    }
+
+    /// `copy_file_range` between two open files.
+    pub(crate) fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let fin = self.io_fd(fh_in)?;
+        let fout = self.io_fd(fh_out)?;
+        let (mut a, mut b) = (off_in, off_out);
+        let want = len.min(u32::MAX as u64 & !0xfff) as usize;
+        let n = rustix::fs::copy_file_range(&*fin, Some(&mut a), &*fout, Some(&mut b), want)?;
+        Ok(n as u32)
+    }
+
+    /// `opendir`: the handle, and whether the kernel may cache the
+    /// listing (see `Node::change_listing`).
+    pub(crate) fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
+        let node = self.dir_node(ino)?;
+        node.touch();
+        let cacheable = node.listing_unchanged();
+        Ok((self.handles.add_dir(node), cacheable))
+    }
+
+    /// The listing of an open directory and the index of its first entry
+    /// after `offset`. Reading from 0 (or a first read at any offset, when
+    /// the kernel served the start from its cache) takes a new snapshot.
+    pub(crate) fn dir_entries(&self, fh: u64, offset: u64) -> Result<(Arc<Vec<DirEntry>>, usize)> {
+        let d = self.handles.dir(fh)?;
+        let mut cur = d.entries.lock();
+        let e = match &*cur {
+            Some(e) if offset != 0 => e.clone(),
+            _ => {
+                let _g = d.node.dir_lock.read(d.node.ino);
+                let e = Arc::new(self.snapshot(&d.node)?);
+                *cur = Some(e.clone());
+                e
+            }
+        };
+        let start = listing::start_after(&e, offset);
+        Ok((e, start))
+    }
+
+    /// `releasedir`.
+    pub(crate) fn releasedir(&self, fh: u64) {
+        self.handles.remove_dir(fh);
+    }
+
+    /// `fsyncdir`.
+    pub(crate) fn fsyncdir(&self, ino: u64) -> Result<()> {
+        let node = self.node(ino)?;
+        if let Some(u) = node.upper() {
+            rustix::fs::fsync(fd::open_dir_read(&*u)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! The per-node locks, and the order they are taken in.
+//!
+//! * A **copy lock** serialises the copy-up of one node. It is held for the
+//!   whole data copy, so it is taken before any directory lock, never under
+//!   one. Copy locks nest only from a node to its ancestors (a copy-up
+//!   copies missing parents first).
+//! * A **directory lock** of a directory node: readers resolve names and
+//!   list the directory, writers change its entries. A thread holds at most
+//!   one directory lock, except a rename, which write-locks two directories
+//!   in inode order ([`lock_two`]). A read of an object's top layer through
+//!   its parent (`Overlay::with_top`) may take the parent's read lock again
+//!   while holding it (`read_recursive`), but no other directory's.
+//!
+//! Node state locks (`Node::state`) and the inode table's map shards are
+//! innermost: nothing else is locked while one is held.
+//!
+//! Debug builds check the rules above on every acquisition (a per-thread
+//! list of held locks) and panic on a violation; release builds carry no
+//! bookkeeping.
+
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Serialises copy-up of one node.
+#[derive(Debug, Default)]
+pub(crate) struct CopyLock(Mutex<()>);
+
+/// A directory node's entry lock.
+#[derive(Debug, Default)]
+pub(crate) struct DirLock(RwLock<()>);
+
+/// A held copy lock.
+pub(crate) struct CopyGuard<'a> {
+    _g: MutexGuard<'a, ()>,
+    _t: track::Token,
+}
+
+/// A held directory read lock.
+pub(crate) struct DirRead<'a> {
+    _g: RwLockReadGuard<'a, ()>,
+    _t: track::Token,
+}
+
+/// A held directory write lock.
+pub(crate) struct DirWrite<'a> {
+    _g: RwLockWriteGuard<'a, ()>,
+    _t: track::Token,
+}
+
+impl CopyLock {
+    /// Lock for the copy-up of node `ino`.
+    pub(crate) fn lock(&self, ino: u64) -> CopyGuard<'_> {
+        let t = track::acquire(ino, track::Kind::Copy);
+        CopyGuard {
+            _g: self.0.lock(),
+            _t: t,
+        }
+    }
+}
+
+impl DirLock {
+    /// Read-lock directory `ino` (no other directory lock may be held).
+    pub(crate) fn read(&self, ino: u64) -> DirRead<'_> {
+        let t = track::acquire(ino, track::Kind::Read);
+        DirRead {
+            _g: self.0.read(),
+            _t: t,
+        }
+    }
+
+    /// Read-lock directory `ino`, also when this thread holds its read
+    /// lock already.
+    pub(crate) fn read_recursive(&self, ino: u64) -> DirRead<'_> {
+        let t = track::acquire(ino, track::Kind::ReadAgain);
+        DirRead {
+            _g: self.0.read_recursive(),
+            _t: t,
+        }
+    }
+
+    /// Write-lock directory `ino` (no other directory lock may be held).
+    pub(crate) fn write(&self, ino: u64) -> DirWrite<'_> {
+        let t = track::acquire(ino, track::Kind::Write);
+        DirWrite {
+            _g: self.0.write(),
+            _t: t,
+        }
+    }
+
+    fn write_second(&self, ino: u64) -> DirWrite<'_> {
+        let t = track::acquire(ino, track::Kind::WriteSecond);
+        DirWrite {
+            _g: self.0.write(),
+            _t: t,
+        }
+    }
+}
+
+/// Write-lock two directories (`a` with id `ia`, `b` with id `ib`) in id
+/// order; one lock when they are the same directory.
+pub(crate) fn lock_two<'a>(
+    a: &'a DirLock,
+    ia: u64,
+    b: &'a DirLock,
+    ib: u64,
+) -> (DirWrite<'a>, Option<DirWrite<'a>>) {
+    if ia == ib {
+        (a.write(ia), None)
+    } else if ia < ib {
+        let first = a.write(ia);
+        (first, Some(b.write_second(ib)))
+    } else {
+        let first = b.write(ib);
+        (a.write_second(ia), Some(first))
+    }
+}
+
+#[cfg(debug_assertions)]
+mod track {
+    use std::cell::RefCell;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Kind {
+        Copy,
+        Read,
+        ReadAgain,
+        Write,
+        WriteSecond,
+    }
+
+    thread_local! {
+        static HELD: RefCell<Vec<(u64, Kind)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Removes its entry from the held list when dropped.
+    pub(super) struct Token(u64, Kind);
+
+    impl Drop for Token {
+        fn drop(&mut self) {
+            HELD.with(|h| {
+                let mut h = h.borrow_mut();
+                if let Some(i) = h.iter().rposition(|e| *e == (self.0, self.1)) {
+                    h.remove(i);
+                }
+            });
+        }
+    }
+
+    fn is_dir(k: Kind) -> bool {
+        k != Kind::Copy
+    }
+
+    pub(super) fn acquire(ino: u64, kind: Kind) -> Token {
+        HELD.with(|h| {
+            let mut h = h.borrow_mut();
+            let dirs: Vec<(u64, Kind)> = h.iter().copied().filter(|e| is_dir(e.1)).collect();
+            match kind {
+                Kind::Copy => assert!(
+                    dirs.is_empty(),
+                    "lock order: copy lock of {ino} taken under directory lock(s) {dirs:?}"
+                ),
+                Kind::Read | Kind::Write => assert!(
+                    dirs.is_empty(),
+                    "lock order: directory {ino} locked ({kind:?}) under directory lock(s) {dirs:?}"
+                ),
+                Kind::ReadAgain => assert!(
+                    dirs.iter()
+                        .all(|(i, k)| *i == ino && matches!(k, Kind::Read | Kind::ReadAgain)),
+                    "lock order: directory {ino} read through a child under directory lock(s) {dirs:?}"
+                ),
+                Kind::WriteSecond => assert!(
+                    matches!(dirs.as_slice(), [(first, Kind::Write)] if *first < ino),
+                    "lock order: second directory {ino} locked under {dirs:?}"
+                ),
+            }
+            h.push((ino, kind));
+        });
+        Token(ino, kind)
+    }
+}
+
+#[cfg(not(debug_assertions))]
+mod track {
+    #[derive(Debug, Clone, Copy)]
+    pub(super) enum Kind {
+        Copy,
+        Read,
+        ReadAgain,
+        Write,
+        WriteSecond,
+    }
+
+    pub(super) struct Token;
+
+    #[inline(always)]
+    pub(super) fn acquire(_ino: u64, _kind: Kind) -> Token {
+        Token
+    }
+}
+
+#[cfg(all(test, debug_assertions))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_orders() {
+        let (a, b) = (DirLock::default(), DirLock::default());
+        let (c, parent) = (CopyLock::default(), CopyLock::default());
+        {
+            let _c = c.lock(5);
+            let _p = parent.lock(4); // an ancestor's copy lock under a child's
+            let _w = a.write(1);
+        }
+        {
+            let _r = a.read(1);
+            let _again = a.read_recursive(1);
+        }
+        {
+            let _pair = lock_two(&a, 9, &b, 3);
+        }
+        {
+            let _one = lock_two(&a, 3, &a, 3);
+        }
+        let _free = b.read_recursive(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "copy lock of 7 taken under directory lock")]
+    fn copy_under_directory_lock_panics() {
+        let (d, c) = (DirLock::default(), CopyLock::default());
+        let _w = d.write(1);
+        let _c = c.lock(7);
+    }
+
+    #[test]
+    #[should_panic(expected = "read through a child")]
+    fn reading_another_directory_under_a_write_lock_panics() {
+        let (a, b) = (DirLock::default(), DirLock::default());
+        let _w = a.write(1);
+        let _r = b.read_recursive(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "locked (Write) under")]
+    fn two_directories_outside_lock_two_panics() {
+        let (a, b) = (DirLock::default(), DirLock::default());
+        let _w = a.write(1);
+        let _w2 = b.write(2);
+    }
+}

@@ -1,0 +1,109 @@
+//! Lookup: a name in a directory to a node with its attributes.
+//!
+//! A name the kernel already knows answers from the name map; otherwise it
+//! is resolved over the directory's layers (`resolve`) and given a node
+//! (`Overlay::attach`). Another name of a lower hard-linked file that was
+//! already copied up gets a link to that copy (as the kernel does with
+//! `index=on`), so hard links stay hard links.
+
+use std::sync::Arc;
+
+use rustix::fs::FileType;
+
+use super::names::NAME_MAX;
+use super::node::Node;
+use super::overlay::{Entry, Overlay};
+use super::resolve::{self, Found};
+use crate::error::{Errno, Result};
+use crate::format::whiteout;
+
+impl Overlay {
+    /// Look `name` up in directory `parent`. `Ok(None)` means the name does
+    /// not exist.
+    pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Result<Option<Entry<'_>>> {
+        self.lookup_hinted(parent, name, None)
+    }
+
+    /// `lookup` of a name a listing of `parent` showed in layer `hint` (see
+    /// `DirEntry::layer`): while the directory's entries never changed, the
+    /// layers above it need not be searched.
+    pub(crate) fn lookup_hinted(
+        &self,
+        parent: u64,
+        name: &[u8],
+        hint: Option<usize>,
+    ) -> Result<Option<Entry<'_>>> {
+        let r = self.lookup_inner(parent, name, hint);
+        if let Ok(Some(e)) = &r {
+            if e.node.is_dir() {
+                e.node.touch();
+            }
+        }
+        r
+    }
+
+    fn lookup_inner(
+        &self,
+        parent: u64,
+        name: &[u8],
+        hint: Option<usize>,
+    ) -> Result<Option<Entry<'_>>> {
+        if whiteout::is_marker_name(name) {
+            return Ok(None);
+        }
+        if name.len() > NAME_MAX {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let dir = self.dir_node(parent)?;
+        let g = dir.dir_lock.read(parent);
+        if let Some(node) = self.inodes.lookup_dentry(parent, name) {
+            // Not under this directory's lock: the node may live under
+            // another name in another directory (a hard link), whose lock
+            // `stat_node` takes; holding both could deadlock with a rename.
+            drop(g);
+            let stat = self.stat_node(&node)?;
+            return Ok(Some(Entry { node, stat }));
+        }
+        let mut layers = dir.dir_layers();
+        let start = hint
+            .filter(|_| dir.listing_unchanged())
+            .and_then(|h| layers.iter().position(|l| l.layer == h))
+            .unwrap_or(0);
+        if start > 0 {
+            // Lower layers never change; the upper may have got a copy of
+            // the name since the listing, so it is always searched.
+            let upper = self
+                .stack
+                .is_upper(layers[0].layer)
+                .then(|| layers[0].clone());
+            layers.drain(..start);
+            layers.splice(0..0, upper);
+        }
+        let Some(found) = resolve::resolve(&layers, name)? else {
+            return Ok(None);
+        };
+        if let Some(copy) = self.copied_alias(&found) {
+            drop(g);
+            self.link_up(&copy, parent, name)?;
+            let node = self.inodes.reference(copy.ino).ok_or(Errno::STALE)?;
+            let stat = self.stat_node(&node)?;
+            return Ok(Some(Entry { node, stat }));
+        }
+        Ok(Some(self.attach(parent, name, found)))
+    }
+
+    /// If `found` is another name of a lower hard-linked file that has
+    /// already been copied up, the node of that copy.
+    fn copied_alias(&self, found: &Found) -> Option<Arc<Node>> {
+        let st = &found.stat;
+        if self.stack.is_upper(found.top.layer) {
+            return None;
+        }
+        if st.st_nlink < 2 || found.kind() == FileType::Directory {
+            return None;
+        }
+        let node = self.inodes.get(self.inodes.ino_for(st.st_dev, st.st_ino))?;
+        let s = node.state.read();
+        (s.upper.is_some() && s.origin == Some((st.st_dev, st.st_ino))).then(|| node.clone())
+    }
+}

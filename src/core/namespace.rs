@@ -1,0 +1,827 @@
+//! Namespace changes: create, mkdir, mknod, symlink, link, unlink, rmdir,
+//! rename.
+//!
+//! Every change happens in the upper layer, inside a parent directory that
+//! has been copied up first, under that directory's write lock (both
+//! parents' for a rename, in id order). Copy-ups are done before any
+//! directory lock is taken. Deleting a name that lower layers show leaves
+//! a whiteout; a directory created where a lower one was deleted is opaque.
+//! Entries that must replace a whiteout are built in the work directory and
+//! published with one rename.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
+
+use super::copyup::Data;
+use super::locks::lock_two;
+use super::names::{Name, NAME_MAX};
+use super::node::Node;
+use super::obj::Obj;
+use super::overlay::{Caller, Entry, Overlay};
+use super::resolve;
+use crate::error::{show_bytes, Errno, Result};
+use crate::format::override_stat::Override;
+use crate::format::upper::Formats;
+use crate::format::{opaque, whiteout};
+use crate::setup::stack::Stack;
+use crate::sys::{fd, tree, xattr};
+
+/// A new node other than a regular file (`mkdir`, `mknod`, `symlink`).
+#[derive(Debug)]
+pub(crate) enum NewNode<'a> {
+    /// A directory.
+    Dir {
+        /// Permission bits.
+        mode: u32,
+    },
+    /// A device, FIFO, socket or empty regular file.
+    Special {
+        /// Type and permission bits.
+        mode: u32,
+        /// Device number.
+        rdev: u64,
+    },
+    /// A symbolic link.
+    Symlink {
+        /// Its target.
+        target: &'a [u8],
+    },
+}
+
+/// What to create on disk.
+#[derive(Debug)]
+enum NewKind<'a> {
+    /// A regular file, opened with these flags.
+    File {
+        mode: u32,
+        flags: i32,
+    },
+    Node(NewNode<'a>),
+}
+
+impl NewKind<'_> {
+    fn is_dir(&self) -> bool {
+        matches!(self, NewKind::Node(NewNode::Dir { .. }))
+    }
+}
+
+/// What the upper directory holds at a name that is not visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperSlot {
+    Empty,
+    CharWhiteout,
+    WhFile,
+}
+
+/// Who owns a new object, and with which mode it is made.
+struct Making {
+    uid: u32,
+    gid: u32,
+    umask: u32,
+    sgid_parent: bool,
+}
+
+/// Permission bits, type (with device number) and on-disk stand-in of a new
+/// object under owner/mode overrides.
+type Forced = (u32, Option<(u32, u64)>, NewKind<'static>);
+
+/// For a new object under owner/mode overrides: the permission bits and
+/// type to record, and what to create on disk instead (a fixed mode; device
+/// nodes, FIFOs and sockets become empty files). `None` for symlinks, which
+/// cannot carry the xattr.
+fn forced_object(what: &NewKind<'_>, umask: u32, sgid_parent: bool) -> Option<Forced> {
+    match what {
+        NewKind::File { mode, flags } => Some((
+            mode & 0o7777 & !umask,
+            None,
+            NewKind::File {
+                mode: 0o644,
+                flags: *flags,
+            },
+        )),
+        NewKind::Node(NewNode::Dir { mode }) => Some((
+            (mode & 0o7777 & !umask) | if sgid_parent { libc::S_ISGID } else { 0 },
+            None,
+            NewKind::Node(NewNode::Dir { mode: 0o755 }),
+        )),
+        NewKind::Node(NewNode::Special { mode, rdev }) => Some((
+            mode & 0o7777 & !umask,
+            Some((mode & libc::S_IFMT, *rdev)).filter(|(t, _)| *t != libc::S_IFREG),
+            NewKind::Node(NewNode::Special {
+                mode: libc::S_IFREG | 0o644,
+                rdev: 0,
+            }),
+        )),
+        NewKind::Node(NewNode::Symlink { .. }) => None,
+    }
+}
+
+fn check_new_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::NAMETOOLONG);
+    }
+    if whiteout::is_marker_name(name) {
+        // Such a name would read back as a whiteout.
+        return Err(Errno::INVAL);
+    }
+    Ok(())
+}
+
+fn upper_slot(pup: &OwnedFd, name: &[u8]) -> Result<UpperSlot> {
+    match fd::stat_at(pup, name) {
+        Ok(st) if whiteout::is_whiteout(&st) => Ok(UpperSlot::CharWhiteout),
+        Ok(_) => Err(Errno::EXIST),
+        Err(Errno::NOENT) => Ok(if whiteout::has_wh_file(pup, name) {
+            UpperSlot::WhFile
+        } else {
+            UpperSlot::Empty
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the upper directory has a default ACL (then the umask is not
+/// applied: the ACL decides, as on any filesystem).
+fn has_default_acl(dir: &OwnedFd) -> bool {
+    xattr::get(dir, b"system.posix_acl_default").is_ok()
+}
+
+impl Overlay {
+    /// `create`: a new regular file, opened with `flags`.
+    pub(crate) fn create_file(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        umask: u32,
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry<'_>, OwnedFd)> {
+        let (entry, file) =
+            self.create(caller, parent, name, umask, NewKind::File { mode, flags })?;
+        Ok((entry, file.ok_or(Errno::IO)?))
+    }
+
+    /// `mkdir`, `mknod`, `symlink`.
+    pub(crate) fn create_node(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        umask: u32,
+        what: NewNode<'_>,
+    ) -> Result<Entry<'_>> {
+        Ok(self
+            .create(caller, parent, name, umask, NewKind::Node(what))?
+            .0)
+    }
+
+    /// Create a new entry; for `File`, also the open fd.
+    fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &[u8],
+        umask: u32,
+        what: NewKind<'_>,
+    ) -> Result<(Entry<'_>, Option<OwnedFd>)> {
+        self.writable()?;
+        check_new_name(name)?;
+        let dir = self.dir_node(parent)?;
+        // Fail before anything is copied up, as the kernel does.
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.change_listing();
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let slot = upper_slot(&pup, name)?;
+        let mut pst = rustix::fs::fstat(&*pup)?;
+        self.present(0, &Obj::Fd(pup.clone()), &mut pst);
+        let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if sgid_parent { pst.st_gid } else { caller.gid };
+        let umask = if has_default_acl(&pup) { 0 } else { umask };
+        let is_dir = what.is_dir();
+        // With owner/mode overrides the object on disk gets a fixed mode and
+        // stays ours; the real owner and mode go into the xattr.
+        let (forced, what, making) = match self
+            .stack
+            .override_xattr(0)
+            .and_then(|n| forced_object(&what, umask, sgid_parent).map(|f| (n, f)))
+        {
+            Some((ov_name, (perm, kind, disk))) => {
+                let ov = Override {
+                    uid: caller.uid,
+                    gid,
+                    perm,
+                    kind,
+                };
+                let making = Making {
+                    uid: self.euid,
+                    gid: self.egid,
+                    umask: 0,
+                    sgid_parent,
+                };
+                (Some((ov_name, ov)), disk, making)
+            }
+            None => {
+                let making = Making {
+                    uid: caller.uid,
+                    gid,
+                    umask,
+                    sgid_parent,
+                };
+                (None, what, making)
+            }
+        };
+        let work = self.stack.work()?;
+        // Build in place when nothing is in the way, else in the work dir.
+        let (at, tmp): (&OwnedFd, Vec<u8>) = if slot == UpperSlot::Empty {
+            (&pup, name.to_vec())
+        } else {
+            (work, self.stack.tmp_name())
+        };
+        let made = make_object(at, &tmp, &what, &making).and_then(|(obj, file)| {
+            if let Some((ov_name, ov)) = &forced {
+                let set = xattr::set(&obj, ov_name, ov.format().as_bytes(), XattrFlags::empty());
+                if let Err(e) = set {
+                    let _ = tree::remove_tree(at, &tmp, is_dir);
+                    return Err(e);
+                }
+            }
+            Ok((obj, file))
+        });
+        let (obj, file) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                if slot != UpperSlot::Empty {
+                    let _ = tree::remove_tree(work, &tmp, is_dir);
+                }
+                return Err(e);
+            }
+        };
+        if slot != UpperSlot::Empty {
+            let published = (|| {
+                if is_dir {
+                    self.stack.formats.set_opaque(&obj)?;
+                }
+                publish(work, &tmp, &pup, name, slot, is_dir)
+            })();
+            if let Err(e) = published {
+                let _ = tree::remove_tree(work, &tmp, is_dir);
+                return Err(e);
+            }
+        }
+        let mut stat = rustix::fs::fstat(&obj)?;
+        let obj = if is_dir {
+            Obj::Fd(Arc::new(obj))
+        } else {
+            Obj::At {
+                dir: pup.clone(),
+                name: Name::from(name),
+            }
+        };
+        self.present(0, &obj, &mut stat);
+        Ok((self.attach_new(parent, name, obj, stat), file))
+    }
+
+    /// `link`: a new name for an existing non-directory.
+    pub(crate) fn link(&self, ino: u64, parent: u64, name: &[u8]) -> Result<Entry<'_>> {
+        self.writable()?;
+        check_new_name(name)?;
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::PERM);
+        }
+        let dir = self.dir_node(parent)?;
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let src = self.copy_up(&node, Data::All)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.change_listing();
+        if resolve::exists(&dir.dir_layers(), name)? {
+            return Err(Errno::EXIST);
+        }
+        let slot = upper_slot(&pup, name)?;
+        if slot == UpperSlot::Empty {
+            fd::link_fd(&*src, &*pup, name)?;
+        } else {
+            let work = self.stack.work()?;
+            let tmp = self.stack.tmp_name();
+            fd::link_fd(&*src, work, &tmp)?;
+            if let Err(e) = publish(work, &tmp, &pup, name, slot, false) {
+                let _ = rustix::fs::unlinkat(work, tmp.as_slice(), AtFlags::empty());
+                return Err(e);
+            }
+        }
+        // Not stat_node: this directory's write lock is held.
+        let mut stat = rustix::fs::fstat(&*src)?;
+        self.present(0, &Obj::Fd(src.clone()), &mut stat);
+        self.inodes.set_dentry(parent, Name::from(name), &node);
+        let node = self.inodes.reference(node.ino).ok_or(Errno::STALE)?;
+        Ok(Entry { node, stat })
+    }
+
+    /// `unlink` (`rmdir` when `want_dir` is set).
+    pub(crate) fn remove(&self, parent: u64, name: &[u8], want_dir: bool) -> Result<()> {
+        self.writable()?;
+        if whiteout::is_marker_name(name) {
+            return Err(Errno::NOENT);
+        }
+        let dir = self.dir_node(parent)?;
+        // Check before anything is copied up, then again under the lock.
+        if !dir.has_upper() {
+            self.removable(&dir, name, want_dir)?;
+        }
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.change_listing();
+        let (in_upper, is_dir) = self.removable(&dir, name, want_dir)?;
+        let lower_below = !in_upper || resolve::exists(&dir.lower_dirs(), name)?;
+        let work = self.stack.work()?;
+        if in_upper && !is_dir {
+            self.pin_named(parent, name)?;
+        }
+        if in_upper {
+            if is_dir || lower_below {
+                // Move the upper object out of the way in one step, leaving
+                // a whiteout behind when lower layers still show the name.
+                let tmp = self.stack.tmp_name();
+                move_out(&self.stack.formats, &pup, name, work, &tmp, lower_below)?;
+                let _ = tree::remove_tree(work, &tmp, is_dir);
+            } else {
+                rustix::fs::unlinkat(&*pup, name, AtFlags::empty())?;
+            }
+        } else {
+            self.stack.formats.make_whiteout(&*pup, name)?;
+        }
+        self.detach(parent, name);
+        Ok(())
+    }
+
+    /// Whether `unlink`/`rmdir` of `name` in `dir` may remove it, and
+    /// what: (whether the top object is in the upper layer, whether it is
+    /// a directory).
+    fn removable(&self, dir: &Node, name: &[u8], want_dir: bool) -> Result<(bool, bool)> {
+        let found = resolve::resolve(&dir.dir_layers(), name)?.ok_or(Errno::NOENT)?;
+        let is_dir = found.kind() == FileType::Directory;
+        if want_dir && !is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        if !want_dir && is_dir {
+            return Err(Errno::ISDIR);
+        }
+        if is_dir && !self.is_empty_dir(&found.dir_layers())? {
+            return Err(Errno::NOTEMPTY);
+        }
+        Ok((self.stack.is_upper(found.top.layer), is_dir))
+    }
+
+    /// The name (`parent`, `name`) no longer shows the node it showed.
+    fn detach(&self, parent: u64, name: &[u8]) {
+        if let Some(ino) = self.inodes.remove_dentry(parent, name) {
+            if let Some(n) = self.inodes.get(ino) {
+                let mut st = n.state.write();
+                if st.parent == parent && *st.name == *name {
+                    st.detached = true;
+                }
+            }
+        }
+    }
+
+    /// `rename` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` semantics.
+    pub(crate) fn rename(
+        &self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        let flags = RenameFlags::from_bits_retain(flags);
+        if !(RenameFlags::NOREPLACE | RenameFlags::EXCHANGE).contains(flags)
+            || flags.contains(RenameFlags::NOREPLACE | RenameFlags::EXCHANGE)
+        {
+            return Err(Errno::INVAL);
+        }
+        let exchange = flags.contains(RenameFlags::EXCHANGE);
+        if whiteout::is_marker_name(name) {
+            return Err(Errno::NOENT);
+        }
+        check_new_name(newname)?;
+        let d1 = self.dir_node(parent)?;
+        let d2 = self.dir_node(newparent)?;
+
+        // Find both ends and copy up what has to move, before locking.
+        let src = self.lookup(parent, name)?.ok_or(Errno::NOENT)?;
+        let dst = self.lookup(newparent, newname)?;
+        let src_node = src.node.node().clone();
+        let dst_node = dst.as_ref().map(|e| e.node.node().clone());
+        if exchange && dst_node.is_none() {
+            return Err(Errno::NOENT);
+        }
+        if flags.contains(RenameFlags::NOREPLACE) && dst_node.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if let Some(dn) = &dst_node {
+            if dn.ino == src_node.ino {
+                return Ok(()); // same file: nothing to do
+            }
+            if !exchange {
+                match (src_node.is_dir(), dn.is_dir()) {
+                    (true, false) => return Err(Errno::NOTDIR),
+                    (false, true) => return Err(Errno::ISDIR),
+                    _ => {}
+                }
+            }
+        }
+        // Directories with lower parts cannot move without redirects; the
+        // kernel says so before it looks at the target's contents.
+        let has_lower_dir = |n: &Node| n.is_dir() && n.has_lowers();
+        if has_lower_dir(&src_node) || (exchange && dst_node.as_deref().is_some_and(has_lower_dir))
+        {
+            return Err(Errno::XDEV);
+        }
+        if let Some(dn) = &dst_node {
+            if !exchange && dn.is_dir() && !self.is_empty_dir(&dn.dir_layers())? {
+                // The kernel marks a pure upper directory that moves into a
+                // merged directory opaque before the upper rename finds a
+                // non-empty pure upper target; keep the upper identical.
+                if !dn.has_lowers() && src_node.is_dir() && src_node.has_upper() && d2.has_lowers()
+                {
+                    make_opaque(&self.stack.formats, &src_node)?;
+                }
+                return Err(Errno::NOTEMPTY);
+            }
+        }
+        self.copy_up(&src_node, Data::All)?;
+        if exchange {
+            if let Some(dn) = &dst_node {
+                self.copy_up(dn, Data::All)?;
+            }
+        }
+        let p1 = self.copy_up(&d1, Data::All)?;
+        let p2 = self.copy_up(&d2, Data::All)?;
+        d1.mark_listing_changed();
+        d2.mark_listing_changed();
+        let (_g1, _g2) = lock_two(&d1.dir_lock, d1.ino, &d2.dir_lock, d2.ino);
+        // A moved directory's `..` changes.
+        for n in std::iter::once(&src_node).chain(dst_node.as_ref().filter(|_| exchange)) {
+            if n.is_dir() {
+                n.mark_listing_changed();
+            }
+        }
+
+        // Under the locks: the upper must hold the source now.
+        let st = fd::stat_at(&*p1, name)?;
+        if whiteout::is_whiteout(&st) {
+            return Err(Errno::NOENT);
+        }
+        let src_lower = resolve::exists(&d1.lower_dirs(), name)?;
+
+        if exchange {
+            // As the kernel does: a pure upper directory that moves into a
+            // merged directory becomes opaque, so that nothing of a lower
+            // directory of the same name can show through it.
+            if src_node.is_dir() && d2.has_lowers() {
+                make_opaque(&self.stack.formats, &src_node)?;
+            }
+            if let Some(dn) = &dst_node {
+                if dn.is_dir() && d1.has_lowers() {
+                    make_opaque(&self.stack.formats, dn)?;
+                }
+            }
+            rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
+            self.inodes.remove_dentry(parent, name);
+            self.inodes.remove_dentry(newparent, newname);
+            self.relocate(&src_node, newparent, newname, &p2);
+            if let Some(dn) = &dst_node {
+                self.relocate(dn, parent, name, &p1);
+            }
+            return Ok(());
+        }
+
+        // Plain rename (maybe NOREPLACE). A replaced file may still be open.
+        if dst_node.is_some() {
+            self.pin_named(newparent, newname)?;
+        }
+        if flags.contains(RenameFlags::NOREPLACE) && resolve::exists(&d2.dir_layers(), newname)? {
+            return Err(Errno::EXIST);
+        }
+        let dst_upper = match fd::stat_at(&*p2, newname) {
+            Ok(st) => Some(st),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(e),
+        };
+        let dst_is_whiteout = dst_upper.as_ref().is_some_and(whiteout::is_whiteout);
+        if let (Some(dn), Some(dst_st)) = (&dst_node, &dst_upper) {
+            if dn.is_dir() && FileType::from_raw_mode(dst_st.st_mode) == FileType::Directory {
+                // The target is logically empty; its upper dir may still
+                // hold whiteouts, which must go before it can be replaced.
+                empty_upper_dir(&self.stack, &p2, newname, dst_st)?;
+            }
+        }
+        if src_node.is_dir() && d2.has_lowers() {
+            make_opaque(&self.stack.formats, &src_node)?;
+        }
+        if dst_is_whiteout && src_node.is_dir() {
+            // A directory cannot replace a device node: swap them; the
+            // whiteout lands at the old name, where it is wanted if lower
+            // layers show that name.
+            rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
+            if !src_lower {
+                // Best effort: a whiteout with nothing below hides nothing.
+                let _ = rustix::fs::unlinkat(&*p1, name, AtFlags::empty());
+            }
+        } else {
+            // NOREPLACE was checked on the merged view; a whiteout in the
+            // way is replaced.
+            let rflags = if dst_is_whiteout {
+                RenameFlags::empty()
+            } else {
+                flags & RenameFlags::NOREPLACE
+            };
+            rename_leaving_whiteout(
+                &self.stack.formats,
+                (&p1, name),
+                (&p2, newname),
+                rflags,
+                src_lower,
+            )?;
+        }
+        // The target's marker (after the rename, as in `publish`): a
+        // leftover only hides what the new entry hides anyway.
+        if let Err(e) = whiteout::remove_wh_file(&*p2, newname) {
+            log::warn!(
+                "whiteout marker for {} left in place: {e}",
+                show_bytes(newname)
+            );
+        }
+        self.detach(newparent, newname);
+        self.inodes.remove_dentry(parent, name);
+        self.relocate(&src_node, newparent, newname, &p2);
+        Ok(())
+    }
+
+    /// Record that `node` now lives at (`parent`, `name`), in the upper
+    /// directory `dir`.
+    fn relocate(&self, node: &Node, parent: u64, name: &[u8], dir: &Arc<OwnedFd>) {
+        let name = Name::from(name);
+        {
+            let mut st = node.state.write();
+            st.parent = parent;
+            st.name = name.clone();
+            st.detached = false;
+            if let Some(Obj::At { .. }) = st.upper {
+                st.upper = Some(Obj::At {
+                    dir: dir.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+        self.inodes.set_dentry(parent, name, node);
+    }
+
+    /// Before the upper entry (`parent`, `name`) goes away: if a node is
+    /// reached through it, hold its object open instead, for as long as the
+    /// kernel remembers the node. Open files keep their attributes, and the
+    /// inode number cannot be reused for a new object while the kernel still
+    /// knows the old one under it. The space of a deleted file is returned
+    /// when the kernel forgets the inode (normally right after the unlink).
+    fn pin_named(&self, parent: u64, name: &[u8]) -> Result<()> {
+        let Some(node) = self
+            .inodes
+            .dentry_ino(parent, name)
+            .and_then(|i| self.inodes.get(i))
+        else {
+            return Ok(());
+        };
+        let (p, n) = node.location();
+        if p == parent && *n == *name {
+            node.pin()?;
+        }
+        Ok(())
+    }
+}
+
+/// Put the object `tmp` in `work` at `name` in `pup`, replacing the
+/// whiteout that is there.
+fn publish(
+    work: &OwnedFd,
+    tmp: &[u8],
+    pup: &OwnedFd,
+    name: &[u8],
+    slot: UpperSlot,
+    is_dir: bool,
+) -> Result<()> {
+    match slot {
+        UpperSlot::CharWhiteout if is_dir => {
+            // A directory cannot be renamed over a device: swap them and
+            // remove the whiteout that lands in the work dir.
+            rustix::fs::renameat_with(work, tmp, pup, name, RenameFlags::EXCHANGE)?;
+            let _ = rustix::fs::unlinkat(work, tmp, AtFlags::empty());
+        }
+        UpperSlot::CharWhiteout => rustix::fs::renameat(work, tmp, pup, name)?,
+        UpperSlot::WhFile | UpperSlot::Empty => {
+            // New object first, marker second: in between (or after a
+            // crash there) the object beside its `.wh.` file is shown and
+            // the marker still hides the layers below, which is the state
+            // we want anyway. So a marker that cannot be removed (say a
+            // directory someone put there) is left, not an error.
+            rustix::fs::renameat_with(work, tmp, pup, name, RenameFlags::NOREPLACE)?;
+            if let Err(e) = whiteout::remove_wh_file(pup, name) {
+                log::warn!(
+                    "whiteout marker for {} left in place: {e}",
+                    show_bytes(name)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Create the object `name` in `at` with the given ownership. Returns its
+/// `O_PATH` fd and, for files, an open fd.
+fn make_object(
+    at: &OwnedFd,
+    name: &[u8],
+    what: &NewKind<'_>,
+    m: &Making,
+) -> Result<(OwnedFd, Option<OwnedFd>)> {
+    let mut file = None;
+    let want_mode;
+    match what {
+        NewKind::File { mode, flags } => {
+            want_mode = mode & 0o7777 & !m.umask;
+            let keep = OFlags::from_bits_retain(*flags as _)
+                & (OFlags::ACCMODE
+                    | OFlags::APPEND
+                    | OFlags::DIRECT
+                    | OFlags::DSYNC
+                    | OFlags::SYNC
+                    | OFlags::NONBLOCK
+                    | OFlags::NOATIME);
+            let fd = rustix::fs::openat(
+                at,
+                name,
+                keep | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(want_mode),
+            )?;
+            file = Some(fd);
+        }
+        NewKind::Node(NewNode::Dir { mode }) => {
+            want_mode = (mode & 0o7777 & !m.umask) | if m.sgid_parent { libc::S_ISGID } else { 0 };
+            rustix::fs::mkdirat(at, name, Mode::from_raw_mode(want_mode))?;
+        }
+        NewKind::Node(NewNode::Special { mode, rdev }) => {
+            want_mode = mode & 0o7777 & !m.umask;
+            let kind = FileType::from_raw_mode(*mode);
+            rustix::fs::mknodat(at, name, kind, Mode::from_raw_mode(want_mode), *rdev)?;
+        }
+        NewKind::Node(NewNode::Symlink { target }) => {
+            want_mode = 0o777;
+            rustix::fs::symlinkat(*target, at, name)?;
+        }
+    }
+    let is_symlink = matches!(what, NewKind::Node(NewNode::Symlink { .. }));
+    let finish = || -> Result<OwnedFd> {
+        let obj = fd::open_path(at, name)?;
+        let before = rustix::fs::fstat(&obj)?;
+        fd::give_to(&obj, m.uid, m.gid, &before)?;
+        if !is_symlink {
+            // The filesystem applied a default ACL, if any, to the mode;
+            // keep that, but restore setuid/setgid bits the chown cleared.
+            let after = rustix::fs::fstat(&obj)?;
+            let mut mode = before.st_mode & 0o7777;
+            if m.sgid_parent && what.is_dir() {
+                mode |= libc::S_ISGID;
+            }
+            mode |= want_mode & (libc::S_ISUID | libc::S_ISGID | libc::S_ISVTX);
+            if after.st_mode & 0o7777 != mode {
+                fd::set_mode(&obj, mode)?;
+            }
+        }
+        Ok(obj)
+    };
+    match finish() {
+        Ok(obj) => Ok((obj, file)),
+        Err(e) => {
+            let _ = tree::remove_tree(at, name, what.is_dir());
+            Err(e)
+        }
+    }
+}
+
+/// Rename `name` in `pup` to `tmp` in the work dir, leaving a whiteout at
+/// `name` if `whiteout`.
+fn move_out(
+    formats: &Formats,
+    pup: &OwnedFd,
+    name: &[u8],
+    work: &OwnedFd,
+    tmp: &[u8],
+    whiteout: bool,
+) -> Result<()> {
+    if !whiteout {
+        return rustix::fs::renameat(pup, name, work, tmp);
+    }
+    if formats.char_whiteouts() {
+        match rustix::fs::renameat_with(pup, name, work, tmp, RenameFlags::WHITEOUT) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INVAL) | Err(Errno::PERM) | Err(Errno::NOTSUP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    rustix::fs::renameat(pup, name, work, tmp)?;
+    formats.make_whiteout(pup, name)
+}
+
+/// Rename (`from` dir, name) to (`to` dir, name) with `rflags`, leaving a
+/// whiteout at the old name when `src_lower` (lower layers show it).
+/// Where the whiteout cannot come with the rename itself, its `.wh.` form
+/// is written first (it does not hide the source beside it), so no moment,
+/// crash included, shows the lower object again at the old name.
+fn rename_leaving_whiteout(
+    formats: &Formats,
+    (p1, name): (&OwnedFd, &[u8]),
+    (p2, newname): (&OwnedFd, &[u8]),
+    mut rflags: RenameFlags,
+    src_lower: bool,
+) -> Result<()> {
+    let char_wh = formats.char_whiteouts();
+    let mut marker_first = false;
+    if src_lower {
+        if char_wh {
+            rflags |= RenameFlags::WHITEOUT;
+        } else {
+            whiteout::make_wh_file(p1, name)?;
+            marker_first = true;
+        }
+    }
+    let renamed = match rustix::fs::renameat_with(p1, name, p2, newname, rflags) {
+        Err(Errno::INVAL) | Err(Errno::PERM) if rflags.contains(RenameFlags::WHITEOUT) => {
+            whiteout::make_wh_file(p1, name)?;
+            marker_first = true;
+            rustix::fs::renameat_with(p1, name, p2, newname, rflags & !RenameFlags::WHITEOUT)
+        }
+        r => r,
+    };
+    if let Err(e) = renamed {
+        if marker_first {
+            let _ = whiteout::remove_wh_file(p1, name);
+        }
+        return Err(e);
+    }
+    if marker_first && char_wh {
+        // Also the form the kernel overlay reads, then drop the marker;
+        // either alone is a whiteout.
+        if formats.make_char_whiteout(p1, name).is_ok() {
+            let _ = whiteout::remove_wh_file(p1, name);
+        }
+    }
+    Ok(())
+}
+
+/// Make the upper directory `name` in `pup` (logically empty, but holding
+/// whiteouts) really empty, in one step: an empty opaque directory with the
+/// same owner and mode is built in the work dir and exchanged with it, and
+/// the old one is removed from the work dir. A crash at any point leaves
+/// either the old or the new directory, both showing nothing.
+fn empty_upper_dir(stack: &Stack, pup: &OwnedFd, name: &[u8], st: &Stat) -> Result<()> {
+    let sub = fd::open_path(pup, name)?;
+    let has_entries = rustix::fs::Dir::new(fd::open_dir_read(&sub)?)?.any(|e| {
+        e.map(|e| !matches!(e.file_name().to_bytes(), b"." | b".."))
+            .unwrap_or(true)
+    });
+    if !has_entries {
+        return Ok(());
+    }
+    let work = stack.work()?;
+    let tmp = stack.tmp_name();
+    rustix::fs::mkdirat(work, tmp.as_slice(), Mode::from_raw_mode(0o700))?;
+    let staged = (|| {
+        let fresh = fd::open_path(work, &tmp)?;
+        stack.formats.set_opaque(&fresh)?;
+        fd::give_to(&fresh, st.st_uid, st.st_gid, &rustix::fs::fstat(&fresh)?)?;
+        fd::set_mode(&fresh, st.st_mode & 0o7777)?;
+        rustix::fs::renameat_with(work, tmp.as_slice(), pup, name, RenameFlags::EXCHANGE)
+    })();
+    // Either the fresh directory (if the exchange failed) or the old one
+    // with its whiteouts is now at `tmp`.
+    let _ = tree::remove_tree(work, &tmp, true);
+    staged
+}
+
+/// Mark a pure upper directory opaque unless it already is.
+fn make_opaque(formats: &Formats, node: &Node) -> Result<()> {
+    let u = node.upper().ok_or(Errno::IO)?;
+    if opaque::is_opaque(&*u)? {
+        return Ok(());
+    }
+    formats.set_opaque(&*u)
+}

@@ -1,0 +1,268 @@
+//! One node of the merged tree: what backs it, where it is known, and its
+//! locks.
+//!
+//! A node's id is also its `st_ino` (see `inodes`). A node keeps its id for
+//! as long as the kernel remembers it, even after copy-up moves it to
+//! another inode of the upper layer.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustix::fs::{FileType, Stat};
+
+use super::fdbudget::now_ms;
+use super::locks::{CopyLock, DirLock, DirWrite};
+use super::names::Name;
+use super::obj::{LayerFd, LayerObj, Obj};
+use crate::error::{Errno, Result};
+
+/// The mutable part of a node.
+#[derive(Debug)]
+pub(crate) struct NodeState {
+    /// Parent node id of the name this node was last reached by.
+    pub(crate) parent: u64,
+    /// That name.
+    pub(crate) name: Name,
+    /// Other names the kernel knows this node by (hard links), each as
+    /// (parent, name); kept by the inode table with its name map. A boxed
+    /// slice: most nodes have none, and changes are rare.
+    pub(crate) aliases: Option<Box<[(u64, Name)]>>,
+    /// The object in the upper layer, once there is one.
+    pub(crate) upper: Option<Obj>,
+    /// For directories: the lower directories merged below, top first.
+    /// For other objects without an upper copy: the lower object itself.
+    pub(crate) lowers: Vec<LayerObj>,
+    /// The name was removed (unlink, rmdir, rename over it); the node lives
+    /// on only for open files and kernel references.
+    pub(crate) detached: bool,
+    /// For a non-directory first found in a lower layer: that object's
+    /// (dev, ino). Other names of the same lower inode (hard links) share
+    /// this node, also after copy-up.
+    pub(crate) origin: Option<(u64, u64)>,
+}
+
+impl NodeState {
+    /// A node's state at (`parent`, `name`), backed by `upper` and `lowers`.
+    pub(crate) fn new(
+        parent: u64,
+        name: Name,
+        upper: Option<Obj>,
+        lowers: Vec<LayerObj>,
+        origin: Option<(u64, u64)>,
+    ) -> NodeState {
+        NodeState {
+            parent,
+            name,
+            aliases: None,
+            upper,
+            lowers,
+            detached: false,
+            origin,
+        }
+    }
+}
+
+/// Whether a node's lower object carries xattrs (`Node::lower_xattrs`).
+const XATTRS_UNKNOWN: u8 = 0;
+const XATTRS_NONE: u8 = 1;
+const XATTRS_SOME: u8 = 2;
+
+/// One node of the merged tree.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// FUSE node id and `st_ino`.
+    pub(crate) ino: u64,
+    /// File type; never changes for a node.
+    pub(crate) kind: FileType,
+    /// Kernel lookup references (see `inodes::LookupRef`).
+    pub(crate) lookups: AtomicU64,
+    /// Backing objects and location. Innermost lock: nothing else is
+    /// locked while it is held.
+    pub(crate) state: RwLock<NodeState>,
+    /// Serialises copy-up of this node (see `locks`).
+    pub(crate) copy_lock: CopyLock,
+    /// For directories: readers resolve names, writers change entries.
+    pub(crate) dir_lock: DirLock,
+    /// Whether the top object carries xattrs, known once asked;
+    /// meaningful only while the node has no upper copy (lower layers never
+    /// change under a mount).
+    lower_xattrs: AtomicU8,
+    /// For directories: an entry was added, removed or renamed through
+    /// this mount (see `Node::change_listing`).
+    listing_changed: AtomicBool,
+    /// For directories: when the node was last used (`fdbudget::now_ms`).
+    used: AtomicU32,
+}
+
+impl Node {
+    /// A new node with no kernel references yet.
+    pub(crate) fn new(ino: u64, kind: FileType, state: NodeState) -> Node {
+        Node {
+            ino,
+            kind,
+            lookups: AtomicU64::new(0),
+            state: RwLock::new(state),
+            copy_lock: CopyLock::default(),
+            dir_lock: DirLock::default(),
+            lower_xattrs: AtomicU8::new(XATTRS_UNKNOWN),
+            listing_changed: AtomicBool::new(false),
+            used: AtomicU32::new(now_ms()),
+        }
+    }
+
+    /// Lock this directory for a change of its entries, and remember that
+    /// its listing changed. Directories whose listing never changed may be
+    /// cached by the kernel: its listing cache can be filled by a reader
+    /// whose listing predates a change while it already carries the
+    /// version stamp of after the change, so once a directory changes it
+    /// is listed by the daemon only.
+    pub(crate) fn change_listing(&self) -> DirWrite<'_> {
+        self.mark_listing_changed();
+        self.dir_lock.write(self.ino)
+    }
+
+    /// Remember that the listing changed (also: a moved directory's `..`).
+    pub(crate) fn mark_listing_changed(&self) {
+        self.listing_changed.store(true, Ordering::Release);
+    }
+
+    /// Whether the listing never changed through this mount.
+    pub(crate) fn listing_unchanged(&self) -> bool {
+        !self.listing_changed.load(Ordering::Acquire)
+    }
+
+    /// Note a use of this directory (for the descriptor budget).
+    pub(crate) fn touch(&self) {
+        self.used.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `now_ms` of the last use.
+    pub(crate) fn last_used(&self) -> u32 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node's object is known to carry no xattrs: true only
+    /// while it has no upper copy and its lower object has none. The first
+    /// call lists the lower object's xattrs once.
+    pub(crate) fn lower_xattr_free(&self) -> bool {
+        let obj = {
+            let st = self.state.read();
+            if st.upper.is_some() {
+                return false;
+            }
+            match self.lower_xattrs.load(Ordering::Relaxed) {
+                XATTRS_NONE => return true,
+                XATTRS_SOME => return false,
+                _ => match st.lowers.first() {
+                    Some(l) => l.obj.clone(),
+                    None => return false,
+                },
+            }
+        };
+        match obj.list_xattr() {
+            Ok(names) => {
+                let known = if names.is_empty() {
+                    XATTRS_NONE
+                } else {
+                    XATTRS_SOME
+                };
+                self.lower_xattrs.store(known, Ordering::Relaxed);
+                names.is_empty()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether this is a directory.
+    pub(crate) fn is_dir(&self) -> bool {
+        self.kind == FileType::Directory
+    }
+
+    /// The top object and its layer: the upper copy if any (layer 0), else
+    /// the topmost lower one.
+    pub(crate) fn top_layer_obj(&self) -> Option<(usize, Obj)> {
+        let st = self.state.read();
+        match &st.upper {
+            Some(u) => Some((0, u.clone())),
+            None => st.lowers.first().map(|l| (l.layer, l.obj.clone())),
+        }
+    }
+
+    /// `lstat` of the top object.
+    pub(crate) fn stat(&self) -> Result<Stat> {
+        self.top_layer_obj().ok_or(Errno::STALE)?.1.stat()
+    }
+
+    /// An `O_PATH` descriptor of the upper object, if there is one and it
+    /// can be opened. For directories (held open); for objects reached by
+    /// name use `Overlay::upper_fd`, which tells the two cases apart.
+    pub(crate) fn upper(&self) -> Option<Arc<OwnedFd>> {
+        let u = self.state.read().upper.clone();
+        u.and_then(|o| o.fd().ok())
+    }
+
+    /// Whether the node has an upper object.
+    pub(crate) fn has_upper(&self) -> bool {
+        self.state.read().upper.is_some()
+    }
+
+    /// Whether the node is backed by lower objects (for a directory: is
+    /// merged with lower directories).
+    pub(crate) fn has_lowers(&self) -> bool {
+        !self.state.read().lowers.is_empty()
+    }
+
+    /// For a directory: every layer directory merged into it, top first
+    /// (upper as layer 0).
+    pub(crate) fn dir_layers(&self) -> Vec<LayerFd> {
+        let st = self.state.read();
+        let mut v = Vec::with_capacity(st.lowers.len() + 1);
+        if let Some(Obj::Fd(u)) = &st.upper {
+            v.push(LayerFd {
+                layer: 0,
+                fd: u.clone(),
+                index: None,
+            });
+        }
+        v.extend(st.lowers.iter().filter_map(LayerObj::as_dir));
+        v
+    }
+
+    /// For a directory: the lower directories merged into it.
+    pub(crate) fn lower_dirs(&self) -> Vec<LayerFd> {
+        let st = self.state.read();
+        st.lowers.iter().filter_map(LayerObj::as_dir).collect()
+    }
+
+    /// Descriptors this node holds open.
+    pub(crate) fn held_fds(&self) -> usize {
+        let st = self.state.read();
+        st.lowers.len() + usize::from(st.upper.is_some())
+    }
+
+    /// Keep the backing objects reachable after their names go away.
+    pub(crate) fn pin(&self) -> Result<()> {
+        let mut st = self.state.write();
+        if let Some(u) = &st.upper {
+            st.upper = Some(u.pinned()?);
+        }
+        for l in st.lowers.iter_mut() {
+            l.obj = l.obj.pinned()?;
+        }
+        Ok(())
+    }
+
+    /// Whether a directory merges an upper and lower dirs (or several lower
+    /// dirs): such a directory reports `st_nlink` 1, like the kernel's.
+    pub(crate) fn is_merged_dir(&self) -> bool {
+        self.is_dir() && self.held_fds() > 1
+    }
+
+    /// (parent, name) this node is known by.
+    pub(crate) fn location(&self) -> (u64, Name) {
+        let st = self.state.read();
+        (st.parent, st.name.clone())
+    }
+}

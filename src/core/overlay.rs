@@ -1,0 +1,401 @@
+//! The overlay: the layer stack, the inode table, the open handles, and
+//! what every operation shares: reaching a node's top object safely,
+//! presenting attributes, making nodes for names, listing directories.
+//!
+//! The operations themselves live beside it, one concept per module:
+//! `lookup`, `copyup`, `namespace` (create, link, unlink, rename), `io`
+//! (open files and directories), `attrs` (attributes and xattrs), and
+//! `background` (the thread that talks back to the kernel).
+
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustix::fs::{FileType, Stat};
+
+use super::fdbudget;
+use super::handles::HandleTable;
+use super::inodes::{InodeTable, LookupRef, FRESH_BASE, ROOT_INO};
+use super::listing::{self, DirEntry};
+use super::names::Name;
+use super::node::{Node, NodeState};
+use super::notify::Invalidate;
+use super::obj::{LayerFd, LayerObj, Obj};
+use super::resolve::Found;
+use crate::error::{Errno, Result};
+use crate::format::idmap::Ids;
+use crate::format::override_stat::{self, Override};
+use crate::format::{opaque, origin};
+use crate::setup::stack::Stack;
+use crate::sys::{fd, xattr};
+
+/// Who is asking: the credentials of the request, as ids on disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    /// User id.
+    pub(crate) uid: u32,
+    /// Group id.
+    pub(crate) gid: u32,
+}
+
+/// Tunables of a mounted overlay.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    /// How long the kernel may cache entries and attributes.
+    pub(crate) ttl: Duration,
+    /// Ownership presentation.
+    pub(crate) ids: Ids,
+    /// Open descriptors to stay below (`max_fds=`; 0: from the limit).
+    pub(crate) max_fds: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ttl: Duration::from_secs(86400),
+            ids: Ids::default(),
+            max_fds: 0,
+        }
+    }
+}
+
+/// A mounted overlay's state.
+#[derive(Debug)]
+pub(crate) struct Overlay {
+    /// The layers.
+    pub(crate) stack: Stack,
+    /// Live nodes.
+    pub(crate) inodes: InodeTable,
+    /// Open files and directories.
+    pub(crate) handles: HandleTable,
+    /// Tunables.
+    pub(crate) config: Config,
+    /// The daemon's own uid (new objects are chowned when the caller
+    /// differs).
+    pub(crate) euid: u32,
+    /// The daemon's own gid.
+    pub(crate) egid: u32,
+    /// Open descriptors to stay below (see `fdbudget`).
+    pub(crate) fd_budget: usize,
+    /// Work for the background thread (see `background`), once started.
+    pub(crate) background: OnceLock<Sender<Invalidate>>,
+}
+
+/// An answer to lookup-like requests: the node, with the lookup reference
+/// the reply hands to the kernel, and its attributes.
+#[derive(Debug)]
+pub(crate) struct Entry<'a> {
+    /// The node.
+    pub(crate) node: LookupRef<'a>,
+    /// Its attributes.
+    pub(crate) stat: Stat,
+}
+
+impl Overlay {
+    /// Build the overlay over an opened stack.
+    pub(crate) fn new(stack: Stack, config: Config) -> Result<Overlay> {
+        let mut lowers = Vec::new();
+        let mut upper = None;
+        for l in &stack.layers {
+            let root = Arc::new(fd::dup_path(&l.root)?);
+            if stack.is_upper(l.idx) {
+                upper = Some(Obj::Fd(root));
+            } else {
+                lowers.push(LayerObj {
+                    layer: l.idx,
+                    obj: Obj::Fd(root),
+                    index: Some(Arc::default()),
+                });
+            }
+        }
+        // A lower root that is opaque ends the merge of the roots.
+        for i in 0..lowers.len().saturating_sub(1) {
+            if opaque::is_opaque(&*lowers[i].obj.fd()?)? {
+                lowers.truncate(i + 1);
+                break;
+            }
+        }
+        let devs: Vec<u64> = stack.layers.iter().map(|l| l.dev).collect();
+        let root = Node::new(
+            ROOT_INO,
+            FileType::Directory,
+            NodeState::new(ROOT_INO, Name::from(&b""[..]), upper, lowers, None),
+        );
+        let fd_budget = fdbudget::budget(config.max_fds, fdbudget::nofile_limit());
+        Ok(Overlay {
+            inodes: InodeTable::new(root, &devs),
+            stack,
+            handles: HandleTable::default(),
+            config,
+            euid: rustix::process::geteuid().as_raw(),
+            egid: rustix::process::getegid().as_raw(),
+            fd_budget,
+            background: OnceLock::new(),
+        })
+    }
+
+    /// The node `ino`, or `ESTALE` if the kernel names one we do not know.
+    pub(crate) fn node(&self, ino: u64) -> Result<Arc<Node>> {
+        self.inodes.get(ino).ok_or(Errno::STALE)
+    }
+
+    /// The node `ino`, which must be a directory.
+    pub(crate) fn dir_node(&self, ino: u64) -> Result<Arc<Node>> {
+        let n = self.node(ino)?;
+        if !n.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        Ok(n)
+    }
+
+    /// `EROFS` unless the mount has an upper layer.
+    pub(crate) fn writable(&self) -> Result<()> {
+        if self.stack.has_upper {
+            Ok(())
+        } else {
+            Err(Errno::ROFS)
+        }
+    }
+
+    /// Hand work to the background thread (dropped when there is none).
+    pub(crate) fn invalidate(&self, what: Invalidate) {
+        if let Some(tx) = self.background.get() {
+            let _ = tx.send(what);
+        }
+    }
+
+    /// Attributes of a node, as reported to clients.
+    pub(crate) fn stat_node(&self, node: &Node) -> Result<Stat> {
+        self.with_top(node, |layer, obj| {
+            let mut st = obj.stat()?;
+            self.present(layer, obj, &mut st);
+            Ok(st)
+        })
+    }
+
+    /// Run `f` on the node's top object (and its layer). An upper object
+    /// reached by name is used under its parent directory's read lock, so a
+    /// concurrent rename or unlink cannot put another object at that name
+    /// in between (those pin or move the node under the write lock).
+    pub(crate) fn with_top<T>(
+        &self,
+        node: &Node,
+        f: impl Fn(usize, &Obj) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
+            let by_name_in_upper = matches!(obj, Obj::At { .. }) && self.stack.is_upper(layer);
+            if !by_name_in_upper {
+                return f(layer, &obj);
+            }
+            let (parent, _) = node.location();
+            let Some(dir) = self.inodes.get(parent) else {
+                return f(layer, &obj);
+            };
+            // Recursive: lookups already hold this lock for reading.
+            let _g = dir.dir_lock.read_recursive(parent);
+            if node.location().0 != parent {
+                continue; // moved meanwhile: lock the new parent
+            }
+            let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
+            return f(layer, &obj);
+        }
+    }
+
+    /// The upper object of `node` held open, if it has one. Unlike
+    /// `Node::upper`, an object reached by name is opened under its
+    /// parent's read lock (see `with_top`), so a concurrent rename cannot
+    /// make it look absent, and a failure to open it is an error, not "no
+    /// upper copy".
+    pub(crate) fn upper_fd(&self, node: &Node) -> Result<Option<Arc<OwnedFd>>> {
+        if !node.has_upper() {
+            return Ok(None);
+        }
+        self.with_top(node, |layer, obj| {
+            if self.stack.is_upper(layer) {
+                obj.fd().map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
+    /// The owner/mode override recorded on `obj` of layer `layer`, if any.
+    pub(crate) fn recorded_override(&self, layer: usize, obj: &Obj, st: &Stat) -> Option<Override> {
+        let name = self.stack.override_xattr(layer)?;
+        if !override_stat::applies_to(st) {
+            return None;
+        }
+        Override::parse(&obj.get_xattr(name).ok()?)
+    }
+
+    /// Turn an on-disk stat into what clients see (owner/mode overrides).
+    pub(crate) fn present(&self, layer: usize, obj: &Obj, st: &mut Stat) {
+        if let Some(o) = self.recorded_override(layer, obj, st) {
+            o.apply(st);
+        }
+    }
+
+    /// Remember on a copied-up object the inode number its lower original
+    /// had (see `format::origin`). Best effort: symlinks and devices
+    /// cannot carry user xattrs when rootless.
+    pub(crate) fn record_origin(&self, fd: &OwnedFd, ino: u64) {
+        if ino >= FRESH_BASE {
+            return;
+        }
+        let value = origin::encode(ino);
+        let name = self.stack.formats.origin_xattr();
+        if let Err(e) = xattr::set(fd, name, value.as_bytes(), rustix::fs::XattrFlags::empty()) {
+            log::debug!("origin of inode {ino} not recorded: {e}");
+        }
+    }
+
+    /// The inode number recorded by [`Overlay::record_origin`] on `obj`.
+    pub(crate) fn recorded_origin(&self, obj: &Obj) -> Option<u64> {
+        let v = obj.get_xattr(self.stack.formats.origin_xattr()).ok()?;
+        usable_origin(&v)
+    }
+
+    /// A directory node was made: now and then, check the descriptor
+    /// budget (in the background).
+    fn new_dir_node(&self) {
+        if self
+            .inodes
+            .count_new_dir(fdbudget::check_every(self.fd_budget))
+        {
+            self.invalidate(Invalidate::FdCheck);
+        }
+    }
+
+    /// Make (or find) the node for a resolved name and record the name.
+    pub(crate) fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry<'_> {
+        let mut stat = found.stat;
+        self.present(found.top.layer, &found.top.obj, &mut stat);
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let below = found.below.into_iter().map(LayerObj::from);
+        let (upper, lowers): (Option<Obj>, Vec<LayerObj>) = if self.stack.is_upper(found.top.layer)
+        {
+            // The upper changes while mounted: no cached indexes.
+            (Some(found.top.obj), below.collect())
+        } else {
+            (None, std::iter::once(found.top).chain(below).collect())
+        };
+        let mut ino = upper
+            .as_ref()
+            .and_then(|u| self.recorded_origin(u))
+            .unwrap_or_else(|| self.inodes.ino_for(stat.st_dev, stat.st_ino));
+        if ino == ROOT_INO {
+            ino = self.inodes.fresh_ino();
+        }
+        let origin =
+            (upper.is_none() && kind != FileType::Directory).then_some((stat.st_dev, stat.st_ino));
+        let shared = upper
+            .as_ref()
+            .or(lowers.first().map(|l| &l.obj))
+            .map_or_else(|| Name::from(name), |o| o.shared_name(name));
+        loop {
+            let state = NodeState::new(
+                parent,
+                shared.clone(),
+                upper.clone(),
+                lowers.clone(),
+                origin,
+            );
+            let (node, inserted) = self.inodes.insert_or_get(Node::new(ino, kind, state));
+            if inserted && kind == FileType::Directory {
+                self.new_dir_node();
+            }
+            if inserted || self.same_object(&node, &stat, kind) {
+                if !inserted {
+                    // Another name of the same inode (a hard link), or a
+                    // name found again: keep the node.
+                    let mut st = node.state.write();
+                    if st.detached {
+                        st.detached = false;
+                        st.parent = parent;
+                        st.name = shared.clone();
+                    }
+                }
+                self.inodes.set_dentry(parent, shared, &node);
+                return Entry { node, stat };
+            }
+            // Taken by an unrelated object (an inode number reused after a
+            // delete while the old node lives on): use a fresh id (the
+            // reference on the other node is given back with `node`).
+            ino = self.inodes.fresh_ino();
+        }
+    }
+
+    /// A node for an object just created in the upper layer.
+    pub(crate) fn attach_new(&self, parent: u64, name: &[u8], obj: Obj, stat: Stat) -> Entry<'_> {
+        let kind = FileType::from_raw_mode(stat.st_mode);
+        let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
+        let shared = obj.shared_name(name);
+        loop {
+            let state = NodeState::new(parent, shared.clone(), Some(obj.clone()), Vec::new(), None);
+            let (node, inserted) = self.inodes.insert_or_get(Node::new(ino, kind, state));
+            if inserted {
+                if kind == FileType::Directory {
+                    self.new_dir_node();
+                }
+                self.inodes.set_dentry(parent, shared, &node);
+                return Entry { node, stat };
+            }
+            // The id is still held by an older node whose inode number the
+            // filesystem reused: take a fresh one.
+            ino = self.inodes.fresh_ino();
+        }
+    }
+
+    fn same_object(&self, node: &Node, stat: &Stat, kind: FileType) -> bool {
+        if node.kind != kind {
+            return false;
+        }
+        if node.state.read().origin == Some((stat.st_dev, stat.st_ino)) {
+            return true;
+        }
+        match node.stat() {
+            Ok(st) => {
+                st.st_dev == stat.st_dev
+                    && st.st_ino == stat.st_ino
+                    && (st.st_nlink > 0 || kind == FileType::Directory)
+            }
+            _ => false,
+        }
+    }
+
+    /// The merged entries of directory `node` (without `.` and `..`),
+    /// numbered as `lookup` numbers them: a live node's id, else the
+    /// recorded origin of an object copied up into a merged directory, else
+    /// the topmost object's identity.
+    pub(crate) fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let origin_name = self.stack.formats.origin_xattr();
+        listing::merged(&node.dir_layers(), self.stack.has_upper, |s| {
+            self.inodes.dentry_ino(node.ino, s.name).unwrap_or_else(|| {
+                s.upper_of_merged
+                    .then(|| xattr::get_at(s.dir, s.name, origin_name).ok())
+                    .flatten()
+                    .and_then(|v| usable_origin(&v))
+                    .unwrap_or_else(|| self.inodes.ino_for(self.stack.dev(s.layer), s.d_ino))
+            })
+        })
+    }
+
+    /// Whether the directory merged from `layers` shows no entries.
+    pub(crate) fn is_empty_dir(&self, layers: &[LayerFd]) -> Result<bool> {
+        listing::is_empty(layers, self.stack.has_upper)
+    }
+
+    /// Full listing of directory `node` for a handle: `.`, `..`, then the
+    /// entries in offset order.
+    pub(crate) fn snapshot(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        let (parent, _) = node.location();
+        Ok(listing::with_dots(node.ino, parent, self.list_dir(node)?))
+    }
+}
+
+/// A recorded origin that can be a node id here.
+fn usable_origin(v: &[u8]) -> Option<u64> {
+    origin::decode(v).filter(|i| *i > ROOT_INO && *i < FRESH_BASE)
+}

@@ -1,0 +1,298 @@
+//! The layer stack: one directory fd per layer, opened once at start.
+//!
+//! `layers[0]` is the upper directory when there is one, followed by the
+//! lower directories top to bottom. Every later access to a layer is
+//! relative to these fds (or to fds opened beneath them), never by path.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use super::options::MountOptions;
+use crate::error::{describe, Errno, SetupError};
+use crate::format::override_stat;
+use crate::format::upper::Formats;
+use crate::sys::{tree::clear_dir, xattr};
+
+/// One layer of the stack.
+#[derive(Debug)]
+pub(crate) struct Layer {
+    /// Position in the stack: 0 is the top.
+    pub(crate) idx: usize,
+    /// The layer's root directory.
+    pub(crate) root: OwnedFd,
+    /// Device of the root, for inode numbering.
+    pub(crate) dev: u64,
+    /// The path given on the command line (for messages only).
+    pub(crate) path: PathBuf,
+    /// The xattr holding owner/mode overrides in this layer, if it uses one.
+    pub(crate) override_xattr: Option<&'static [u8]>,
+}
+
+/// All layers, the work directory and what the upper filesystem supports.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    /// Upper (if any) first, then lowers top to bottom.
+    pub(crate) layers: Vec<Layer>,
+    /// Whether `layers[0]` is a writable upper.
+    pub(crate) has_upper: bool,
+    /// `WORKDIR/work`, where new objects are built before they are published.
+    pub(crate) work: Option<OwnedFd>,
+    /// Formats the upper accepts.
+    pub(crate) formats: Formats,
+    /// fsync copied-up data before publishing it.
+    pub(crate) fsync: bool,
+    tmp_counter: AtomicU64,
+}
+
+/// Name of the private subdirectory of the work dir (same as the kernel's).
+pub(crate) const WORK_SUBDIR: &str = "work";
+
+fn open_dir(what: &str, path: &Path) -> Result<(OwnedFd, rustix::fs::Stat), SetupError> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .or_else(|e| {
+        if e == Errno::ACCESS {
+            rustix::fs::open(
+                path,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            Err(e)
+        }
+    })
+    .map_err(|e| {
+        let msg = if e == Errno::NOTDIR {
+            "is not a directory".to_string()
+        } else if e == Errno::NOTCONN {
+            format!(
+                "{} (a stale FUSE mount? clear it with: fusermount3 -u {})",
+                describe(e),
+                path.display()
+            )
+        } else {
+            describe(e)
+        };
+        SetupError::path(what, path, msg)
+    })?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| SetupError::path(what, path, describe(e)))?;
+    Ok((fd, st))
+}
+
+/// (dev, ino) of `path` and of each of its ancestors, nearest first.
+fn ancestry(path: &Path) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return out;
+    };
+    for p in canon.ancestors() {
+        if let Ok(st) = rustix::fs::stat(p) {
+            out.push((st.st_dev, st.st_ino));
+        }
+    }
+    out
+}
+
+impl Stack {
+    /// Open and check every directory of `opts`; create `WORKDIR/work` and
+    /// clear leftovers in it. Nothing is created or changed unless every
+    /// check passes.
+    pub(crate) fn open(opts: &MountOptions) -> Result<Stack, SetupError> {
+        let mut layers = Vec::new();
+        let mut ids = Vec::new();
+        if let Some(u) = &opts.upperdir {
+            let (fd, st) = open_dir("upperdir", u)?;
+            rustix::fs::accessat(&fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS)
+                .map_err(|e| {
+                    SetupError::path("upperdir", u, format!("not writable: {}", describe(e)))
+                })?;
+            ids.push(((st.st_dev, st.st_ino), "upperdir", u.clone()));
+            layers.push(Layer {
+                idx: 0,
+                root: fd,
+                dev: st.st_dev,
+                path: u.clone(),
+                override_xattr: None,
+            });
+        }
+        for l in &opts.lowerdirs {
+            let (fd, st) = open_dir("lowerdir", l)?;
+            ids.push(((st.st_dev, st.st_ino), "lowerdir", l.clone()));
+            layers.push(Layer {
+                idx: layers.len(),
+                override_xattr: override_stat::probe_root(&fd),
+                root: fd,
+                dev: st.st_dev,
+                path: l.clone(),
+            });
+        }
+        let mut work_root = None;
+        if let (Some(w), Some(u)) = (&opts.workdir, &opts.upperdir) {
+            let (fd, st) = open_dir("workdir", w)?;
+            if st.st_dev != layers[0].dev {
+                return Err(SetupError::new(format!(
+                    "workdir {} is not on the same filesystem as upperdir {}",
+                    w.display(),
+                    u.display()
+                )));
+            }
+            let up_id = ids[0].0;
+            let w_anc = ancestry(w);
+            let u_anc = ancestry(u);
+            if w_anc.contains(&up_id) || u_anc.first().is_some_and(|id| w_anc.contains(id)) {
+                return Err(SetupError::new(format!(
+                    "workdir {} and upperdir {} must be separate directories, neither inside the other",
+                    w.display(),
+                    u.display()
+                )));
+            }
+            work_root = Some((fd, st, w.clone()));
+        }
+        // The mount point: must be a directory, not inside any layer (it
+        // may be a lower dir itself: its fd is open before the mount hides it).
+        let mnt = &opts.mountpoint;
+        let (_, mst) = open_dir("mount point", mnt)?;
+        let m_anc = ancestry(mnt);
+        let m_id = (mst.st_dev, mst.st_ino);
+        for (id, what, path) in &ids {
+            let is_lower = *what == "lowerdir";
+            if m_anc.iter().skip(usize::from(is_lower)).any(|a| a == id) {
+                return Err(SetupError::new(format!(
+                    "mount point {} is inside {what} {}",
+                    mnt.display(),
+                    path.display()
+                )));
+            }
+            if !(is_lower && *id == m_id) && ancestry(path).iter().skip(1).any(|a| *a == m_id) {
+                return Err(SetupError::new(format!(
+                    "{what} {} is inside the mount point {}",
+                    path.display(),
+                    mnt.display()
+                )));
+            }
+        }
+        if let Some((_, wst, w)) = &work_root {
+            if m_anc.contains(&(wst.st_dev, wst.st_ino)) {
+                return Err(SetupError::new(format!(
+                    "mount point {} is inside workdir {}",
+                    mnt.display(),
+                    w.display()
+                )));
+            }
+        }
+
+        // All checks passed: prepare WORKDIR/work and the upper's overrides.
+        if opts.upperdir.is_some() {
+            let first_lower = layers
+                .iter()
+                .skip(1)
+                .find_map(|l| l.override_xattr.map(|n| (n, l)));
+            let name = override_stat::for_option(opts.xattr_permissions)
+                .or_else(|| override_stat::probe_root(&layers[0].root))
+                .or(first_lower.map(|(n, _)| n));
+            if let Some(name) = name {
+                if opts.xattr_permissions != 0 && xattr::get(&layers[0].root, name).is_err() {
+                    // The root's own override: the first lower root's, else
+                    // root-owned with the real mode.
+                    let value = first_lower
+                        .and_then(|(n, l)| xattr::get(&l.root, n).ok())
+                        .unwrap_or_else(|| {
+                            let mode = rustix::fs::fstat(&layers[0].root)
+                                .map(|s| s.st_mode & 0o7777)
+                                .unwrap_or(0o755);
+                            format!("0:0:{mode:04o}").into_bytes()
+                        });
+                    xattr::set(
+                        &layers[0].root,
+                        name,
+                        &value,
+                        rustix::fs::XattrFlags::empty(),
+                    )
+                    .map_err(|e| {
+                        SetupError::path(
+                            "upperdir",
+                            &layers[0].path,
+                            format!(
+                                "cannot set {}: {}",
+                                String::from_utf8_lossy(name),
+                                describe(e)
+                            ),
+                        )
+                    })?;
+                }
+                layers[0].override_xattr = Some(name);
+            }
+        }
+        let mut work = None;
+        let mut formats = Formats::none();
+        if let Some((wfd, _, w)) = work_root {
+            match rustix::fs::mkdirat(&wfd, WORK_SUBDIR, Mode::from_raw_mode(0o700)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(SetupError::path(
+                        "workdir",
+                        w.as_path(),
+                        format!("cannot create work/: {}", describe(e)),
+                    ))
+                }
+            }
+            let wd = rustix::fs::openat(
+                &wfd,
+                WORK_SUBDIR,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| SetupError::path("workdir", &w.join(WORK_SUBDIR), describe(e)))?;
+            clear_dir(&wd).map_err(|e| {
+                SetupError::path(
+                    "workdir",
+                    &w.join(WORK_SUBDIR),
+                    format!("cannot clear leftovers: {}", describe(e)),
+                )
+            })?;
+            formats = Formats::probe(&wd, format!("#probe.{}", std::process::id()).as_bytes());
+            work = Some(wd);
+        }
+        Ok(Stack {
+            has_upper: opts.upperdir.is_some(),
+            layers,
+            work,
+            formats,
+            fsync: opts.fsync,
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The xattr holding owner/mode overrides in layer `layer`, if it keeps
+    /// them in xattrs.
+    pub(crate) fn override_xattr(&self, layer: usize) -> Option<&'static [u8]> {
+        self.layers.get(layer).and_then(|l| l.override_xattr)
+    }
+
+    /// Whether layer `layer` is the writable upper.
+    pub(crate) fn is_upper(&self, layer: usize) -> bool {
+        self.has_upper && layer == 0
+    }
+
+    /// The work directory; `EROFS` on a read-only mount.
+    pub(crate) fn work(&self) -> crate::error::Result<&OwnedFd> {
+        self.work.as_ref().ok_or(Errno::ROFS)
+    }
+
+    /// The device of layer `layer` (0 if there is no such layer).
+    pub(crate) fn dev(&self, layer: usize) -> u64 {
+        self.layers.get(layer).map_or(0, |l| l.dev)
+    }
+
+    /// A fresh, unique name for a temporary object in the work dir.
+    pub(crate) fn tmp_name(&self) -> Vec<u8> {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        format!("#{}.{}", std::process::id(), n).into_bytes()
+    }
+}

@@ -1,0 +1,61 @@
+//! `stratafs check`: offline check (and safe repair) of an upper and a work
+//! directory.
+//!
+//! While the overlay is not mounted, this walks the upper layer and reports
+//! markers that readers disagree on or that have no effect:
+//!
+//! * a whiteout beside a real entry of the same name (`.wh.NAME` next to
+//!   `NAME`): stratafs shows the entry, other readers may hide it;
+//! * a `.wh.NAME` file beside a char 0/0 whiteout of the same name;
+//! * `.wh.` files the kernel overlay does not read (it only reads char 0/0
+//!   whiteouts and opaque xattrs), `.wh..wh..opq` among them, and `.wh.`
+//!   names that hide nothing (`.wh.` alone, `.wh..wh.x`);
+//! * whiteouts inside opaque directories (nothing below to hide);
+//! * opaque xattrs with a value other than exactly `y` (`x` only means
+//!   something in a lower layer with xwhiteouts);
+//! * malformed `*.override_stat` values (`UID:GID:OCTALMODE[:TYPE]`);
+//! * leftovers in `WORKDIR/work`;
+//! * with lower layers given: lower layers that do not exist, and whiteouts
+//!   that hide nothing in any of them.
+//!
+//! `--repair` fixes what is safe: it clears `WORKDIR/work`, converts empty
+//! `.wh.NAME` files into char 0/0 whiteouts where `mknod` is permitted,
+//! removes whiteouts that sit beside a real entry (the entry wins, as
+//! stratafs reads it) or beside a char whiteout of the same name, removes
+//! whiteouts inside opaque directories, and turns `.wh..wh..opq` into an
+//! opaque xattr. Nothing that can hold data (a `.wh.` file with content, a
+//! `.wh.` directory) is ever removed.
+//!
+//! Every on-disk rule comes from `format` and every resolution from
+//! `core::resolve`, the same code the mount runs. Every access below the
+//! given directories is relative to a directory descriptor and never
+//! follows a symlink.
+//!
+//! Modules: `report` (findings and their text and JSON forms), `walk` (the
+//! scan over the work and upper directories), `rules` (what is checked in
+//! each upper directory), `repair` (the fixes).
+mod repair;
+mod report;
+mod rules;
+mod walk;
+
+pub(crate) use report::json as json_string;
+pub use report::{Area, CheckOptions, Finding, Kind, Outcome, Report, Severity};
+
+use crate::error::SetupError;
+
+/// Check (and with `opts.repair`, repair) the upper and work directory.
+/// An error means the check could not run at all (exit status 2).
+pub fn check(opts: &CheckOptions) -> Result<Report, SetupError> {
+    let findings = walk::run(opts, opts.repair)?;
+    let remaining = if opts.repair {
+        walk::run(opts, false)?
+    } else {
+        Vec::new()
+    };
+    Ok(Report {
+        findings,
+        repaired: opts.repair,
+        remaining,
+    })
+}
