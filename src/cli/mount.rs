@@ -46,6 +46,17 @@ struct Cli {
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     options: Vec<String>,
 
+    #[command(flatten)]
+    run: RunFlags,
+
+    /// [SOURCE] MOUNTPOINT (the source of the mount(8) helper form is ignored).
+    #[arg(value_name = "MOUNTPOINT", required = true, num_args = 1..=2)]
+    args: Vec<String>,
+}
+
+/// How the daemon runs (both mount forms).
+#[derive(clap::Args, Debug)]
+struct RunFlags {
     /// Stay in the foreground.
     #[arg(short = 'f')]
     foreground: bool,
@@ -53,10 +64,6 @@ struct Cli {
     /// Log every request (implies -f).
     #[arg(short = 'd')]
     debug: bool,
-
-    /// [SOURCE] MOUNTPOINT (the source of the mount(8) helper form is ignored).
-    #[arg(value_name = "MOUNTPOINT", required = true, num_args = 1..=2)]
-    args: Vec<String>,
 }
 
 /// `stratafs mount --store DIR ID MOUNTPOINT`: mount a layer of a Docker or
@@ -73,12 +80,8 @@ struct MountCmd {
     /// Extra mount options, as for the plain command line.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     options: Vec<String>,
-    /// Stay in the foreground.
-    #[arg(short = 'f')]
-    foreground: bool,
-    /// Log every request (implies -f).
-    #[arg(short = 'd')]
-    debug: bool,
+    #[command(flatten)]
+    run: RunFlags,
     /// The layer id (its directory name in the store).
     id: String,
     /// Where to mount.
@@ -88,13 +91,18 @@ struct MountCmd {
 /// The plain command line.
 pub(super) fn plain(argv: Vec<OsString>) -> i32 {
     let cli = Cli::parse_from(argv);
-    let debug = cli.debug
+    let debug = cli.run.debug
         || cli
             .options
             .iter()
             .any(|o| o.split(',').any(|t| t == "debug"));
     init_log(debug);
-    match parse_mount_args(&cli.options, &cli.args, cli.foreground || cli.debug, debug) {
+    match parse_mount_args(
+        &cli.options,
+        &cli.args,
+        cli.run.foreground || cli.run.debug,
+        debug,
+    ) {
         Ok(opts) => daemon::run(&opts),
         Err(e) => fail(e),
     }
@@ -103,7 +111,7 @@ pub(super) fn plain(argv: Vec<OsString>) -> i32 {
 /// `stratafs mount --store`.
 pub(super) fn store(args: Vec<OsString>) -> i32 {
     let cmd = MountCmd::parse_from(args);
-    init_log(cmd.debug);
+    init_log(cmd.run.debug);
     let opts = Chain::resolve(&cmd.store, &cmd.id)
         .and_then(|chain| chain.mount_options(cmd.read_only))
         .and_then(|o| {
@@ -112,8 +120,8 @@ pub(super) fn store(args: Vec<OsString>) -> i32 {
             parse_mount_args(
                 &all,
                 &[cmd.mountpoint],
-                cmd.foreground || cmd.debug,
-                cmd.debug,
+                cmd.run.foreground || cmd.run.debug,
+                cmd.run.debug,
             )
         });
     match opts {

@@ -304,7 +304,7 @@ fn copy_xattrs(src: impl AsFd, dst: impl AsFd) -> Result<()> {
 }
 
 /// Copy `len` bytes of `src` to the empty file `dst`, keeping holes.
-pub(crate) fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<()> {
+fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<()> {
     if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }

@@ -28,3 +28,6 @@ pub(crate) mod notify;
 pub(crate) mod obj;
 pub(crate) mod overlay;
 pub(crate) mod resolve;
+
+#[cfg(test)]
+mod tests;

@@ -252,7 +252,7 @@ impl Overlay {
     }
 
     /// The inode number recorded by [`Overlay::record_origin`] on `obj`.
-    pub(crate) fn recorded_origin(&self, obj: &Obj) -> Option<u64> {
+    fn recorded_origin(&self, obj: &Obj) -> Option<u64> {
         let v = obj.get_xattr(self.stack.formats.origin_xattr()).ok()?;
         usable_origin(&v)
     }

@@ -11,7 +11,7 @@
 use crate::error::{Errno, Result, SetupError};
 
 /// The id shown for on-disk ids that no range maps.
-pub(crate) const OVERFLOW_ID: u32 = 65534;
+const OVERFLOW_ID: u32 = 65534;
 
 /// One `C:H:S` range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ impl IdMap {
 
     /// The on-disk id for id `x` written through the mount; `None` when no
     /// range maps it.
-    pub(crate) fn to_disk(&self, x: u32) -> Option<u32> {
+    fn to_disk(&self, x: u32) -> Option<u32> {
         if self.ranges.is_empty() {
             return Some(x);
         }

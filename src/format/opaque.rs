@@ -22,7 +22,7 @@ pub(crate) const OPAQUE_USER: &[u8] = b"user.overlay.opaque";
 /// Opaque xattr of fuse-overlayfs (read only).
 pub(crate) const OPAQUE_FO: &[u8] = b"user.fuseoverlayfs.opaque";
 /// Every opaque xattr that is read.
-pub(crate) const OPAQUE_XATTRS: [&[u8]; 3] = [OPAQUE_TRUSTED, OPAQUE_USER, OPAQUE_FO];
+const OPAQUE_XATTRS: [&[u8]; 3] = [OPAQUE_TRUSTED, OPAQUE_USER, OPAQUE_FO];
 /// Name of the AUFS-style opaque marker file.
 pub(crate) const OPAQUE_FILE: &[u8] = b".wh..wh..opq";
 

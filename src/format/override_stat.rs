@@ -19,11 +19,11 @@ use rustix::fs::{FileType, Stat};
 use crate::sys::xattr;
 
 /// `xattr_permissions=1`.
-pub(crate) const SECURITY: &[u8] = b"security.fuseoverlayfs.override_stat";
+const SECURITY: &[u8] = b"security.fuseoverlayfs.override_stat";
 /// `xattr_permissions=2` (containers-storage).
 pub(crate) const CONTAINERS: &[u8] = b"user.containers.override_stat";
 /// Older fuse-overlayfs unprivileged mode.
-pub(crate) const LEGACY_USER: &[u8] = b"user.fuseoverlayfs.override_stat";
+const LEGACY_USER: &[u8] = b"user.fuseoverlayfs.override_stat";
 
 /// Names in the order a layer root is probed.
 pub(crate) const NAMES: [&[u8]; 3] = [SECURITY, CONTAINERS, LEGACY_USER];

@@ -14,7 +14,7 @@ use super::opaque::OPAQUE_FILE;
 use crate::error::{Errno, Result};
 
 /// Prefix of AUFS-style whiteout names.
-pub(crate) const WH_PREFIX: &[u8] = b".wh.";
+const WH_PREFIX: &[u8] = b".wh.";
 
 /// Whether a stat result is a kernel-format whiteout (char device 0/0).
 pub(crate) fn is_whiteout(st: &Stat) -> bool {
@@ -50,7 +50,7 @@ pub(crate) fn marker(name: &[u8]) -> Option<Marker<'_>> {
 }
 
 /// The AUFS whiteout name for `name`, if it fits in NAME_MAX.
-pub(crate) fn wh_name(name: &[u8]) -> Option<Vec<u8>> {
+fn wh_name(name: &[u8]) -> Option<Vec<u8>> {
     if name.len() + WH_PREFIX.len() > 255 {
         return None;
     }

@@ -9,7 +9,7 @@
 //! which the owner may write without privilege.
 
 /// Prefixes of xattrs that carry overlay metadata.
-pub(crate) const PRIVATE_PREFIXES: [&[u8]; 5] = [
+const PRIVATE_PREFIXES: [&[u8]; 5] = [
     b"trusted.overlay.",
     b"user.overlay.",
     b"user.fuseoverlayfs.",

@@ -98,18 +98,22 @@ fn fuser_config(opts: &MountOptions, read_only: bool) -> FuserConfig {
     c
 }
 
+/// The overlay for `opts`, its FUSE adapter and the mount configuration.
+fn prepare(opts: &MountOptions) -> Result<(Arc<Overlay>, FuseOverlay, FuserConfig), SetupError> {
+    let overlay = Arc::new(build(opts)?);
+    let config = fuser_config(opts, !overlay.stack.has_upper);
+    let fs = FuseOverlay {
+        fs: overlay.clone(),
+    };
+    Ok((overlay, fs, config))
+}
+
 /// Mount and serve until unmounted. `ready` is told once the mount is live.
 fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), SetupError> {
     sys::ignore_sigpipe();
     rustix::process::umask(rustix::fs::Mode::empty());
     sys::raise_nofile_limit();
-    let overlay = build(opts)?;
-    let read_only = !overlay.stack.has_upper;
-    let config = fuser_config(opts, read_only);
-    let overlay = Arc::new(overlay);
-    let fs = FuseOverlay {
-        fs: overlay.clone(),
-    };
+    let (overlay, fs, config) = prepare(opts)?;
     // Only the signal thread may receive the stop signals.
     sys::block_stop_signals();
     let mut session = Session::new(fs, &opts.mountpoint, &config)
@@ -248,13 +252,7 @@ impl Drop for BackgroundMount {
 /// Mount the stack described by `opts` in this process, served by
 /// background threads.
 pub(crate) fn spawn_mount(opts: &MountOptions) -> Result<BackgroundMount, SetupError> {
-    let overlay = build(opts)?;
-    let read_only = !overlay.stack.has_upper;
-    let config = fuser_config(opts, read_only);
-    let overlay = Arc::new(overlay);
-    let fs = FuseOverlay {
-        fs: overlay.clone(),
-    };
+    let (overlay, fs, config) = prepare(opts)?;
     let session = fuser::spawn_mount(fs, &opts.mountpoint, &config)
         .map_err(|e| SetupError::path("cannot mount on", &opts.mountpoint, e))?;
     background::start(&overlay, Notify(session.notifier()));

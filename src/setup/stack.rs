@@ -50,7 +50,13 @@ pub(crate) struct Stack {
 /// Name of the private subdirectory of the work dir (same as the kernel's).
 pub(crate) const WORK_SUBDIR: &str = "work";
 
-fn open_dir(what: &str, path: &Path) -> Result<(OwnedFd, rustix::fs::Stat), SetupError> {
+/// Open the directory at the path `path` the user gave (following it, as
+/// engines pass symlinks; nothing below it is ever followed), with a
+/// one-line error naming `what` it is.
+pub(crate) fn open_root(
+    what: &str,
+    path: &Path,
+) -> Result<(OwnedFd, rustix::fs::Stat), SetupError> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -107,7 +113,7 @@ impl Stack {
         let mut layers = Vec::new();
         let mut ids = Vec::new();
         if let Some(u) = &opts.upperdir {
-            let (fd, st) = open_dir("upperdir", u)?;
+            let (fd, st) = open_root("upperdir", u)?;
             rustix::fs::accessat(&fd, ".", rustix::fs::Access::WRITE_OK, AtFlags::EACCESS)
                 .map_err(|e| {
                     SetupError::path("upperdir", u, format!("not writable: {}", describe(e)))
@@ -122,7 +128,7 @@ impl Stack {
             });
         }
         for l in &opts.lowerdirs {
-            let (fd, st) = open_dir("lowerdir", l)?;
+            let (fd, st) = open_root("lowerdir", l)?;
             ids.push(((st.st_dev, st.st_ino), "lowerdir", l.clone()));
             layers.push(Layer {
                 idx: layers.len(),
@@ -134,7 +140,7 @@ impl Stack {
         }
         let mut work_root = None;
         if let (Some(w), Some(u)) = (&opts.workdir, &opts.upperdir) {
-            let (fd, st) = open_dir("workdir", w)?;
+            let (fd, st) = open_root("workdir", w)?;
             if st.st_dev != layers[0].dev {
                 return Err(SetupError::new(format!(
                     "workdir {} is not on the same filesystem as upperdir {}",
@@ -157,7 +163,7 @@ impl Stack {
         // The mount point: must be a directory, not inside any layer (it
         // may be a lower dir itself: its fd is open before the mount hides it).
         let mnt = &opts.mountpoint;
-        let (_, mst) = open_dir("mount point", mnt)?;
+        let (_, mst) = open_root("mount point", mnt)?;
         let m_anc = ancestry(mnt);
         let m_id = (mst.st_dev, mst.st_ino);
         for (id, what, path) in &ids {

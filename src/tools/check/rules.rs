@@ -50,7 +50,7 @@ pub(crate) fn join(rel: &Path, name: &[u8]) -> PathBuf {
 }
 
 /// A name for messages.
-pub(crate) fn quote(b: &[u8]) -> String {
+fn quote(b: &[u8]) -> String {
     show_bytes(b)
 }
 

@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::repair;
 use super::report::{Area, CheckOptions, Finding, Findings, Kind, Problem, Severity};
@@ -14,28 +14,8 @@ use super::rules::{self, is_dir, join, kind_name, Pending};
 use crate::core::obj::LayerFd;
 use crate::error::{describe, Errno, SetupError};
 use crate::format::whiteout;
-use crate::setup::stack::WORK_SUBDIR;
+use crate::setup::stack::{open_root, WORK_SUBDIR};
 use crate::sys::fd;
-
-fn open_root(what: &str, path: &Path) -> Result<(OwnedFd, Stat), SetupError> {
-    // The path the user gave is followed once (engines pass symlinks);
-    // nothing below it is.
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| {
-        let msg = if e == Errno::NOTDIR {
-            "is not a directory".to_string()
-        } else {
-            describe(e)
-        };
-        SetupError::path(what, path, msg)
-    })?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| SetupError::path(what, path, describe(e)))?;
-    Ok((fd, st))
-}
 
 /// Run one pass; with `repair`, fix what is safe as it goes.
 pub(crate) fn run(opts: &CheckOptions, repair: bool) -> Result<Vec<Finding>, SetupError> {
