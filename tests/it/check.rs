@@ -2,9 +2,7 @@
 //! Each test builds an upper with one kind of problem, asserts the findings
 //! of the library call, the repair, and the exit status of the binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};

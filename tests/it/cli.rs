@@ -1,9 +1,7 @@
 //! Command line contract: mounting in the foreground and as a daemon,
 //! unmounting, escaped option values, and error handling.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

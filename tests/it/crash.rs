@@ -61,9 +61,7 @@
 //! Appends and overwrites are single writes of at most 64 bytes within one
 //! page, so they are all or nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -73,7 +71,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-const TEST_NAME: &str = "sigkill_during_changes_never_leaves_partial_state";
+const TEST_NAME: &str = "crash::sigkill_during_changes_never_leaves_partial_state";
 /// Set (to the worker's config file) in the re-executed worker process.
 const WORKER_ENV: &str = "STRATAFS_CRASH_WORKER";
 /// Set in the child that runs the test in its own mount namespace.

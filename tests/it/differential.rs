@@ -11,9 +11,7 @@
 //! * `STRATAFS_DIFF_SUBJECT=kernel` – run the kernel overlay on both sides
 //!   (self-check of the harness: must report zero divergences).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::os::unix::fs::MetadataExt;

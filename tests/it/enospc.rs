@@ -6,9 +6,7 @@
 //! Root only (the upper and work dir live on a size-limited tmpfs mounted
 //! for the test).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 

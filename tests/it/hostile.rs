@@ -15,9 +15,7 @@
 //! mounts stratafs and, where the kernel overlay defines the behaviour,
 //! checks that it agrees on the same stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -2,9 +2,7 @@
 //! and `squash_to_*` (what containers-storage passes for `--uidmap`
 //! containers).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn mount_with(st: &Stack, extra: &str) -> Mount {
     st.mount_strata_with(extra)

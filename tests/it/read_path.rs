@@ -3,9 +3,7 @@
 //! checks concrete values and that the kernel overlay agrees on the same
 //! stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;

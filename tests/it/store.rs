@@ -1,13 +1,11 @@
 //! Overlay2 layer stores (`stratafs mount --store`, `stratafs inspect`) and
 //! very deep stacks.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// A Docker/containers-storage style store: base <- mid <- cont-init <- cont.
 fn make_store(root: &Path) {

@@ -28,9 +28,7 @@
 //!   one chmod, one append, one xattr per thread), so every copy-up races
 //!   with the others; nothing may be lost.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libc::{EEXIST, EINVAL, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;

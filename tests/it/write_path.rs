@@ -2,9 +2,7 @@
 //! files. Every test checks concrete outcomes on stratafs and, where the
 //! kernel overlay defines the behaviour, that it agrees on the same stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
