@@ -53,9 +53,11 @@ impl Env {
     }
 }
 
-/// Lower on the normal filesystem, upper and work on a tmpfs of `tmpfs_opts`.
+/// Lower on the normal filesystem, upper and work on a tmpfs of
+/// `tmpfs_opts`; `None` when test `test` is skipped here.
 fn setup(test: &str, tmpfs_opts: &str) -> Option<Env> {
-    if skip_if_rootless(test, "mounts a tmpfs") {
+    if is_rootless() {
+        skip(test, "mounts a tmpfs");
         return None;
     }
     let tmp = tempdir();
@@ -72,10 +74,7 @@ fn setup(test: &str, tmpfs_opts: &str) -> Option<Env> {
     let tmpfs = match TmpfsMount::with_options(&t, tmpfs_opts) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!(
-                "note: {test}: skipped: cannot mount tmpfs: {}",
-                errno_name(e)
-            );
+            skip(test, &format!("cannot mount tmpfs: {}", errno_name(e)));
             return None;
         }
     };
@@ -161,7 +160,10 @@ fn assert_lower_content(env: &Env, name: &str) {
 
 #[test]
 fn copy_up_larger_than_the_upper_fails_with_enospc_and_leaves_nothing() {
-    let Some(env) = setup("enospc copy-up", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "copy_up_larger_than_the_upper_fails_with_enospc_and_leaves_nothing",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     let r = append(&env.m("big"), b"more");
@@ -189,7 +191,10 @@ fn copy_up_larger_than_the_upper_fails_with_enospc_and_leaves_nothing() {
 #[test]
 fn truncating_open_of_a_big_lower_file_fits() {
     // O_TRUNC copies metadata only: it must not fail for lack of space.
-    let Some(env) = setup("enospc trunc", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "truncating_open_of_a_big_lower_file_fits",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     let fd = sys::open(&env.m("big"), libc::O_WRONLY | libc::O_TRUNC, 0)
@@ -202,7 +207,10 @@ fn truncating_open_of_a_big_lower_file_fits() {
 
 #[test]
 fn small_writes_still_work_after_a_failed_copy_up() {
-    let Some(env) = setup("enospc small writes", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "small_writes_still_work_after_a_failed_copy_up",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     assert_errno(append(&env.m("big"), b"x"), libc::ENOSPC, "append to big");
@@ -221,7 +229,7 @@ fn small_writes_still_work_after_a_failed_copy_up() {
 
 #[test]
 fn copy_up_succeeds_once_space_is_freed() {
-    let Some(env) = setup("enospc free and retry", "size=8m,mode=0755") else {
+    let Some(env) = setup("copy_up_succeeds_once_space_is_freed", "size=8m,mode=0755") else {
         return;
     };
     let filled = fill(&env.m("filler"));
@@ -258,7 +266,10 @@ fn copy_up_succeeds_once_space_is_freed() {
 
 #[test]
 fn writes_into_a_full_upper_fail_with_enospc() {
-    let Some(env) = setup("enospc full writes", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "writes_into_a_full_upper_fail_with_enospc",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     fill(&env.m("filler"));
@@ -282,7 +293,10 @@ fn writes_into_a_full_upper_fail_with_enospc() {
 /// entry, in the view, the upper or W/work.
 #[test]
 fn creating_when_the_upper_has_no_inodes_left_fails_and_leaves_no_entry() {
-    let Some(env) = setup("enospc inodes", "size=8m,nr_inodes=48,mode=0755") else {
+    let Some(env) = setup(
+        "creating_when_the_upper_has_no_inodes_left_fails_and_leaves_no_entry",
+        "size=8m,nr_inodes=48,mode=0755",
+    ) else {
         return;
     };
     // Use up the inodes through the mount.
