@@ -44,7 +44,7 @@ const KNOWN_DIVERGENCES: &[KnownDivergence] = &[
         id: "lower-hard-links",
         doc: "docs/COMPAT.md (hard links in lower layers)",
         what: "hard links in lower layers stay one file after copy-up (the kernel does so only with index=on); \
-               the generator makes hard links in the upper layer only, tests/read_path.rs covers lower ones",
+               the generator makes hard links in the upper layer only, tests/it/read_path.rs covers lower ones",
     },
     KnownDivergence {
         id: "private-xattrs",
@@ -1014,7 +1014,7 @@ fn run_part(part: u64) {
         };
         if let Some((stage, details)) = failure {
             eprintln!(
-                "DIVERGENCE seed={seed} stage={stage}\nreproduce: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_CASES=1 cargo test --test differential\n{}{details}\n",
+                "DIVERGENCE seed={seed} stage={stage}\nreproduce: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_CASES=1 cargo test --test it differential::\n{}{details}\n",
                 describe_case(&case)
             );
             divergences.push(Divergence {
