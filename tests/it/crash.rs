@@ -1610,23 +1610,13 @@ impl Crash {
         }
 
         // --- Fresh mount: leftovers must be gone, then the model holds.
-        let before: Vec<_> = self
-            .stack
-            .strata_work_entries()
-            .into_iter()
-            .filter(|(_, k)| *k != Kind::CharDev)
-            .collect();
+        let before = self.stack.work_leftovers();
         if !before.is_empty() {
             self.stats.rounds_with_work_leftovers += 1;
             self.stats.work_leftovers += before.len() as u64;
         }
         let fresh = self.mount("fresh mount after the kill");
-        let after: Vec<_> = self
-            .stack
-            .strata_work_entries()
-            .into_iter()
-            .filter(|(_, k)| *k != Kind::CharDev)
-            .collect();
+        let after = self.stack.work_leftovers();
         if !after.is_empty() {
             problems.push(format!(
                 "W/work not cleared by the new mount: {after:?} (before the mount: {before:?})"

@@ -934,11 +934,7 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
             }
         }
         // Whiteout templates (char 0/0) may stay; anything else is a leak.
-        let left: Vec<_> = sstack
-            .strata_work_entries()
-            .into_iter()
-            .filter(|(_, k)| *k != Kind::CharDev)
-            .collect();
+        let left = sstack.work_leftovers();
         if !left.is_empty() {
             return Err((
                 "work dir".into(),

@@ -98,18 +98,13 @@ fn works_when_installed_as_fuse_overlayfs() {
     );
     let spec = stack(vec![Layer::new().file("f", "x")], Layer::new());
     let st = spec.build(Markers::Kernel);
-    let out = std::process::Command::new(&bin)
-        .arg("-o")
-        .arg(st.overlay_opts())
-        .arg(&st.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _guard = ExternalMount::run(
+        std::process::Command::new(&bin)
+            .arg("-o")
+            .arg(st.overlay_opts())
+            .arg(&st.mnt),
+        &st.mnt,
     );
-    let _guard = ExternalMount::new(&st.mnt);
     assert_eq!(read_string(&st.m("f")), "x");
     let info = mount_at(&st.mnt).expect("mounted");
     assert!(info.fstype.starts_with("fuse"), "{info:?}");

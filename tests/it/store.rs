@@ -36,8 +36,12 @@ fn make_store(root: &Path) {
     std::fs::create_dir_all(root.join("cont/work")).unwrap();
 }
 
+fn stratafs() -> Command {
+    Command::new(stratafs_bin())
+}
+
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(stratafs_bin()).args(args).output().unwrap()
+    stratafs().args(args).output().unwrap()
 }
 
 #[test]
@@ -48,13 +52,10 @@ fn mount_a_store_layer_by_id() {
     let mnt = tmp.path().join("merged");
     std::fs::create_dir(&mnt).unwrap();
     let s = store.to_str().unwrap();
-    let out = run(&["mount", "--store", s, "cont", mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let guard = ExternalMount::run(
+        stratafs().args(["mount", "--store", s, "cont", mnt.to_str().unwrap()]),
+        &mnt,
     );
-    let guard = ExternalMount::new(&mnt);
     assert_eq!(read_string(&mnt.join("etc/os-release")), "mid");
     assert_eq!(read_string(&mnt.join("etc/hosts")), "container hosts");
     assert!(!mnt.join("etc/removed").exists(), "AUFS whiteout of mid");
@@ -66,20 +67,17 @@ fn mount_a_store_layer_by_id() {
     );
 
     // Read-only: the layer's own diff on top of its chain.
-    let out = run(&[
-        "mount",
-        "--store",
-        s,
-        "--read-only",
-        "mid",
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let guard = ExternalMount::run(
+        stratafs().args([
+            "mount",
+            "--store",
+            s,
+            "--read-only",
+            "mid",
+            mnt.to_str().unwrap(),
+        ]),
+        &mnt,
     );
-    let guard = ExternalMount::new(&mnt);
     assert_eq!(read_string(&mnt.join("etc/os-release")), "mid");
     assert_eq!(read_string(&mnt.join("etc/hosts")), "base hosts");
     let e = std::fs::write(mnt.join("x"), "x").unwrap_err();

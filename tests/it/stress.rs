@@ -1989,9 +1989,8 @@ fn diff_walks(a: &BTreeMap<String, WNode>, b: &BTreeMap<String, WNode>) -> Vec<S
 }
 
 fn work_leftovers(s: &Stack) -> Vec<String> {
-    s.strata_work_entries()
+    s.work_leftovers()
         .into_iter()
-        .filter(|(_, k)| *k != Kind::CharDev)
         .map(|(n, k)| format!("W/work/{n} ({k:?})"))
         .collect()
 }

@@ -351,7 +351,17 @@ pub struct ExternalMount {
 }
 
 impl ExternalMount {
-    pub fn new(mnt: &Path) -> Self {
+    /// Runs `cmd`, a stratafs command line that mounts `mnt` and returns
+    /// once the daemon serves it; asserts it exited 0 (its stderr is the
+    /// message) and guards the mount.
+    #[track_caller]
+    pub fn run(cmd: &mut Command, mnt: &Path) -> Self {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         ExternalMount {
             mnt: mnt.to_path_buf(),
         }

@@ -123,14 +123,17 @@ impl Stack {
         join_rel(&self.lowers()[i], rel)
     }
 
-    /// Entries stratafs left in `W/work/` (missing dir = none).
-    pub fn strata_work_entries(&self) -> Vec<(String, Kind)> {
+    /// Entries stratafs left in `W/work/` other than whiteout templates
+    /// (character devices), which may stay (missing dir = none).
+    pub fn work_leftovers(&self) -> Vec<(String, Kind)> {
         let wd = self.work().join("work");
         let mut out = Vec::new();
         if let Ok(rd) = fs::read_dir(&wd) {
             for e in rd.flatten() {
                 let kind = e.metadata().map(|m| kind_of(&m)).unwrap_or(Kind::Unknown);
-                out.push((e.file_name().to_string_lossy().into_owned(), kind));
+                if kind != Kind::CharDev {
+                    out.push((e.file_name().to_string_lossy().into_owned(), kind));
+                }
             }
         }
         out.sort();
@@ -151,11 +154,7 @@ pub fn join_rel(base: &Path, rel: &str) -> PathBuf {
 /// Asserts stratafs left no private files in `W/work/` except whiteout
 /// templates (char 0/0).
 pub fn assert_work_clean(s: &Stack) {
-    let left: Vec<_> = s
-        .strata_work_entries()
-        .into_iter()
-        .filter(|(_, k)| *k != Kind::CharDev)
-        .collect();
+    let left = s.work_leftovers();
     assert!(left.is_empty(), "stratafs left files in W/work: {left:?}");
 }
 
