@@ -336,10 +336,6 @@ fn state_of(model: &Model, path: &str) -> St {
     model.get(path).cloned().unwrap_or(St::Absent)
 }
 
-fn parent_of(path: &str) -> &str {
-    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
-}
-
 fn name_of(path: &str) -> &str {
     path.rsplit_once('/').map(|(_, n)| n).unwrap_or(path)
 }

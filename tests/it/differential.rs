@@ -228,7 +228,7 @@ fn dir_chain(layers: &[BTreeMap<String, Seen>], path: &str) -> Vec<usize> {
     let parent_chain: Vec<usize> = if path.is_empty() {
         return (0..layers.len()).collect();
     } else {
-        dir_chain(layers, &parent_of(path))
+        dir_chain(layers, parent_of(path))
     };
     let mut chain = Vec::new();
     for i in parent_chain {
@@ -273,7 +273,7 @@ fn drop_whiteouts_in_unmerged_dirs(layers: &mut [Layer]) {
         for (i, l) in layers.iter().enumerate() {
             for n in l.items() {
                 if matches!(n.kind(), ItemKind::Whiteout(_)) {
-                    let chain = dir_chain(&seen, &parent_of(n.path()));
+                    let chain = dir_chain(&seen, parent_of(n.path()));
                     if !(chain.contains(&i) && chain.len() >= 2) {
                         doomed.push((i, n.path().to_string()));
                     }
@@ -661,13 +661,6 @@ struct MtimeTracker {
     explicit: BTreeSet<String>,
 }
 
-fn parent_of(p: &str) -> String {
-    match p.rsplit_once('/') {
-        Some((a, _)) => a.to_string(),
-        None => String::new(),
-    }
-}
-
 impl MtimeTracker {
     fn forget_tree(&mut self, p: &str) {
         let prefix = format!("{p}/");
@@ -675,8 +668,7 @@ impl MtimeTracker {
     }
     fn forget_entry(&mut self, p: &str) {
         self.forget_tree(p);
-        let parent = parent_of(p);
-        self.explicit.remove(&parent);
+        self.explicit.remove(parent_of(p));
     }
     /// Writes may reach any hard link or symlink alias of a file.
     fn forget_non_dirs(&mut self, snap_hint: &Snapshot) {
@@ -963,21 +955,6 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     drop(sm2);
     drop(km);
     Ok(())
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => {
-            let v = v.trim();
-            let parsed = if let Some(hex) = v.strip_prefix("0x") {
-                u64::from_str_radix(hex, 16)
-            } else {
-                v.parse()
-            };
-            parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-        }
-        Err(_) => default,
-    }
 }
 
 const PARTS: u64 = 4;

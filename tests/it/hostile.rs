@@ -1155,11 +1155,9 @@ fn override_stat_modes_with_unknown_type_bits_are_malformed() {
 
 /// The opaque xattr the kernel overlay reads in this environment.
 fn kernel_opaque_xattr() -> &'static str {
-    if is_rootless() {
-        "user.overlay.opaque"
-    } else {
-        "trusted.overlay.opaque"
-    }
+    OpaqueForm::kernel()
+        .xattr_name()
+        .expect("the kernel's opaque marker is an xattr")
 }
 
 /// Lower0 directories `t0..` carrying `xattr` with each of `values`, each

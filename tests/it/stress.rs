@@ -379,12 +379,6 @@ impl Owned {
     }
 }
 
-fn is_private_xattr(name: &str) -> bool {
-    ["user.overlay.", "user.fuseoverlayfs.", "user.stratafs."]
-        .iter()
-        .any(|p| name.starts_with(p))
-}
-
 /// The client-visible `user.*` xattrs of a path.
 fn user_xattrs(p: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
     let names = sys::llistxattr(p).map_err(|e| format!("llistxattr: {}", errno_name(e)))?;

@@ -101,7 +101,7 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// Overlay metadata: kernel overlayfs (`origin`, `impure`, ...),
 /// fuse-overlayfs, and stratafs's own (`stratafs.origin`, the inode number
 /// a copied-up object keeps).
-fn is_private_xattr(name: &str) -> bool {
+pub fn is_private_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.")
         || name.starts_with("user.overlay.")
         || name.starts_with("user.fuseoverlayfs.")

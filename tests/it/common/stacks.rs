@@ -151,6 +151,11 @@ pub fn join_rel(base: &Path, rel: &str) -> PathBuf {
     }
 }
 
+/// The parent of a relative path (`""` for a name at the root).
+pub fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
 /// Asserts stratafs left no private files in `W/work/` except whiteout
 /// templates (char 0/0).
 pub fn assert_work_clean(s: &Stack) {
