@@ -208,8 +208,7 @@ fn a_stack_of_600_layers_mounts_and_works() {
         "the option string is long: {}",
         opts.len()
     );
-    let _mount = spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &m)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let _mount = try_mount_stratafs(&opts, &m).unwrap_or_else(|e| panic!("{e}"));
     let names = std::fs::read_dir(m.join("etc")).unwrap().count();
     assert_eq!(names, n + 1);
     assert_eq!(read_string(&m.join("etc/version")), "0", "top layer wins");

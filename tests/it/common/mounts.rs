@@ -16,6 +16,7 @@ use super::process::{read_captured, wait_timeout};
 use super::stacks::join_rel;
 use super::sys;
 
+/// One line of /proc/self/mountinfo.
 #[derive(Debug)]
 pub struct MountInfo {
     pub mount_point: PathBuf,
@@ -43,6 +44,7 @@ fn unescape_mountinfo(s: &str) -> OsString {
     OsString::from_vec(out)
 }
 
+/// The mounts this process sees.
 pub fn mountinfo() -> Vec<MountInfo> {
     let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut out = Vec::new();
@@ -88,6 +90,7 @@ pub fn escape_opt_path(p: &Path) -> String {
     out
 }
 
+/// The `-o` value (`lowerdir=...,upperdir=...,workdir=...`) of a stack.
 pub fn overlay_opts(lowers: &[PathBuf], upper: Option<&Path>, work: Option<&Path>) -> String {
     let lower: Vec<String> = lowers.iter().map(|p| escape_opt_path(p)).collect();
     let mut opts = format!("lowerdir={}", lower.join(":"));
@@ -101,7 +104,7 @@ pub fn overlay_opts(lowers: &[PathBuf], upper: Option<&Path>, work: Option<&Path
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MountKind {
+enum MountKind {
     Strata,
     Kernel,
 }
@@ -109,18 +112,13 @@ pub enum MountKind {
 /// A live mount. Dropping it always unmounts (fusermount3 -u, then a lazy
 /// umount) and reaps the daemon.
 pub struct Mount {
-    pub kind: MountKind,
+    kind: MountKind,
     pub mnt: PathBuf,
-    /// fstype shown in mountinfo once the mount went live.
-    pub fstype: String,
     base_mounts: usize,
     child: Option<Child>,
     stderr: Option<fs::File>,
     done: bool,
 }
-
-pub type StrataMount = Mount;
-pub type KernelMount = Mount;
 
 impl Mount {
     pub fn path(&self) -> &Path {
@@ -209,29 +207,25 @@ impl Drop for Mount {
     }
 }
 
+/// Mounts stratafs on `mnt` over these directories (`-f`, a child of the
+/// test).
 pub fn mount_stratafs(
     lowers: &[PathBuf],
     upper: Option<&Path>,
     work: Option<&Path>,
     mnt: &Path,
-) -> StrataMount {
-    try_mount_stratafs(lowers, upper, work, mnt).unwrap_or_else(|e| panic!("{e}"))
+) -> Mount {
+    try_mount_stratafs(&overlay_opts(lowers, upper, work), mnt).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Spawns `stratafs -f -o ... MNT` and waits until the mount is live.
-pub fn try_mount_stratafs(
-    lowers: &[PathBuf],
-    upper: Option<&Path>,
-    work: Option<&Path>,
-    mnt: &Path,
-) -> Result<StrataMount, String> {
-    let opts = overlay_opts(lowers, upper, work);
-    spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], mnt)
+/// Spawns `stratafs -f -o OPTS MNT` and waits until the mount is live.
+pub fn try_mount_stratafs(opts: &str, mnt: &Path) -> Result<Mount, String> {
+    spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts.to_string()], mnt)
 }
 
 /// Spawns the daemon with arbitrary arguments followed by `mnt` and waits
 /// until mountinfo shows `mnt` with the stratafs fstype.
-pub fn spawn_stratafs(args: &[String], mnt: &Path) -> Result<StrataMount, String> {
+fn spawn_stratafs(args: &[String], mnt: &Path) -> Result<Mount, String> {
     let bin = stratafs_bin();
     let override_fstype = std::env::var("STRATAFS_TEST_FSTYPE").ok();
     let base_mounts = mounts_at(mnt);
@@ -247,7 +241,6 @@ pub fn spawn_stratafs(args: &[String], mnt: &Path) -> Result<StrataMount, String
     let mut m = Mount {
         kind: MountKind::Strata,
         mnt: mnt.to_path_buf(),
-        fstype: String::new(),
         base_mounts,
         child: Some(child),
         stderr: Some(stderr),
@@ -265,7 +258,6 @@ pub fn spawn_stratafs(args: &[String], mnt: &Path) -> Result<StrataMount, String
                     None => mi.fstype == "fuse" || mi.fstype.starts_with("fuse."),
                 };
                 if accepted {
-                    m.fstype = mi.fstype;
                     return Ok(m);
                 }
             }
@@ -295,7 +287,7 @@ pub fn mount_kernel(
     upper: Option<&Path>,
     work: Option<&Path>,
     mnt: &Path,
-) -> KernelMount {
+) -> Mount {
     let mut opts = overlay_opts(lowers, upper, work);
     // The kernel overlay reads user.overlay.* xattrs only with userxattr
     // (required in a user namespace); stacks carry the kernel's markers.
@@ -308,7 +300,6 @@ pub fn mount_kernel(
     Mount {
         kind: MountKind::Kernel,
         mnt: mnt.to_path_buf(),
-        fstype: "overlay".to_string(),
         base_mounts: 0,
         child: None,
         stderr: None,

@@ -323,7 +323,7 @@ pub fn diff_snapshots(a: &Snapshot, b: &Snapshot, opts: &CmpOpts) -> Vec<String>
     out
 }
 
-pub fn fmt_entry(e: &Entry) -> String {
+fn fmt_entry(e: &Entry) -> String {
     match e {
         Entry::Whiteout => "WHITEOUT".to_string(),
         Entry::Node(m) => format!("{m}"),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use stratafs::api::{Layer, Markers, TempStack, TempStackBuilder};
 
-use super::mounts::{mount_kernel, overlay_opts, spawn_stratafs, Mount};
+use super::mounts::{mount_kernel, overlay_opts, try_mount_stratafs, Mount};
 use super::snapshot::{diff_snapshots, fmt_snapshot, kind_of, snapshot_upper, snapshot_view};
 use super::snapshot::{CmpOpts, Kind, Snapshot};
 
@@ -87,15 +87,13 @@ impl Stack {
     /// `mount_strata` with more `-o` options (`extra`, comma-separated).
     pub fn mount_strata_with(&self, extra: &str) -> Mount {
         let opts = format!("{},{extra}", self.overlay_opts());
-        spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &self.mnt)
-            .unwrap_or_else(|e| panic!("{e}"))
+        try_mount_stratafs(&opts, &self.mnt).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `mount_strata`, with the error (and the daemon's stderr) when the
     /// mount does not go live.
     pub fn try_mount_strata(&self) -> Result<Mount, String> {
-        let opts = self.overlay_opts();
-        spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &self.mnt)
+        try_mount_stratafs(&self.overlay_opts(), &self.mnt)
     }
 
     /// Mounts the kernel overlay on [`Stack::mnt`].
