@@ -536,6 +536,13 @@ impl Layer {
         let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
         let mut times: Vec<(PathBuf, (i64, i64))> = Vec::new();
         for item in &self.items {
+            let is_dir = matches!(item.kind, ItemKind::Dir | ItemKind::Opaque(_));
+            if item.path.is_empty() && !is_dir {
+                return Err(invalid_input(format!(
+                    "{:?}: only a directory can be the layer root",
+                    item.kind
+                )));
+            }
             let path = layer_path(dir, &item.path)?;
             make_parents(dir, &item.path)?;
             let mut default_mode = None;
@@ -561,6 +568,7 @@ impl Layer {
                 }
                 ItemKind::HardLink(existing) => {
                     let from = layer_path(dir, existing)?;
+                    check_parents(dir, existing)?;
                     std::fs::hard_link(&from, &path).map_err(|e| with_path("link", &path, e))?;
                     path
                 }
@@ -590,12 +598,10 @@ impl Layer {
                 std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
                     .map_err(|e| with_path("chown", &target, e))?;
             }
-            let is_dir = matches!(item.kind, ItemKind::Dir | ItemKind::Opaque(_));
             match item.mode.or(default_mode) {
                 Some(mode) if is_dir => dir_modes.push((target.clone(), mode)),
-                Some(mode) if !matches!(item.kind, ItemKind::Symlink(_)) => {
-                    set_mode(&target, mode)?
-                }
+                // A symlink has no mode of its own (chmod would follow it).
+                Some(mode) if !is_symlink(&target)? => set_mode(&target, mode)?,
                 _ => {}
             }
             for (name, value) in &item.xattrs {
@@ -725,16 +731,47 @@ fn layer_path(dir: &Path, rel: &str) -> std::io::Result<PathBuf> {
     Ok(dir.join(rel))
 }
 
-/// Create the missing parent directories of `rel` below `dir` (mode 0755),
-/// never through a symlink.
-fn make_parents(dir: &Path, rel: &str) -> std::io::Result<()> {
+/// Calls `f` with each parent directory of `rel` below `dir`, top first.
+fn for_each_parent(
+    dir: &Path,
+    rel: &str,
+    mut f: impl FnMut(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut path = dir.to_path_buf();
     let names: Vec<&str> = rel.trim_matches('/').split('/').collect();
     for name in &names[..names.len() - 1] {
         path.push(name);
-        make_dir(&path)?;
+        f(&path)?;
     }
     Ok(())
+}
+
+/// Create the missing parent directories of `rel` below `dir` (mode 0755),
+/// never through a symlink.
+fn make_parents(dir: &Path, rel: &str) -> std::io::Result<()> {
+    for_each_parent(dir, rel, make_dir)
+}
+
+/// Fails unless every parent of `rel` below `dir` is a directory (not a
+/// symlink).
+fn check_parents(dir: &Path, rel: &str) -> std::io::Result<()> {
+    for_each_parent(dir, rel, |path| {
+        let md = std::fs::symlink_metadata(path).map_err(|e| with_path("lstat", path, e))?;
+        if md.is_dir() {
+            Ok(())
+        } else {
+            Err(invalid_input(format!(
+                "{}: not a directory",
+                path.display()
+            )))
+        }
+    })
+}
+
+fn is_symlink(path: &Path) -> std::io::Result<bool> {
+    std::fs::symlink_metadata(path)
+        .map(|md| md.file_type().is_symlink())
+        .map_err(|e| with_path("lstat", path, e))
 }
 
 /// A directory at `path` (mode 0755 if created); a directory there is
@@ -745,7 +782,10 @@ fn make_dir(path: &Path) -> std::io::Result<()> {
         Ok(_) => Err(with_path(
             "create directory",
             path,
-            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a directory",
+            ),
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir(path).map_err(|e| with_path("create directory", path, e))?;
