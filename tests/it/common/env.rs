@@ -55,8 +55,8 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("create tempdir")
 }
 
-/// Records that test `test` does not run its checks here, for `reason`, and
-/// returns (the caller returns right after). The line goes to stderr and,
+/// Records that test `test` cannot run its checks here, for `reason`; the
+/// caller then returns without checking anything. The line goes to stderr and,
 /// when `STRATAFS_SKIP_LOG` names a file, `NAME<TAB>REASON` is appended to
 /// it in one write (`O_APPEND`, so concurrent tests do not interleave);
 /// `scripts/test.sh` and `scripts/test-rootless.sh` report such tests as

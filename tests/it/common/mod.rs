@@ -15,8 +15,9 @@
 //! Environment knobs (all optional):
 //! * `STRATAFS_TEST_BIN` – run the suites against another binary with the
 //!   same command line (e.g. a release build).
-//! * `STRATAFS_TEST_FSTYPE` – fstype to wait for in mountinfo (default:
-//!   any FUSE mount).
+//! * `STRATAFS_TEST_FSTYPE` – the fstype stratafs mounts show in mountinfo
+//!   (default `fuse.stratafs`, which the CLI tests assert; without it the
+//!   mount helpers accept any FUSE mount).
 //! * `STRATAFS_SKIP_LOG` – file that records skipped tests ([`skip`]).
 
 pub mod dirs;
