@@ -16,7 +16,7 @@
 # Environment:
 #   STRATAFS_TEST_USER     user to run as when invoked as root (stratafs-test)
 #   STRATAFS_TEST_TIMEOUT  seconds one test binary may take (1800; the whole
-#                          suite, about 4 minutes here, is one binary)
+#                          suite is one binary, about 3 minutes on 2 CPUs)
 #   STRATAFS_ROOTLESS_BUDGET  seconds all of them together may take (1800)
 #   STRATAFS_KEEP_TMP=1    keep the per-run directory (logs, temp files)
 #   RUST_TEST_THREADS      libtest threads (default: number of CPUs, as cargo)
