@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long crash-safety run: tests/crash.rs with many SIGKILL rounds, in release
+# Long crash-safety run: tests/it/crash.rs with many SIGKILL rounds, in release
 # mode. Each round kills the stratafs daemon at a random moment while a
 # worker copies up large files, renames, deletes and creates files and
 # directories, then checks a fresh mount of the same layers (every file in
@@ -49,7 +49,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "==> cargo test --release --test crash (STRATAFS_CRASH_ROUNDS=$rounds)"
+echo "==> cargo test --release --test it crash:: (STRATAFS_CRASH_ROUNDS=$rounds)"
 STRATAFS_CRASH_ROUNDS=$rounds TMPDIR=$test_tmp RUST_BACKTRACE=${RUST_BACKTRACE:-1} \
     timeout -k 60 "${STRATAFS_CRASH_TIMEOUT:-3600}" \
-    cargo test --release --test crash -- --nocapture
+    cargo test --release --test it crash:: -- --nocapture

@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/install-deps.sh
 export STRATAFS_STRESS_SECS=${1:-1800}
-exec cargo test --release --test stress -- --nocapture
+exec cargo test --release --test it stress:: -- --nocapture

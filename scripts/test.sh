@@ -5,12 +5,16 @@
 # (scripts/test-rootless.sh), and the podman/buildah end-to-end test with
 # stratafs as the overlay mount_program (scripts/e2e-podman.sh).
 #
+# Tests that skip their checks (e.g. root-only tests in the rootless run)
+# record themselves in STRATAFS_SKIP_LOG; the summary counts them as
+# skipped, not passed, and lists them with their reasons.
+#
 # Usage: bash scripts/test.sh
 #
 # Environment:
 #   STRATAFS_DIFF_CASES           cases for the differential test (300)
 #   STRATAFS_CARGO_TEST_TIMEOUT   seconds `cargo test` may take (2400)
-#   STRATAFS_TEST_TIMEOUT         seconds one rootless test binary may take (1200)
+#   STRATAFS_TEST_TIMEOUT         seconds the rootless test binary may take (1800)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,7 +72,8 @@ cargo build --all-targets
 echo
 echo "==> cargo test --no-fail-fast (as $(id -un), STRATAFS_DIFF_CASES=$STRATAFS_DIFF_CASES)"
 set +e
-TMPDIR=$test_tmp timeout -k 60 "${STRATAFS_CARGO_TEST_TIMEOUT:-2400}" \
+STRATAFS_SKIP_LOG=$logs/skipped-root.log TMPDIR=$test_tmp \
+    timeout -k 60 "${STRATAFS_CARGO_TEST_TIMEOUT:-2400}" \
     cargo test --no-fail-fast 2>&1 | tee "$logs/cargo-test.log"
 cargo_rc=${PIPESTATUS[0]}
 set -e
@@ -97,33 +102,56 @@ done < <(grep -E '^test result: ' "$logs/cargo-test.log" || true)
 if ((cargo_rc != 0 && root_failed == 0)); then
     root_failed=1 # build error, crash or timeout: no per-test failure to count
 fi
+# A test that recorded a skip and passed is skipped, not passed.
+root_skipped=0 root_skips=()
+if [[ -f "$logs/skipped-root.log" ]]; then
+    while IFS=$'\t' read -r tname reason; do
+        grep -qxF "test $tname ... ok" "$logs/cargo-test.log" || continue
+        root_skipped=$((root_skipped + 1))
+        root_skips+=("$tname: $reason")
+    done < <(sort -u -t $'\t' -k1,1 "$logs/skipped-root.log")
+fi
+root_passed=$((root_passed - root_skipped))
 
-rl_passed=0 rl_failed=0
-if line=$(grep -E '^rootless: [0-9]+ passed, [0-9]+ failed$' "$logs/rootless.log" | tail -n 1); then
-    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]
-    rl_passed=${BASH_REMATCH[1]} rl_failed=${BASH_REMATCH[2]}
+rl_passed=0 rl_failed=0 rl_skipped=0
+if line=$(grep -E '^rootless: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$logs/rootless.log" | tail -n 1); then
+    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped ]]
+    rl_passed=${BASH_REMATCH[1]} rl_failed=${BASH_REMATCH[2]} rl_skipped=${BASH_REMATCH[3]}
 fi
 if ((rootless_rc != 0 && rl_failed == 0)); then
     rl_failed=1
 fi
+mapfile -t rl_skips < <(sed -n 's/^rootless:   skipped: //p' "$logs/rootless.log")
 
-e2e_passed=0 e2e_failed=0
-if line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed$' "$logs/e2e.log" | tail -n 1); then
-    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]
-    e2e_passed=${BASH_REMATCH[1]} e2e_failed=${BASH_REMATCH[2]}
+e2e_passed=0 e2e_failed=0 e2e_skipped=0
+if line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$logs/e2e.log" | tail -n 1); then
+    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed(,\ ([0-9]+)\ skipped)? ]]
+    e2e_passed=${BASH_REMATCH[1]} e2e_failed=${BASH_REMATCH[2]} e2e_skipped=${BASH_REMATCH[4]:-0}
 fi
 if ((e2e_rc != 0 && e2e_failed == 0)); then
     e2e_failed=1
 fi
 
+# The tests a run skipped, with the reasons, below its line.
+list_skips() {
+    local s
+    for s in "$@"; do
+        echo "    skipped: $s"
+    done
+}
+
 echo
 echo "==> summary"
-printf 'cargo test (root):            %d passed, %d failed (exit status %d)\n' \
-    "$root_passed" "$root_failed" "$cargo_rc"
-printf 'integration tests (rootless): %d passed, %d failed (exit status %d)\n' \
-    "$rl_passed" "$rl_failed" "$rootless_rc"
-printf 'podman/buildah end to end:    %d passed, %d failed (exit status %d)\n' \
-    "$e2e_passed" "$e2e_failed" "$e2e_rc"
-echo "total: $((root_passed + rl_passed + e2e_passed)) passed, $((root_failed + rl_failed + e2e_failed)) failed"
+printf 'cargo test (root):            %d passed, %d failed, %d skipped (exit status %d)\n' \
+    "$root_passed" "$root_failed" "$root_skipped" "$cargo_rc"
+list_skips "${root_skips[@]}"
+printf 'integration tests (rootless): %d passed, %d failed, %d skipped (exit status %d)\n' \
+    "$rl_passed" "$rl_failed" "$rl_skipped" "$rootless_rc"
+list_skips "${rl_skips[@]}"
+printf 'podman/buildah end to end:    %d passed, %d failed, %d skipped (exit status %d)\n' \
+    "$e2e_passed" "$e2e_failed" "$e2e_skipped" "$e2e_rc"
+echo "total: $((root_passed + rl_passed + e2e_passed)) passed," \
+    "$((root_failed + rl_failed + e2e_failed)) failed," \
+    "$((root_skipped + rl_skipped + e2e_skipped)) skipped"
 
 ((cargo_rc == 0 && rootless_rc == 0 && e2e_rc == 0))

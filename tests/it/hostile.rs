@@ -15,9 +15,7 @@
 //! mounts stratafs and, where the kernel overlay defines the behaviour,
 //! checks that it agrees on the same stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -212,20 +210,20 @@ fn symlinks_out_of_the_stack_stay_links_and_are_never_followed_by_the_daemon() {
         ("rel_dir", "../outside/odir".into()),
         ("long", long.clone()),
     ];
-    let mut lower0 = LayerSpec::new();
+    let mut lower0 = Layer::new();
     for (name, target) in &links {
         lower0 = lower0.symlink(name, target);
     }
     // What the links hide in the layer below.
-    let lower1 = LayerSpec::new()
+    let lower1 = Layer::new()
         .file("sentdir/below", "hidden")
         .file("up", "hidden");
-    let spec = StackSpec::new(vec![lower0, lower1], LayerSpec::new());
-    let mut p = Pair::with_prepare(&spec, |st| make_outside(&st.root.join("outside"), &[]));
-    let rel_outsides = [p.s.root.join("outside"), p.k.root.join("outside")];
+    let spec = stack(vec![lower0, lower1], Layer::new());
+    let mut p = Pair::with_prepare(&spec, |st| make_outside(&st.root().join("outside"), &[]));
+    let rel_outsides = [p.s.root().join("outside"), p.k.root().join("outside")];
     let before_ext = fingerprint(&out);
     let before_rel: Vec<_> = rel_outsides.iter().map(|d| fingerprint(d)).collect();
-    let before_lowers: Vec<_> = p.s.lowers.iter().map(|l| fingerprint(l)).collect();
+    let before_lowers: Vec<_> = p.s.lowers().iter().map(|l| fingerprint(l)).collect();
 
     // The links read back unchanged and are links.
     for (name, target) in &links {
@@ -345,7 +343,7 @@ fn symlinks_out_of_the_stack_stay_links_and_are_never_followed_by_the_daemon() {
     for (d, before) in rel_outsides.iter().zip(&before_rel) {
         assert_eq!(&fingerprint(d), before, "{d:?}");
     }
-    for (l, before) in p.s.lowers.iter().zip(&before_lowers) {
+    for (l, before) in p.s.lowers().iter().zip(&before_lowers) {
         assert_eq!(&fingerprint(l), before, "lower {l:?}");
     }
     p.assert_work_clean();
@@ -359,25 +357,25 @@ fn a_directory_replaced_by_a_symlink_is_neither_merged_nor_written_through() {
     // directory ends the merge, so `a` is lower0's directory alone.
     // `e`: the same with an upper directory on top.
     // `b`: a lower0 symlink over a lower1 directory: `b` is a symlink.
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("a/own", "own")
                 .symlink("b", "../outside")
                 .symlink("e", "../outside"),
-            LayerSpec::new()
+            Layer::new()
                 .symlink("a", "../outside")
                 .file("b/hidden", "hidden")
                 .file("e/deep", "deep"),
-            LayerSpec::new().file("a/deep", "deep"),
+            Layer::new().file("a/deep", "deep"),
         ],
-        LayerSpec::new().file("e/up", "up"),
+        Layer::new().file("e/up", "up"),
     );
     let mut p = Pair::with_prepare(&spec, |st| {
-        make_outside(&st.root.join("outside"), &["inner", "outside_only"])
+        make_outside(&st.root().join("outside"), &["inner", "outside_only"])
     });
-    let outsides = [p.s.root.join("outside"), p.k.root.join("outside")];
-    let before_lowers: Vec<_> = p.s.lowers.iter().map(|l| fingerprint(l)).collect();
+    let outsides = [p.s.root().join("outside"), p.k.root().join("outside")];
+    let before_lowers: Vec<_> = p.s.lowers().iter().map(|l| fingerprint(l)).collect();
     let before_files: Vec<Vec<_>> = outsides
         .iter()
         .map(|d| {
@@ -491,7 +489,7 @@ fn a_directory_replaced_by_a_symlink_is_neither_merged_nor_written_through() {
         );
         assert_eq!(read_string(&d.join("via_link")), "via");
     }
-    for (l, before) in p.s.lowers.iter().zip(&before_lowers) {
+    for (l, before) in p.s.lowers().iter().zip(&before_lowers) {
         assert_eq!(&fingerprint(l), before, "lower {l:?}");
     }
     p.assert_work_clean();
@@ -509,20 +507,20 @@ fn markers_in_the_upper_that_are_symlinks_are_removed_never_followed() {
     make_outside(&out, &[]);
     let sent = out.join("sentinel");
     let odir = out.join("odir");
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("victim", "lower victim")
             .file("victim_dir/inner", "lower inner")
             .file("op/below", "below")],
-        LayerSpec::new()
+        Layer::new()
             .symlink(".wh.victim", sent.to_str().expect("utf-8"))
             .symlink(".wh.victim_dir", odir.to_str().expect("utf-8"))
             .symlink("op/.wh..wh..opq", odir.to_str().expect("utf-8"))
             .file("op/up", "up"),
     );
-    let st = spec.build(Format::AsSpecified);
+    let st = spec.build(Markers::AsWritten);
     let before = fingerprint(&out);
-    let before_lower = fingerprint(&st.lowers[0]);
+    let before_lower = fingerprint(&st.lowers()[0]);
     let mut m = st.mount_strata();
 
     assert_eq!(list_dir(&st.mnt).unwrap(), ["op"]);
@@ -555,7 +553,7 @@ fn markers_in_the_upper_that_are_symlinks_are_removed_never_followed() {
     );
     assert_eq!(read_string(&st.u("victim")), "new victim");
     assert_eq!(fingerprint(&out), before, "outside the stack");
-    assert_eq!(fingerprint(&st.lowers[0]), before_lower, "lower");
+    assert_eq!(fingerprint(&st.lowers()[0]), before_lower, "lower");
     assert_work_clean(&st);
     assert_alive(&mut m, "after replacing the markers");
     let status = m.unmount();
@@ -564,11 +562,11 @@ fn markers_in_the_upper_that_are_symlinks_are_removed_never_followed() {
 
 #[test]
 fn a_wh_directory_in_the_upper_does_not_fail_a_create_of_the_name() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("victim", "lower")],
-        LayerSpec::new().file(".wh.victim/keep", "keep"),
+    let spec = stack(
+        vec![Layer::new().file("victim", "lower")],
+        Layer::new().file(".wh.victim/keep", "keep"),
     );
-    let st = spec.build(Format::AsSpecified);
+    let st = spec.build(Markers::AsWritten);
     let mut m = st.mount_strata();
     assert_eq!(list_dir(&st.mnt).unwrap(), Vec::<String>::new());
     // The create succeeds; the marker that cannot be removed stays and
@@ -592,11 +590,11 @@ fn leftovers_in_the_work_dir_are_removed_without_following_symlinks() {
         .join("outside");
     make_outside(&out, &[]);
     let before = fingerprint(&out);
-    let spec = StackSpec::new(vec![LayerSpec::new().file("f", "f")], LayerSpec::new());
+    let spec = stack(vec![Layer::new().file("f", "f")], Layer::new());
 
     // Leftovers that are links to the outside tree, also inside a
     // leftover directory.
-    let st = spec.build(Format::AsSpecified);
+    let st = spec.build(Markers::AsWritten);
     let wd = st.work().join("work");
     assert_ok(sys::mkdir(&wd, 0o700), "mkdir work/work");
     assert_ok(
@@ -621,7 +619,7 @@ fn leftovers_in_the_work_dir_are_removed_without_following_symlinks() {
     assert_eq!(fingerprint(&out), before, "outside after clearing work/");
 
     // `work/work` itself a link to the outside directory: refused.
-    let st = spec.build(Format::AsSpecified);
+    let st = spec.build(Markers::AsWritten);
     assert_ok(
         sys::symlink(out.join("odir").to_str().unwrap(), &st.work().join("work")),
         "link work/work",
@@ -655,16 +653,16 @@ fn names_of_255_bytes_and_non_utf8_names_behave_as_on_the_kernel() {
     let n256 = "n".repeat(256);
     let m255 = "m".repeat(255);
     let k255 = "k".repeat(255);
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new().file(&n255, "top 255").dir("plain"),
-            LayerSpec::new().file(&n255, "below 255"),
+            Layer::new().file(&n255, "top 255").dir("plain"),
+            Layer::new().file(&n255, "below 255"),
         ],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let n255b = n255.clone();
     let mut p = Pair::with_prepare(&spec, move |st| {
-        let (l0, l1) = (&st.lowers[0], &st.lowers[1]);
+        let (l0, l1) = (&st.lowers()[0], &st.lowers()[1]);
         assert_ok(sys::write_file(&jb(l0, NON_UTF8), b"non-utf8", 0o644), "w");
         assert_ok(sys::write_file(&jb(l1, NON_UTF8), b"below", 0o644), "w");
         assert_ok(sys::mkdir(&jb(l0, NON_UTF8_DIR), 0o755), "mkdir");
@@ -676,7 +674,7 @@ fn names_of_255_bytes_and_non_utf8_names_behave_as_on_the_kernel() {
         ))
         .expect("symlink");
     });
-    let before_lowers: Vec<_> = p.s.lowers.iter().map(|l| fingerprint(l)).collect();
+    let before_lowers: Vec<_> = p.s.lowers().iter().map(|l| fingerprint(l)).collect();
 
     let root = p.same("readdir /", names);
     assert_eq!(
@@ -787,7 +785,7 @@ fn names_of_255_bytes_and_non_utf8_names_behave_as_on_the_kernel() {
         &byte_tree(p.k.upper(), true),
         "upper",
     );
-    for (l, before) in p.s.lowers.iter().zip(&before_lowers) {
+    for (l, before) in p.s.lowers().iter().zip(&before_lowers) {
         assert_eq!(&fingerprint(l), before, "lower {l:?}");
     }
     assert_alive(&mut p.sm, "after the name operations");
@@ -871,25 +869,25 @@ fn visible(dir: &Path, name: &str) -> bool {
 fn wh_names_that_are_real_files_are_markers_unlike_on_the_kernel() {
     // The kernel overlay gives `.wh.` no meaning; stratafs reads it as the
     // AUFS whiteout and opaque format (docs/COMPAT.md, difference 1).
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file(".wh.lonely", "")
                 .file(".wh.withdata", "data in a marker")
                 .file("same", "lower0 same")
                 .file(".wh.same", "")
                 .file(".wh.adir/f", "a .wh. directory")
                 .file("sub/.wh..wh..opq", ""),
-            LayerSpec::new()
+            Layer::new()
                 .file("lonely", "lonely")
                 .file("same", "lower1 same")
                 .file("adir/f", "f")
                 .file("sub/x", "x"),
         ],
-        LayerSpec::new().file(".wh.up_marker", "upper marker"),
+        Layer::new().file(".wh.up_marker", "upper marker"),
     );
     let mut p = Pair::new(&spec);
-    let before_lowers: Vec<_> = p.s.lowers.iter().map(|l| fingerprint(l)).collect();
+    let before_lowers: Vec<_> = p.s.lowers().iter().map(|l| fingerprint(l)).collect();
     let before_marker = fingerprint(&p.s.u(".wh.up_marker"));
 
     let (s, k) = p.both(|m| list_dir(m).unwrap());
@@ -992,7 +990,7 @@ fn wh_names_that_are_real_files_are_markers_unlike_on_the_kernel() {
         .collect();
     assert_eq!(up, [b".wh.up_marker".to_vec()], "upper .wh. names");
     assert_eq!(fingerprint(&p.s.u(".wh.up_marker")), before_marker);
-    for (l, before) in p.s.lowers.iter().zip(&before_lowers) {
+    for (l, before) in p.s.lowers().iter().zip(&before_lowers) {
         assert_eq!(&fingerprint(l), before, "lower {l:?}");
     }
     assert_alive(&mut p.sm, "after the .wh. operations");
@@ -1039,7 +1037,7 @@ fn malformed_override_stat_values_show_the_on_disk_owner_and_mode() {
         // A trailing NUL (C writers) is ignored.
         (b"0:0:0700\0", 0, 0, 0o700),
     ];
-    let mut lower = LayerSpec::new()
+    let mut lower = Layer::new()
         .dir("")
         .xattr(CONTAINERS_OVERRIDE, "0:0:0755")
         .dir("dgarbage")
@@ -1060,7 +1058,7 @@ fn malformed_override_stat_values_show_the_on_disk_owner_and_mode() {
             .mode(0o640)
             .xattr(CONTAINERS_OVERRIDE, v);
     }
-    let st = StackSpec::new(vec![lower], LayerSpec::new()).build(Format::AsSpecified);
+    let st = stack(vec![lower], Layer::new()).build(Markers::AsWritten);
     let mut m = st.mount_strata();
     let shown = |rel: &str| {
         let s = assert_ok(sys::lstat(&st.m(rel)), rel);
@@ -1132,9 +1130,7 @@ fn malformed_override_stat_values_show_the_on_disk_owner_and_mode() {
 fn override_stat_modes_with_unknown_type_bits_are_malformed() {
     let o = other_id();
     let values: [&[u8]; 2] = [b"0:0:0170644", b"0:0:37777777777"];
-    let mut lower = LayerSpec::new()
-        .dir("")
-        .xattr(CONTAINERS_OVERRIDE, "0:0:0755");
+    let mut lower = Layer::new().dir("").xattr(CONTAINERS_OVERRIDE, "0:0:0755");
     for (i, v) in values.iter().enumerate() {
         lower = lower
             .file(&format!("f{i}"), "data")
@@ -1142,7 +1138,7 @@ fn override_stat_modes_with_unknown_type_bits_are_malformed() {
             .mode(0o640)
             .xattr(CONTAINERS_OVERRIDE, v);
     }
-    let st = StackSpec::new(vec![lower], LayerSpec::new()).build(Format::AsSpecified);
+    let st = stack(vec![lower], Layer::new()).build(Markers::AsWritten);
     let mut m = st.mount_strata();
     for (i, v) in values.iter().enumerate() {
         let s = assert_ok(sys::lstat(&st.m(&format!("f{i}"))), "lstat");
@@ -1159,18 +1155,16 @@ fn override_stat_modes_with_unknown_type_bits_are_malformed() {
 
 /// The opaque xattr the kernel overlay reads in this environment.
 fn kernel_opaque_xattr() -> &'static str {
-    if is_rootless() {
-        "user.overlay.opaque"
-    } else {
-        "trusted.overlay.opaque"
-    }
+    OpaqueForm::kernel()
+        .xattr_name()
+        .expect("the kernel's opaque marker is an xattr")
 }
 
 /// Lower0 directories `t0..` carrying `xattr` with each of `values`, each
 /// with a file `top`, over lower1 directories with a file `below`.
-fn opaque_values_spec(xattr: &str, values: &[&[u8]]) -> StackSpec {
-    let mut l0 = LayerSpec::new();
-    let mut l1 = LayerSpec::new();
+fn opaque_values_spec(xattr: &str, values: &[&[u8]]) -> TempStackBuilder {
+    let mut l0 = Layer::new();
+    let mut l1 = Layer::new();
     for (i, v) in values.iter().enumerate() {
         l0 = l0
             .dir(&format!("t{i}"))
@@ -1178,7 +1172,7 @@ fn opaque_values_spec(xattr: &str, values: &[&[u8]]) -> StackSpec {
             .file(&format!("t{i}/top"), "top");
         l1 = l1.file(&format!("t{i}/below"), "below");
     }
-    StackSpec::new(vec![l0, l1], LayerSpec::new())
+    stack(vec![l0, l1], Layer::new())
 }
 
 /// Checks that each `t{i}` lists `top` (and `below` unless `opaque[i]`),
@@ -1234,7 +1228,7 @@ fn opaque_xattr_values_other_than_y_do_not_make_a_directory_opaque() {
         names_read.push("user.overlay.opaque");
     }
     for xattr in names_read {
-        let st = opaque_values_spec(xattr, &values).build(Format::AsSpecified);
+        let st = opaque_values_spec(xattr, &values).build(Markers::AsWritten);
         let mut m = st.mount_strata();
         assert_opaque_dirs(&st.mnt, &values, is_y, xattr);
         for i in 0..values.len() {
@@ -1268,27 +1262,27 @@ fn opaque_values_that_only_begin_with_y_are_not_opaque() {
 
 #[test]
 fn char_devices_other_than_0_0_are_device_nodes_not_whiteouts() {
-    if skip_if_rootless(
-        "char_devices_other_than_0_0_are_device_nodes_not_whiteouts",
-        "mknod of real devices needs CAP_MKNOD in the initial namespace",
-    ) {
-        return;
+    if is_rootless() {
+        return skip(
+            "char_devices_other_than_0_0_are_device_nodes_not_whiteouts",
+            "mknod of real devices needs CAP_MKNOD in the initial namespace",
+        );
     }
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
-                .chardev("null13", 1, 3)
-                .chardev("c01", 0, 1)
-                .chardev("c10", 1, 0)
-                .chardev("c256", 256, 0),
-            LayerSpec::new()
+            Layer::new()
+                .char_device("null13", 1, 3)
+                .char_device("c01", 0, 1)
+                .char_device("c10", 1, 0)
+                .char_device("c256", 256, 0),
+            Layer::new()
                 .file("null13", "below")
                 .file("c01", "below")
                 .file("c10", "below")
                 .file("c256", "below")
                 .file("up13", "below"),
         ],
-        LayerSpec::new().chardev("up13", 1, 3),
+        Layer::new().char_device("up13", 1, 3),
     );
     let mut p = Pair::new(&spec);
     let devs = [
@@ -1318,7 +1312,7 @@ fn char_devices_other_than_0_0_are_device_nodes_not_whiteouts() {
     assert_eq!(s, Err(libc::EACCES), "stratafs without -o dev");
     assert_eq!(k, Ok(Vec::new()), "kernel");
     {
-        let st = spec.build(Format::AsSpecified);
+        let st = spec.build(Markers::AsWritten);
         let _m = st.mount_strata_with("dev");
         assert_eq!(sys::read_all(&st.m("null13")), Ok(Vec::new()), "-o dev");
         assert_ok(
@@ -1363,23 +1357,23 @@ fn a_wh_file_beside_a_real_name_in_the_same_layer_hides_only_the_layers_below() 
     // in its own layer that real NAME is what shows. A directory NAME
     // there merges with the directories below as usual: the `.wh.` file
     // does not make it opaque.
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("f", "top f")
                 .file(".wh.f", "")
                 .file("d/top", "top")
                 .file(".wh.d", "")
                 .file(".wh.g", ""),
-            LayerSpec::new()
+            Layer::new()
                 .file("f", "below f")
                 .file("d/below", "below")
                 .file("g", "below g")
                 .file("u", "lower u"),
         ],
-        LayerSpec::new().file("u", "upper u").file(".wh.u", ""),
+        Layer::new().file("u", "upper u").file(".wh.u", ""),
     );
-    let st = spec.build(Format::AsSpecified);
+    let st = spec.build(Markers::AsWritten);
     let check = |what: &str| {
         assert_eq!(
             list_dir(&st.mnt).unwrap(),

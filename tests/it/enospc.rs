@@ -3,12 +3,10 @@
 //! upper, nothing in WORKDIR/work); the mount keeps working and succeeds
 //! again once space is freed.
 //!
-//! Root only (the upper and work dir live on a size-limited tmpfs mounted
-//! for the test).
+//! The upper and work dir live on a size-limited tmpfs mounted for the test
+//! (as root, or in the rootless run's user and mount namespace).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -55,11 +53,10 @@ impl Env {
     }
 }
 
-/// Lower on the normal filesystem, upper and work on a tmpfs of `tmpfs_opts`.
+/// Lower on the normal filesystem, upper and work on a tmpfs of
+/// `tmpfs_opts`; `None` when no tmpfs can be mounted (test `test` is
+/// skipped).
 fn setup(test: &str, tmpfs_opts: &str) -> Option<Env> {
-    if skip_if_rootless(test, "mounts a tmpfs") {
-        return None;
-    }
     let tmp = tempdir();
     let root = fs::canonicalize(tmp.path()).expect("canonicalize");
     let lower = root.join("lower");
@@ -74,10 +71,7 @@ fn setup(test: &str, tmpfs_opts: &str) -> Option<Env> {
     let tmpfs = match TmpfsMount::with_options(&t, tmpfs_opts) {
         Ok(m) => m,
         Err(e) => {
-            eprintln!(
-                "note: {test}: skipped: cannot mount tmpfs: {}",
-                errno_name(e)
-            );
+            skip(test, &format!("cannot mount tmpfs: {}", errno_name(e)));
             return None;
         }
     };
@@ -163,7 +157,10 @@ fn assert_lower_content(env: &Env, name: &str) {
 
 #[test]
 fn copy_up_larger_than_the_upper_fails_with_enospc_and_leaves_nothing() {
-    let Some(env) = setup("enospc copy-up", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "copy_up_larger_than_the_upper_fails_with_enospc_and_leaves_nothing",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     let r = append(&env.m("big"), b"more");
@@ -191,7 +188,10 @@ fn copy_up_larger_than_the_upper_fails_with_enospc_and_leaves_nothing() {
 #[test]
 fn truncating_open_of_a_big_lower_file_fits() {
     // O_TRUNC copies metadata only: it must not fail for lack of space.
-    let Some(env) = setup("enospc trunc", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "truncating_open_of_a_big_lower_file_fits",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     let fd = sys::open(&env.m("big"), libc::O_WRONLY | libc::O_TRUNC, 0)
@@ -204,7 +204,10 @@ fn truncating_open_of_a_big_lower_file_fits() {
 
 #[test]
 fn small_writes_still_work_after_a_failed_copy_up() {
-    let Some(env) = setup("enospc small writes", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "small_writes_still_work_after_a_failed_copy_up",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     assert_errno(append(&env.m("big"), b"x"), libc::ENOSPC, "append to big");
@@ -223,7 +226,7 @@ fn small_writes_still_work_after_a_failed_copy_up() {
 
 #[test]
 fn copy_up_succeeds_once_space_is_freed() {
-    let Some(env) = setup("enospc free and retry", "size=8m,mode=0755") else {
+    let Some(env) = setup("copy_up_succeeds_once_space_is_freed", "size=8m,mode=0755") else {
         return;
     };
     let filled = fill(&env.m("filler"));
@@ -260,7 +263,10 @@ fn copy_up_succeeds_once_space_is_freed() {
 
 #[test]
 fn writes_into_a_full_upper_fail_with_enospc() {
-    let Some(env) = setup("enospc full writes", "size=8m,mode=0755") else {
+    let Some(env) = setup(
+        "writes_into_a_full_upper_fail_with_enospc",
+        "size=8m,mode=0755",
+    ) else {
         return;
     };
     fill(&env.m("filler"));
@@ -284,7 +290,10 @@ fn writes_into_a_full_upper_fail_with_enospc() {
 /// entry, in the view, the upper or W/work.
 #[test]
 fn creating_when_the_upper_has_no_inodes_left_fails_and_leaves_no_entry() {
-    let Some(env) = setup("enospc inodes", "size=8m,nr_inodes=48,mode=0755") else {
+    let Some(env) = setup(
+        "creating_when_the_upper_has_no_inodes_left_fails_and_leaves_no_entry",
+        "size=8m,nr_inodes=48,mode=0755",
+    ) else {
         return;
     };
     // Use up the inodes through the mount.

@@ -28,9 +28,7 @@
 //!   one chmod, one append, one xattr per thread), so every copy-up races
 //!   with the others; nothing may be lost.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use libc::{EEXIST, EINVAL, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM, EXDEV};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
@@ -208,9 +206,9 @@ fn fill(tag: &str, len: usize) -> Vec<u8> {
     tag.bytes().cycle().take(len).collect()
 }
 
-fn build_spec(n: usize) -> StackSpec {
+fn build_spec(n: usize) -> TempStackBuilder {
     // lower1: the bottom layer.
-    let mut l1 = LayerSpec::new();
+    let mut l1 = Layer::new();
     for k in 0..DIRS {
         l1 = l1.dir(&format!("d{k}"));
         for s in 0..6 {
@@ -252,7 +250,7 @@ fn build_spec(n: usize) -> StackSpec {
     }
 
     // lower0: the top lower layer.
-    let mut l0 = LayerSpec::new();
+    let mut l0 = Layer::new();
     for k in 0..DIRS {
         l0 = l0.dir(&format!("d{k}"));
         for s in 3..8 {
@@ -265,7 +263,7 @@ fn build_spec(n: usize) -> StackSpec {
     }
     // An opaque lower0 directory hides d3/ldir0's lower1 content.
     l0 = l0
-        .opaque_dir("d3/ldir0")
+        .opaque("d3/ldir0")
         .file("d3/ldir0/g0", pattern("d3/ldir0/g0", 100));
     for r in 0..ROUNDS {
         l0 = l0
@@ -274,7 +272,7 @@ fn build_spec(n: usize) -> StackSpec {
     }
     for t in 0..n {
         let form = if t % 2 == 0 {
-            WhiteoutForm::CharDev
+            WhiteoutForm::CharDevice
         } else {
             WhiteoutForm::WhFile
         };
@@ -293,18 +291,18 @@ fn build_spec(n: usize) -> StackSpec {
     }
 
     // upper: hard links only here (d3 stays lower-only).
-    let mut up = LayerSpec::new()
+    let mut up = Layer::new()
         .file("d0/s8", pattern("d0/s8@U", 4000))
-        .hardlink("d1/s8", "d0/s8")
-        .hardlink("d2/s9", "d0/s8");
+        .hard_link("d1/s8", "d0/s8")
+        .hard_link("d2/s9", "d0/s8");
     for t in 0..n {
         let a = own_rel(t, t % 3, 4);
         let b = own_rel(t, (t + 1) % 3, 5);
         up = up
             .file(&a, pattern(&format!("o{t}_4@U"), 6000 + t))
-            .hardlink(&b, &a);
+            .hard_link(&b, &a);
     }
-    StackSpec::new(vec![l0, l1], up)
+    stack(vec![l0, l1], up)
 }
 
 // ---------------------------------------------------------------------------
@@ -379,12 +377,6 @@ impl Owned {
     fn nlink(&self, ino: usize) -> u64 {
         self.at.iter().filter(|a| **a == Some(ino)).count() as u64
     }
-}
-
-fn is_private_xattr(name: &str) -> bool {
-    ["user.overlay.", "user.fuseoverlayfs.", "user.stratafs."]
-        .iter()
-        .any(|p| name.starts_with(p))
 }
 
 /// The client-visible `user.*` xattrs of a path.
@@ -1991,9 +1983,8 @@ fn diff_walks(a: &BTreeMap<String, WNode>, b: &BTreeMap<String, WNode>) -> Vec<S
 }
 
 fn work_leftovers(s: &Stack) -> Vec<String> {
-    s.strata_work_entries()
+    s.work_leftovers()
         .into_iter()
-        .filter(|(_, k)| *k != Kind::CharDev)
         .map(|(n, k)| format!("W/work/{n} ({k:?})"))
         .collect()
 }
@@ -2001,20 +1992,6 @@ fn work_leftovers(s: &Stack) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // The test
 // ---------------------------------------------------------------------------
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => {
-            let v = v.trim();
-            let parsed = match v.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16),
-                None => v.parse(),
-            };
-            parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-        }
-        Err(_) => default,
-    }
-}
 
 fn summary(ctx: &Ctx, elapsed: Duration, failures: usize) -> String {
     let mut ops: BTreeMap<&str, u64> = BTreeMap::new();
@@ -2078,7 +2055,7 @@ fn concurrent_mixed_operations_stay_consistent() {
     );
 
     let spec = build_spec(nthreads);
-    let stack = spec.build(Format::AsSpecified);
+    let stack = spec.build(Markers::AsWritten);
     let mount = stack.mount_strata();
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let (d2, d3) = shared_pool();

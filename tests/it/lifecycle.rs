@@ -1,10 +1,8 @@
 //! Daemon lifecycle: signals, descriptor use.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -15,8 +13,8 @@ fn fd_count(pid: u32) -> usize {
 #[test]
 fn sigterm_sigint_and_sighup_unmount_cleanly() {
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        let spec = StackSpec::new(vec![LayerSpec::new().file("f", "x")], LayerSpec::new());
-        let st = spec.build(Format::Kernel);
+        let spec = stack(vec![Layer::new().file("f", "x")], Layer::new());
+        let st = spec.build(Markers::Kernel);
         let mut m = st.mount_strata();
         std::fs::write(st.m("g"), "y").unwrap();
         let pid = m.daemon_pid().unwrap();
@@ -32,11 +30,11 @@ fn sigterm_sigint_and_sighup_unmount_cleanly() {
 
 #[test]
 fn descriptors_do_not_leak() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("d/lower", "l").dir("e")],
-        LayerSpec::new(),
+    let spec = stack(
+        vec![Layer::new().file("d/lower", "l").dir("e")],
+        Layer::new(),
     );
-    let st = spec.build(Format::Kernel);
+    let st = spec.build(Markers::Kernel);
     let m = st.mount_strata();
     let pid = m.daemon_pid().unwrap();
     // Warm up: the layer roots and the first nodes.
@@ -98,24 +96,15 @@ fn works_when_installed_as_fuse_overlayfs() {
             .any(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit())),
         "{first}"
     );
-    let spec = StackSpec::new(vec![LayerSpec::new().file("f", "x")], LayerSpec::new());
-    let st = spec.build(Format::Kernel);
-    let out = std::process::Command::new(&bin)
-        .arg("-o")
-        .arg(overlay_opts(
-            &st.lowers,
-            st.upper.as_deref(),
-            st.work.as_deref(),
-        ))
-        .arg(&st.mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let spec = stack(vec![Layer::new().file("f", "x")], Layer::new());
+    let st = spec.build(Markers::Kernel);
+    let _guard = ExternalMount::run(
+        std::process::Command::new(&bin)
+            .arg("-o")
+            .arg(st.overlay_opts())
+            .arg(&st.mnt),
+        &st.mnt,
     );
-    let _guard = ExternalMount::new(&st.mnt);
     assert_eq!(read_string(&st.m("f")), "x");
     let info = mount_at(&st.mnt).expect("mounted");
     assert!(info.fstype.starts_with("fuse"), "{info:?}");
@@ -128,14 +117,14 @@ fn works_when_installed_as_fuse_overlayfs() {
 fn a_walk_over_more_directories_than_the_fd_budget_stays_within_it() {
     let max_fds = 200;
     let (n_top, n_sub) = (20, 60); // 1,220 directories
-    let mut lower = LayerSpec::new();
+    let mut lower = Layer::new();
     for i in 0..n_top {
         for j in 0..n_sub {
             lower = lower.file(&format!("a{i}/b{j}/f"), "x");
         }
     }
-    let spec = StackSpec::new(vec![lower, LayerSpec::new().dir("a0")], LayerSpec::new());
-    let st = spec.build(Format::Kernel);
+    let spec = stack(vec![lower, Layer::new().dir("a0")], Layer::new());
+    let st = spec.build(Markers::Kernel);
     let m = st.mount_strata_with(&format!("max_fds={max_fds}"));
     let pid = m.daemon_pid().unwrap();
     let mut most = 0;

@@ -2,9 +2,7 @@
 //! and `squash_to_*` (what containers-storage passes for `--uidmap`
 //! containers).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn mount_with(st: &Stack, extra: &str) -> Mount {
     st.mount_strata_with(extra)
@@ -17,22 +15,22 @@ fn owner(p: &std::path::Path) -> (u32, u32) {
 
 #[test]
 fn uidmapping_shifts_ids_both_ways() {
-    if skip_if_rootless(
-        "uidmapping_shifts_ids_both_ways",
-        "needs lower files owned by several ids",
-    ) {
-        return;
+    if is_rootless() {
+        return skip(
+            "uidmapping_shifts_ids_both_ways",
+            "needs lower files owned by several ids",
+        );
     }
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("root-file", "r")
             .file("user-file", "u")
             .owner(1000, 1001)
             .file("unmapped", "x")
             .owner(70000, 70000)],
-        LayerSpec::new(),
+        Layer::new(),
     );
-    let st = spec.build(Format::Kernel);
+    let st = spec.build(Markers::Kernel);
     {
         let _m = mount_with(&st, "uidmapping=0:100000:65536,gidmapping=0:200000:65536");
         assert_eq!(owner(&st.m("root-file")), (100000, 200000));
@@ -57,17 +55,17 @@ fn uidmapping_shifts_ids_both_ways() {
 
 #[test]
 fn squash_shows_one_owner_and_chown_is_accepted() {
-    if skip_if_rootless(
-        "squash_shows_one_owner_and_chown_is_accepted",
-        "needs lower files owned by several ids",
-    ) {
-        return;
+    if is_rootless() {
+        return skip(
+            "squash_shows_one_owner_and_chown_is_accepted",
+            "needs lower files owned by several ids",
+        );
     }
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("a", "a").owner(7, 8).dir("d")],
-        LayerSpec::new(),
+    let spec = stack(
+        vec![Layer::new().file("a", "a").owner(7, 8).dir("d")],
+        Layer::new(),
     );
-    let st = spec.build(Format::Kernel);
+    let st = spec.build(Markers::Kernel);
     let _m = mount_with(&st, "squash_to_uid=42,squash_to_gid=43");
     assert_eq!(owner(&st.m("a")), (42, 43));
     assert_eq!(owner(&st.m("d")), (42, 43));
@@ -79,17 +77,14 @@ fn squash_shows_one_owner_and_chown_is_accepted() {
 
 #[test]
 fn squash_to_root_and_bad_mappings() {
-    let spec = StackSpec::new(vec![LayerSpec::new().file("a", "a")], LayerSpec::new());
-    let st = spec.build(Format::Kernel);
+    let spec = stack(vec![Layer::new().file("a", "a")], Layer::new());
+    let st = spec.build(Markers::Kernel);
     {
         let _m = mount_with(&st, "squash_to_root");
         assert_eq!(owner(&st.m("a")), (0, 0));
     }
     for bad in ["uidmapping=0:1", "gidmapping=x:y:z", "squash_to_uid=abc"] {
-        let opts = format!(
-            "{},{bad}",
-            overlay_opts(&st.lowers, st.upper.as_deref(), st.work.as_deref())
-        );
+        let opts = format!("{},{bad}", st.overlay_opts());
         let out = std::process::Command::new(stratafs_bin())
             .args(["-f", "-o", &opts])
             .arg(&st.mnt)
@@ -115,8 +110,8 @@ fn override_stat_is_read_from_every_layer_and_written_to_the_upper() {
     // and mode are in user.containers.override_stat, starting at the root.
     // (Under `unshare -Ur` only id 0 exists, so use it there.)
     let g = if is_rootless() { 0 } else { 42 };
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("bin/tool", "#!/bin/sh\n")
             .mode(0o700)
             .xattr("user.containers.override_stat", "0:0:04755")
@@ -127,9 +122,9 @@ fn override_stat_is_read_from_every_layer_and_written_to_the_upper() {
             .mode(0o700)
             .xattr("user.containers.override_stat", "0:0:0666:char-1-3")
             .file("etc/plain", "p")],
-        LayerSpec::new(),
+        Layer::new(),
     );
-    let st = spec.build(Format::Kernel);
+    let st = spec.build(Markers::Kernel);
     sys::lsetxattr(
         &st.l(0, ""),
         "user.containers.override_stat",
@@ -210,11 +205,8 @@ fn override_stat_is_read_from_every_layer_and_written_to_the_upper() {
 
 #[test]
 fn containers_mode_keeps_security_xattrs_in_user_namespace() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("bin/ping", "elf")],
-        LayerSpec::new(),
-    );
-    let st = spec.build(Format::Kernel);
+    let spec = stack(vec![Layer::new().file("bin/ping", "elf")], Layer::new());
+    let st = spec.build(Markers::Kernel);
     let _m = mount_with(&st, "xattr_permissions=2");
     sys::lsetxattr(&st.m("bin/ping"), "security.test", b"cap-blob", 0).unwrap();
     assert_eq!(

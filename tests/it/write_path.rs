@@ -2,9 +2,7 @@
 //! files. Every test checks concrete outcomes on stratafs and, where the
 //! kernel overlay defines the behaviour, that it agrees on the same stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
@@ -12,11 +10,11 @@ use std::process::Command;
 const D_TIMES: (i64, i64) = (1_000_000_000, 1_100_000_000);
 const F_TIMES: (i64, i64) = (1_200_000_000, 1_300_000_000);
 
-fn copy_up_spec() -> StackSpec {
+fn copy_up_spec() -> TempStackBuilder {
     let o = other_id();
-    StackSpec::new(
+    stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .dir("d")
                 .owner(o, o)
                 .mode(0o750)
@@ -31,9 +29,9 @@ fn copy_up_spec() -> StackSpec {
                 .file("d/sg", "sgid")
                 .mode(0o2755)
                 .times(F_TIMES.0, F_TIMES.1),
-            LayerSpec::new().file("d/other", "o"),
+            Layer::new().file("d/other", "o"),
         ],
-        LayerSpec::new(),
+        Layer::new(),
     )
 }
 
@@ -215,8 +213,8 @@ fn copy_up_of_a_large_file_copies_all_data_once() {
     let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
         .map(|i| (i * 7 % 251) as u8)
         .collect();
-    let spec = StackSpec::new(vec![LayerSpec::new().file("big", &data)], LayerSpec::new());
-    let st = spec.build(Format::Kernel);
+    let spec = stack(vec![Layer::new().file("big", &data)], Layer::new());
+    let st = spec.build(Markers::Kernel);
     let m = st.mount_strata();
     let fd = sys::open(&st.m("big"), libc::O_RDWR, 0).unwrap();
     assert_eq!(sys::pwrite(&fd, b"PATCH", 1_000_000).unwrap(), 5);
@@ -242,16 +240,16 @@ fn copy_up_of_a_large_file_copies_all_data_once() {
 
 #[test]
 fn deleting_lower_entries_leaves_whiteouts_and_copies_no_data() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("d/f", "data")
                 .dir("d/empty")
                 .file("top", "t")
                 .symlink("d/s", "f"),
-            LayerSpec::new().file("d/g", "g"),
+            Layer::new().file("d/g", "g"),
         ],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     assert_eq!(
@@ -293,12 +291,12 @@ fn deleting_lower_entries_leaves_whiteouts_and_copies_no_data() {
 
 #[test]
 fn rmdir_of_a_non_empty_merged_dir_fails_and_succeeds_once_emptied() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new().file("d/a", "a"),
-            LayerSpec::new().file("d/b", "b").dir("d/sub"),
+            Layer::new().file("d/a", "a"),
+            Layer::new().file("d/b", "b").dir("d/sub"),
         ],
-        LayerSpec::new().file("d/c", "c"),
+        Layer::new().file("d/c", "c"),
     );
     let p = Pair::new(&spec);
     assert_eq!(
@@ -325,9 +323,9 @@ fn rmdir_of_a_non_empty_merged_dir_fails_and_succeeds_once_emptied() {
 
 #[test]
 fn mkdir_over_a_deleted_lower_dir_is_opaque() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("d/x", "x").file("d/y/z", "z")],
-        LayerSpec::new(),
+    let spec = stack(
+        vec![Layer::new().file("d/x", "x").file("d/y/z", "z")],
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     assert_eq!(
@@ -372,10 +370,7 @@ fn umask() -> u32 {
 
 #[test]
 fn create_over_a_deleted_lower_file_does_not_show_lower_data() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("f", "old lower data")],
-        LayerSpec::new(),
-    );
+    let spec = stack(vec![Layer::new().file("f", "old lower data")], Layer::new());
     let p = Pair::new(&spec);
     assert_eq!(p.same("unlink", |r| sys::unlink(&r.join("f"))), Ok(()));
     assert_eq!(
@@ -410,9 +405,9 @@ fn nlink(p: &Path) -> Result<String, i32> {
 #[test]
 fn namespace_operations_match_the_kernel_overlay() {
     use sys::{RENAME_EXCHANGE as EXCHANGE, RENAME_NOREPLACE as NOREPLACE};
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("lf", "lower file")
                 .file("lf2", "lower file 2")
                 .file("lg", "lower g")
@@ -420,12 +415,12 @@ fn namespace_operations_match_the_kernel_overlay() {
                 .file("ldir/x", "x")
                 .dir("lempty")
                 .symlink("lsym", "lf"),
-            LayerSpec::new()
+            Layer::new()
                 .file("ldir/y", "y")
                 .dir("merged")
                 .file("merged/m", "m"),
         ],
-        LayerSpec::new()
+        Layer::new()
             .file("uf", "upper file")
             .dir("udir")
             .file("udir/in", "in")
@@ -642,11 +637,11 @@ fn namespace_operations_match_the_kernel_overlay() {
 
 #[test]
 fn setattr_truncate_fallocate_copy_file_range_seek_and_fsync() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("src", "0123456789abcdef")
             .file("dst", "........................")],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     let run = |r: &Path| -> Vec<Result<i64, i32>> {
@@ -727,15 +722,15 @@ fn setattr_truncate_fallocate_copy_file_range_seek_and_fsync() {
 
 #[test]
 fn xattr_get_set_list_remove_match_the_kernel_overlay() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("f", "x")
             .xattr("user.a", "lower-a")
             .dir("d")
             .xattr("user.dd", "1")
             .file("bare", "no xattrs")
             .dir("bared")],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     type XStep = (
@@ -930,11 +925,8 @@ fn xattr_get_set_list_remove_match_the_kernel_overlay() {
 fn refuses_to_set_private_xattrs() {
     // Accepted divergence (docs/COMPAT.md): the overlay namespaces are
     // private to stratafs.
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("f", "x").dir("d")],
-        LayerSpec::new(),
-    );
-    let st = spec.build(Format::Kernel);
+    let spec = stack(vec![Layer::new().file("f", "x").dir("d")], Layer::new());
+    let st = spec.build(Markers::Kernel);
     let _m = st.mount_strata();
     for name in [
         "user.overlay.opaque",
@@ -967,13 +959,13 @@ fn run_tool(cmd: &str, args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn posix_acls_via_setfacl_and_getfacl() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("d/f", "x")
             .mode(0o640)
             .dir("d")
             .mode(0o755)],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     let uid = other_id().to_string();
@@ -1032,9 +1024,9 @@ fn posix_acls_via_setfacl_and_getfacl() {
 
 #[test]
 fn a_file_deleted_while_open_keeps_working_until_closed() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file("lower", "lower data")],
-        LayerSpec::new().file("upper", "upper data"),
+    let spec = stack(
+        vec![Layer::new().file("lower", "lower data")],
+        Layer::new().file("upper", "upper data"),
     );
     let p = Pair::new(&spec);
     let run = |r: &Path| -> Vec<Result<String, i32>> {
@@ -1086,17 +1078,17 @@ fn a_file_deleted_while_open_keeps_working_until_closed() {
 
 #[test]
 fn changes_survive_a_remount() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("a", "a")
                 .file("d/x", "x")
                 .file("d/y", "y"),
-            LayerSpec::new().file("b", "b"),
+            Layer::new().file("b", "b"),
         ],
-        LayerSpec::new(),
+        Layer::new(),
     );
-    let st = spec.build(Format::Mixed(3));
+    let st = spec.build(Markers::Mixed(3));
     let before = {
         let m = st.mount_strata();
         sys::unlink(&st.m("a")).unwrap();

@@ -3,9 +3,7 @@
 //! checks concrete values and that the kernel overlay agrees on the same
 //! stack.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
@@ -28,25 +26,25 @@ fn ino(p: &Path) -> u64 {
 
 #[test]
 fn lookup_precedence_upper_over_lowers_leftmost_lower_on_top() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("all", "lower0")
                 .file("l01", "lower0")
                 .file("d/x", "lower0"),
-            LayerSpec::new()
+            Layer::new()
                 .file("all", "lower1")
                 .file("l01", "lower1")
                 .file("l12", "lower1")
                 .file("d/x", "lower1")
                 .file("d/y", "lower1"),
-            LayerSpec::new()
+            Layer::new()
                 .file("all", "lower2")
                 .file("l12", "lower2")
                 .file("only2", "lower2")
                 .file("d/z", "lower2"),
         ],
-        LayerSpec::new().file("all", "upper").file("d/u", "upper"),
+        Layer::new().file("all", "upper").file("d/u", "upper"),
     );
     let p = Pair::new(&spec);
     let m = |r: &str| p.s.m(r);
@@ -61,29 +59,25 @@ fn lookup_precedence_upper_over_lowers_leftmost_lower_on_top() {
 
 #[test]
 fn non_dir_hides_dirs_below_and_stops_the_merge() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("f", "file in lower0")
                 .symlink("s", "f")
                 .dir("d2")
-                .file("d2/from0", "0"),
-            LayerSpec::new()
+                .file("d2/from0", "0")
+                .file("f2", "lower0 file"),
+            Layer::new()
                 .file("f/below", "hidden")
                 .file("s/below", "hidden")
-                .file("d2/from1", "1"),
-            LayerSpec::new().file("d2/from2", "2"),
+                .file("d2/from1", "1")
+                .file("f2/deep", "hidden"),
+            Layer::new().file("d2/from2", "2"),
         ],
         // An upper dir over a lower0 file: lower1/lower2 dirs below that file
         // are not merged in.
-        LayerSpec::new().dir("f2").file("f2/up", "u"),
+        Layer::new().dir("f2").file("f2/up", "u"),
     );
-    let spec = {
-        let mut s = spec;
-        s.lowers[0] = s.lowers[0].clone().file("f2", "lower0 file");
-        s.lowers[1] = s.lowers[1].clone().file("f2/deep", "hidden");
-        s
-    };
     let p = Pair::new(&spec);
     assert_eq!(read_string(&p.s.m("f")), "file in lower0");
     assert_errno(
@@ -102,27 +96,27 @@ fn non_dir_hides_dirs_below_and_stops_the_merge() {
     p.assert_same_view();
 }
 
-fn opaque_spec_lower(form: OpaqueForm) -> StackSpec {
-    StackSpec::new(
+fn opaque_spec_lower(form: OpaqueForm) -> TempStackBuilder {
+    stack(
         vec![
-            LayerSpec::new()
-                .opaque_dir_as("d", form)
+            Layer::new()
+                .opaque_as("d", form)
                 .file("d/top", "t")
                 .dir("keep")
                 .file("keep/k0", "0"),
-            LayerSpec::new()
+            Layer::new()
                 .file("d/hidden", "h")
                 .dir("d/sub")
                 .file("d/sub/x", "x")
                 .file("keep/k1", "1"),
         ],
-        LayerSpec::new().file("d/up", "u"),
+        Layer::new().file("d/up", "u"),
     )
 }
 
 #[test]
 fn opaque_dir_in_a_lower_stops_the_merge_for_every_form() {
-    for form in OpaqueForm::all_usable() {
+    for form in OpaqueForm::usable() {
         let p = Pair::new(&opaque_spec_lower(form));
         assert_eq!(
             list_dir(&p.s.m("d")).unwrap(),
@@ -142,13 +136,13 @@ fn opaque_dir_in_a_lower_stops_the_merge_for_every_form() {
 
 #[test]
 fn opaque_dir_in_the_upper_stops_the_merge_for_every_form() {
-    for form in OpaqueForm::all_usable() {
-        let spec = StackSpec::new(
+    for form in OpaqueForm::usable() {
+        let spec = stack(
             vec![
-                LayerSpec::new().file("d/l0", "0").file("d/sub/x", "x"),
-                LayerSpec::new().file("d/l1", "1"),
+                Layer::new().file("d/l0", "0").file("d/sub/x", "x"),
+                Layer::new().file("d/l1", "1"),
             ],
-            LayerSpec::new().opaque_dir_as("d", form).file("d/up", "u"),
+            Layer::new().opaque_as("d", form).file("d/up", "u"),
         );
         let p = Pair::new(&spec);
         assert_eq!(
@@ -164,23 +158,23 @@ fn opaque_dir_in_the_upper_stops_the_merge_for_every_form() {
 
 #[test]
 fn whiteouts_of_every_form_hide_files_and_dirs_in_lowers_and_upper() {
-    for form in ALL_WHITEOUT_FORMS {
+    for form in WhiteoutForm::ALL {
         for in_upper in [false, true] {
-            let marks = LayerSpec::new()
+            let marks = Layer::new()
                 .whiteout_as("f", form)
                 .whiteout_as("d", form)
                 .whiteout_as("sub/g", form)
                 .file("sub/keep", "k");
-            let below = LayerSpec::new()
+            let below = Layer::new()
                 .file("f", "hidden")
                 .file("d/x", "hidden")
                 .file("sub/g", "hidden")
                 .file("sub/h", "h")
                 .file("other", "o");
             let spec = if in_upper {
-                StackSpec::new(vec![below], marks)
+                stack(vec![below], marks)
             } else {
-                StackSpec::new(vec![marks, below], LayerSpec::new())
+                stack(vec![marks, below], Layer::new())
             };
             let what = format!(
                 "{form:?} whiteout in {}",
@@ -208,25 +202,23 @@ fn whiteouts_of_every_form_hide_files_and_dirs_in_lowers_and_upper() {
 
 #[test]
 fn marker_names_stay_hidden_for_stat_open_and_readdir() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .whiteout_as("gone", WhiteoutForm::WhFile)
-                .opaque_dir_as("o", OpaqueForm::WhOpqFile)
+                .opaque_as("o", OpaqueForm::WhOpqFile)
                 .file("o/in", "i"),
-            LayerSpec::new().file("gone", "g").file("o/below", "b"),
+            Layer::new()
+                .file("gone", "g")
+                .file("o/below", "b")
+                .file("gone2", "g2"),
         ],
-        LayerSpec::new()
+        Layer::new()
             .whiteout_as("gone2", WhiteoutForm::WhFile)
-            .opaque_dir_as("uo", OpaqueForm::WhOpqFile)
+            .opaque_as("uo", OpaqueForm::WhOpqFile)
             .file("uo/f", "f"),
     );
-    let spec = {
-        let mut s = spec;
-        s.lowers[1] = s.lowers[1].clone().file("gone2", "g2");
-        s
-    };
-    let st = spec.build(Format::AsSpecified);
+    let st = spec.build(Markers::AsWritten);
     let _m = st.mount_strata();
     for name in [
         ".wh.gone",
@@ -258,8 +250,7 @@ fn marker_names_stay_hidden_for_stat_open_and_readdir() {
 #[test]
 fn creating_wh_prefixed_names_is_rejected() {
     // Accepted divergence from the kernel overlay (docs/COMPAT.md).
-    let st = StackSpec::new(vec![LayerSpec::new().file("f", "x")], LayerSpec::new())
-        .build(Format::Kernel);
+    let st = stack(vec![Layer::new().file("f", "x")], Layer::new()).build(Markers::Kernel);
     let _m = st.mount_strata();
     assert_errno(
         sys::write_file(&st.m(".wh.f"), b"", 0o644),
@@ -285,10 +276,10 @@ fn creating_wh_prefixed_names_is_rejected() {
     assert_eq!(list_dir(&st.m("")).unwrap(), ["f"]);
 }
 
-fn big_merged_spec(n: usize) -> StackSpec {
-    let mut l0 = LayerSpec::new().dir("d");
-    let mut l1 = LayerSpec::new().dir("d");
-    let mut up = LayerSpec::new().dir("d");
+fn big_merged_spec(n: usize) -> TempStackBuilder {
+    let mut l0 = Layer::new().dir("d");
+    let mut l1 = Layer::new().dir("d");
+    let mut up = Layer::new().dir("d");
     for i in 0..n {
         let name = format!("d/entry-with-a-longish-name-{i:05}");
         match i % 5 {
@@ -308,7 +299,7 @@ fn big_merged_spec(n: usize) -> StackSpec {
             }
         }
     }
-    StackSpec::new(vec![l0, l1], up)
+    stack(vec![l0, l1], up)
 }
 
 fn expected_names(n: usize) -> BTreeSet<String> {
@@ -322,7 +313,7 @@ fn expected_names(n: usize) -> BTreeSet<String> {
 fn readdir_lists_each_name_once_with_dot_entries_and_d_ino() {
     let n = 60;
     let spec = big_merged_spec(n);
-    let p = Pair::with_format(&spec, Format::Mixed(7));
+    let p = Pair::with_markers(&spec, Markers::Mixed(7));
     for root in [&p.s.mnt, &p.k.mnt] {
         let mut d = LibcDir::open(&root.join("d")).unwrap();
         let ents = d.all();
@@ -354,7 +345,7 @@ fn readdir_lists_each_name_once_with_dot_entries_and_d_ino() {
 fn readdir_in_small_getdents_chunks_sees_each_entry_once() {
     let n = 300;
     let spec = big_merged_spec(n);
-    let p = Pair::with_format(&spec, Format::Mixed(11));
+    let p = Pair::with_markers(&spec, Markers::Mixed(11));
     for bufsize in [64usize, 100, 256, 1000] {
         for root in [&p.s.mnt, &p.k.mnt] {
             let (ents, calls) = getdents_all(&root.join("d"), bufsize).unwrap_or_else(|e| {
@@ -383,7 +374,7 @@ fn readdir_in_small_getdents_chunks_sees_each_entry_once() {
 fn telldir_seekdir_resume_at_the_same_entry() {
     let n = 2500; // several getdents batches inside glibc's readdir buffer
     let spec = big_merged_spec(n);
-    let p = Pair::with_format(&spec, Format::Mixed(13));
+    let p = Pair::with_markers(&spec, Markers::Mixed(13));
     for root in [&p.s.mnt, &p.k.mnt] {
         let mut d = LibcDir::open(&root.join("d")).unwrap();
         let full: Vec<String> = d.all().into_iter().map(|e| e.name).collect();
@@ -447,7 +438,7 @@ fn readdir_from_the_kernel_cache_sees_untouched_entries_once_while_the_dir_chang
 fn untouched_entries_once_while_changing(warm: bool) {
     let n = 2000;
     let spec = big_merged_spec(n);
-    let p = Pair::with_format(&spec, Format::Mixed(17));
+    let p = Pair::with_markers(&spec, Markers::Mixed(17));
     for root in [&p.s.mnt, &p.k.mnt] {
         let dir = root.join("d");
         let original = expected_names(n);
@@ -508,7 +499,7 @@ fn untouched_entries_once_while_changing(warm: bool) {
 
 #[test]
 fn internal_xattrs_are_never_shown() {
-    let mut lower = LayerSpec::new().dir("d").xattr("user.keep", "1");
+    let mut lower = Layer::new().dir("d").xattr("user.keep", "1");
     for name in ["user.overlay.opaque", "user.fuseoverlayfs.opaque"] {
         lower = lower.xattr(name, "y");
     }
@@ -524,11 +515,8 @@ fn internal_xattrs_are_never_shown() {
             .xattr("trusted.overlay.foo", "bar")
             .xattr("user.keep", "3");
     }
-    let spec = StackSpec::new(
-        vec![lower, LayerSpec::new().file("d/below", "b")],
-        LayerSpec::new(),
-    );
-    let st = spec.build(Format::AsSpecified);
+    let spec = stack(vec![lower, Layer::new().file("d/below", "b")], Layer::new());
+    let st = spec.build(Markers::AsWritten);
     let _m = st.mount_strata();
     let check = |rel: &str, expect: &str| {
         let names = sys::llistxattr(&st.m(rel)).unwrap();
@@ -574,13 +562,13 @@ fn internal_xattrs_are_never_shown() {
 
 #[test]
 fn st_ino_is_stable_across_copy_up_and_equals_d_ino() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("d/f", "data")
             .file("d/g", "g")
             .symlink("d/l", "f")
             .dir("d/sub")],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     for root in [&p.s.mnt, &p.k.mnt] {
@@ -620,14 +608,14 @@ fn st_ino_is_stable_across_copy_up_and_equals_d_ino() {
 
 #[test]
 fn st_ino_is_stable_across_remount() {
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("lower", "l")
             .file("copied", "c")
             .dir("dir")],
-        LayerSpec::new().file("upper", "u"),
+        Layer::new().file("upper", "u"),
     );
-    let st = spec.build(Format::Kernel);
+    let st = spec.build(Markers::Kernel);
     let names = ["", "lower", "copied", "dir", "upper", "new"];
     let first = {
         let _m = st.mount_strata();
@@ -649,9 +637,12 @@ fn st_ino_is_unique_across_layers_on_different_filesystems() {
         TmpfsMount::new(&root.join("fs2")),
     ) {
         (Ok(a), Ok(b)) => (a, b),
-        _ => {
-            eprintln!("note: cannot mount tmpfs here; skipping");
-            return;
+        (a, b) => {
+            let e = a.err().or(b.err()).unwrap_or(0);
+            return skip(
+                "st_ino_is_unique_across_layers_on_different_filesystems",
+                &format!("cannot mount tmpfs: {}", errno_name(e)),
+            );
         }
     };
     let (l1, l2) = (t1.path.join("layer"), t2.path.join("layer"));
@@ -715,9 +706,9 @@ fn names_of_255_bytes_work_and_256_give_enametoolong() {
     let long255 = "n".repeat(255);
     let long256 = "n".repeat(256);
     let lower_name = "l".repeat(255);
-    let spec = StackSpec::new(
-        vec![LayerSpec::new().file(&lower_name, "lower").file("x", "x")],
-        LayerSpec::new(),
+    let spec = stack(
+        vec![Layer::new().file(&lower_name, "lower").file("x", "x")],
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     assert_eq!(
@@ -823,10 +814,10 @@ fn deep_paths_near_path_max_behave_like_the_kernel_overlay() {
         .map(|i| format!("{i:02}{}", "d".repeat(198)))
         .collect();
     let rel_dir = comps.join("/");
-    let spec = StackSpec::new(vec![LayerSpec::new(), LayerSpec::new()], LayerSpec::new());
+    let spec = stack(vec![Layer::new(), Layer::new()], Layer::new());
     let p = Pair::new(&spec);
     for st in [&p.s, &p.k] {
-        mkdirs_at(&st.lowers[1], &comps);
+        mkdirs_at(&st.lowers()[1], &comps);
     }
     // Remount so both see the lower tree from a clean cache.
     let Pair { sm, km, s, k, .. } = p;
@@ -939,17 +930,17 @@ fn snapshot_upper_at(upper: &Path, rel: &str) -> Vec<(String, String)> {
 
 #[test]
 fn lower_symlinks_fifos_and_hard_links_are_visible_as_such() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("f", "content")
-                .hardlink("h", "f")
+                .hard_link("h", "f")
                 .symlink("s", "f")
                 .symlink("dangling", "nowhere")
                 .fifo("p"),
-            LayerSpec::new().file("below", "b"),
+            Layer::new().file("below", "b"),
         ],
-        LayerSpec::new(),
+        Layer::new(),
     );
     let p = Pair::new(&spec);
     let snap = snapshot_view(&p.s.mnt);
@@ -977,16 +968,16 @@ fn lower_symlinks_fifos_and_hard_links_are_visible_as_such() {
 
 #[test]
 fn merged_dir_nlink_matches_the_kernel_overlay() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .dir("m/a")
                 .dir("m/b")
                 .dir("only0/x")
                 .dir("only0/y"),
-            LayerSpec::new().dir("m/c").dir("m/a"),
+            Layer::new().dir("m/c").dir("m/a"),
         ],
-        LayerSpec::new().dir("m/u").dir("up/x"),
+        Layer::new().dir("m/u").dir("up/x"),
     );
     let p = Pair::new(&spec);
     let snap = snapshot_view(&p.k.mnt);
@@ -1000,14 +991,14 @@ fn merged_dir_nlink_matches_the_kernel_overlay() {
 
 #[test]
 fn read_only_mount_rejects_every_change_with_erofs() {
-    let spec = StackSpec::read_only(vec![
-        LayerSpec::new()
+    let spec = read_only_stack(vec![
+        Layer::new()
             .file("f", "data")
             .xattr("user.a", "1")
             .dir("d")
             .dir("e")
             .file("e/x", "x"),
-        LayerSpec::new().file("g", "g"),
+        Layer::new().file("g", "g"),
     ]);
     let p = Pair::new(&spec);
     type Op = (&'static str, fn(&Path) -> Result<(), i32>);
@@ -1047,8 +1038,8 @@ fn read_only_mount_rejects_every_change_with_erofs() {
 
 #[test]
 fn read_only_mount_is_flagged_read_only() {
-    let spec = StackSpec::read_only(vec![LayerSpec::new().file("f", "x"), LayerSpec::new()]);
-    let st = spec.build(Format::Kernel);
+    let spec = read_only_stack(vec![Layer::new().file("f", "x"), Layer::new()]);
+    let st = spec.build(Markers::Kernel);
     let _m = st.mount_strata();
     let v = sys::statvfs(&st.mnt).unwrap();
     assert_ne!(
@@ -1066,7 +1057,7 @@ fn read_only_mount_is_flagged_read_only() {
 
 #[test]
 fn statfs_reports_the_upper_filesystem() {
-    let spec = StackSpec::new(vec![LayerSpec::new().file("f", "x")], LayerSpec::new());
+    let spec = stack(vec![Layer::new().file("f", "x")], Layer::new());
     let p = Pair::new(&spec);
     let up = sys::statvfs(p.s.upper()).unwrap();
     let sv = sys::statvfs(&p.s.mnt).unwrap();
@@ -1094,14 +1085,14 @@ fn statfs_reports_the_upper_filesystem() {
 #[test]
 fn lower_hard_links_stay_linked_across_copy_up_and_remount() {
     // docs/COMPAT.md item 3: like the kernel with index=on.
-    let spec = StackSpec::new(
-        vec![LayerSpec::new()
+    let spec = stack(
+        vec![Layer::new()
             .file("d1/a", "original")
-            .hardlink("d2/b", "d1/a")
-            .hardlink("c", "d1/a")],
-        LayerSpec::new(),
+            .hard_link("d2/b", "d1/a")
+            .hard_link("c", "d1/a")],
+        Layer::new(),
     );
-    let st = spec.build(Format::Kernel);
+    let st = spec.build(Markers::Kernel);
     let before;
     {
         let _m = st.mount_strata();

@@ -2,9 +2,7 @@
 //! Each test builds an upper with one kind of problem, asserts the findings
 //! of the library call, the repair, and the exit status of the binary.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -18,7 +16,7 @@ fn opts(st: &Stack, lowers: bool, repair: bool) -> CheckOptions {
         upper: st.upper().to_path_buf(),
         work: st.work().to_path_buf(),
         lowers: if lowers {
-            st.lowers.clone()
+            st.lowers().to_vec()
         } else {
             Vec::new()
         },
@@ -47,7 +45,7 @@ fn s(p: &Path) -> &str {
 /// `stratafs check --upper U --work W [--lower L1:L2] [extra...]`.
 fn bin_stack(st: &Stack, lowers: bool, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec!["--upper", s(st.upper()), "--work", s(st.work())];
-    let lower_arg: Vec<String> = st.lowers.iter().map(|l| escape_opt_path(l)).collect();
+    let lower_arg: Vec<String> = st.lowers().iter().map(|l| escape_opt_path(l)).collect();
     let lower_arg = lower_arg.join(":");
     if lowers {
         args.push("--lower");
@@ -101,28 +99,28 @@ fn opaque_xattr(dir: &Path) -> Option<(String, Vec<u8>)> {
 
 #[test]
 fn clean_stack_has_no_findings_and_exits_0() {
-    let st = StackSpec::new(
+    let st = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("a", "a")
                 .file("d/x", "x")
                 .file("d/y", "y")
                 .file("o/old", "old"),
-            LayerSpec::new().file("bottom", "b").file("d/z", "z"),
+            Layer::new().file("bottom", "b").file("d/z", "z"),
         ],
-        LayerSpec::new()
+        Layer::new()
             .whiteout("a")
             .whiteout("d/x")
             .whiteout("d/z")
             .whiteout("bottom")
-            .opaque_dir("o")
+            .opaque("o")
             .file("o/new", "new")
             .file("mine", "m")
             .xattr("user.containers.override_stat", "1000:1000:0644")
             .dir("sub")
             .xattr("user.containers.override_stat", "0:0:040755:dir"),
     )
-    .build(Format::Kernel);
+    .build(Markers::Kernel);
     for lowers in [false, true] {
         let r = run(&opts(&st, lowers, false));
         assert!(r.findings.is_empty(), "lowers={lowers}:\n{}", show(&r));
@@ -144,13 +142,13 @@ fn clean_stack_has_no_findings_and_exits_0() {
 
 #[test]
 fn wh_file_beside_real_entry_is_an_error_and_repair_keeps_the_entry() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("a", "lower a").file("d/b", "lower b")],
-        LayerSpec::new().file("a", "upper a").dir("d/b"),
+    let st = stack(
+        vec![Layer::new().file("a", "lower a").file("d/b", "lower b")],
+        Layer::new().file("a", "upper a").dir("d/b"),
     )
-    .build(Format::Kernel);
-    write_whiteout(&st.u("a"), WhiteoutForm::WhFile);
-    write_whiteout(&st.u("d/b"), WhiteoutForm::WhFile);
+    .build(Markers::Kernel);
+    WhiteoutForm::WhFile.write(&st.u("a")).unwrap();
+    WhiteoutForm::WhFile.write(&st.u("d/b")).unwrap();
 
     let r = run(&opts(&st, false, false));
     let found: Vec<_> = r.of_kind(Kind::WhiteoutBesideEntry).collect();
@@ -189,12 +187,12 @@ fn wh_file_beside_real_entry_is_an_error_and_repair_keeps_the_entry() {
 
 #[test]
 fn wh_file_beside_char_whiteout_is_a_duplicate() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("b", "b")],
-        LayerSpec::new().whiteout_as("b", WhiteoutForm::CharDev),
+    let st = stack(
+        vec![Layer::new().file("b", "b")],
+        Layer::new().whiteout_as("b", WhiteoutForm::CharDevice),
     )
-    .build(Format::AsSpecified);
-    write_whiteout(&st.u("b"), WhiteoutForm::WhFile);
+    .build(Markers::AsWritten);
+    WhiteoutForm::WhFile.write(&st.u("b")).unwrap();
     let r = run(&opts(&st, true, false));
     let f = only(&r, Kind::DuplicateWhiteout);
     assert_eq!(
@@ -214,16 +212,16 @@ fn wh_file_beside_char_whiteout_is_a_duplicate() {
 
 #[test]
 fn lone_wh_file_is_info_and_repair_makes_it_kernel_readable() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new()
+    let st = stack(
+        vec![Layer::new()
             .file("c", "c")
             .file("d/e", "e")
             .file("keep", "k")],
-        LayerSpec::new()
+        Layer::new()
             .whiteout_as("c", WhiteoutForm::WhFile)
             .whiteout_as("d/e", WhiteoutForm::WhFile),
     )
-    .build(Format::AsSpecified);
+    .build(Markers::AsWritten);
     let r = run(&opts(&st, true, false));
     let found: Vec<_> = r.of_kind(Kind::WhFileNotKernelReadable).collect();
     assert_eq!(found.len(), 2, "{}", show(&r));
@@ -272,16 +270,16 @@ fn lone_wh_file_is_info_and_repair_makes_it_kernel_readable() {
 
 #[test]
 fn opaque_marker_file_becomes_an_opaque_xattr() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("o/hidden", "h").file("p/hidden", "h")],
-        LayerSpec::new()
-            .opaque_dir_as("o", OpaqueForm::WhOpqFile)
+    let st = stack(
+        vec![Layer::new().file("o/hidden", "h").file("p/hidden", "h")],
+        Layer::new()
+            .opaque_as("o", OpaqueForm::WhOpqFile)
             .file("o/mine", "m")
-            .opaque_dir_as("p", OpaqueForm::WhOpqFile),
+            .opaque_as("p", OpaqueForm::WhOpqFile),
     )
-    .build(Format::AsSpecified);
+    .build(Markers::AsWritten);
     // p is also opaque by xattr: the file is merely redundant there.
-    write_opaque(&st.u("p"), OpaqueForm::kernel());
+    OpaqueForm::kernel().write(&st.u("p")).unwrap();
     let r = run(&opts(&st, true, false));
     let found: Vec<_> = r.of_kind(Kind::OpaqueNotKernelReadable).collect();
     assert_eq!(found.len(), 2, "{}", show(&r));
@@ -307,17 +305,17 @@ fn opaque_marker_file_becomes_an_opaque_xattr() {
 
 #[test]
 fn whiteouts_inside_opaque_dirs_are_reported_and_removed() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("o/a", "a").file("o/s/b", "b")],
-        LayerSpec::new()
-            .opaque_dir("o")
-            .whiteout_as("o/a", WhiteoutForm::CharDev)
+    let st = stack(
+        vec![Layer::new().file("o/a", "a").file("o/s/b", "b")],
+        Layer::new()
+            .opaque("o")
+            .whiteout_as("o/a", WhiteoutForm::CharDevice)
             .whiteout_as("o/w", WhiteoutForm::WhFile)
             .dir("o/s")
-            .whiteout_as("o/s/b", WhiteoutForm::CharDev)
+            .whiteout_as("o/s/b", WhiteoutForm::CharDevice)
             .file("o/keep", "k"),
     )
-    .build(Format::AsSpecified);
+    .build(Markers::AsWritten);
     let r = run(&opts(&st, false, false));
     let found: Vec<_> = r.of_kind(Kind::WhiteoutInOpaqueDir).collect();
     let paths: Vec<_> = found.iter().map(|f| f.path.clone()).collect();
@@ -351,9 +349,9 @@ fn whiteouts_inside_opaque_dirs_are_reported_and_removed() {
 
 #[test]
 fn opaque_xattr_values_other_than_y_are_reported_not_repaired() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new()],
-        LayerSpec::new()
+    let st = stack(
+        vec![Layer::new()],
+        Layer::new()
             .dir("x")
             .xattr("user.overlay.opaque", "x")
             .dir("yes")
@@ -363,7 +361,7 @@ fn opaque_xattr_values_other_than_y_are_reported_not_repaired() {
             .dir("good")
             .xattr("user.overlay.opaque", "y"),
     )
-    .build(Format::Kernel);
+    .build(Markers::Kernel);
     let r = run(&opts(&st, false, false));
     let paths: Vec<_> = r
         .of_kind(Kind::OpaqueValue)
@@ -420,7 +418,7 @@ fn override_stat_values_are_validated() {
         "0:0:0170644",
     ];
     let warnings = ["0:0:0755\0"];
-    let mut upper = LayerSpec::new();
+    let mut upper = Layer::new();
     let all = good
         .iter()
         .map(|v| ("good", v))
@@ -437,7 +435,7 @@ fn override_stat_values_are_validated() {
     upper = upper
         .dir("dir")
         .xattr("user.containers.override_stat", "0:0:0755:dir:x");
-    let st = StackSpec::new(vec![LayerSpec::new()], upper).build(Format::Kernel);
+    let st = stack(vec![Layer::new()], upper).build(Markers::Kernel);
     let r = run(&opts(&st, false, false));
     for (name, what, v) in &expect {
         let at: Vec<_> = r
@@ -465,11 +463,11 @@ fn override_stat_values_are_validated() {
 
 #[test]
 fn work_dir_leftovers_are_reported_and_cleared() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("f", "f")],
-        LayerSpec::new().file("u", "u"),
+    let st = stack(
+        vec![Layer::new().file("f", "f")],
+        Layer::new().file("u", "u"),
     )
-    .build(Format::Kernel);
+    .build(Markers::Kernel);
     let wd = st.work().join("work");
     fs::create_dir(&wd).unwrap();
     // A clean (empty) W/work is fine.
@@ -480,7 +478,7 @@ fn work_dir_leftovers_are_reported_and_cleared() {
     fs::create_dir_all(wd.join("#1234.1/deep/er")).unwrap();
     fs::write(wd.join("#1234.1/deep/er/file"), "x").unwrap();
     sys::chmod(&wd.join("#1234.1/deep"), 0).unwrap();
-    write_whiteout(&wd.join("#7"), WhiteoutForm::CharDev);
+    WhiteoutForm::CharDevice.write(&wd.join("#7")).unwrap();
     let r = run(&opts(&st, false, false));
     let found: Vec<_> = r.of_kind(Kind::WorkLeftover).collect();
     assert_eq!(found.len(), 3, "{}", show(&r));
@@ -510,8 +508,8 @@ fn work_dir_leftovers_are_reported_and_cleared() {
 
 #[test]
 fn work_subdir_that_is_a_symlink_is_removed_not_followed() {
-    let st = StackSpec::new(vec![LayerSpec::new()], LayerSpec::new()).build(Format::Kernel);
-    let outside = st.root.join("outside");
+    let st = stack(vec![Layer::new()], Layer::new()).build(Markers::Kernel);
+    let outside = st.root().join("outside");
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("precious"), "keep me").unwrap();
     std::os::unix::fs::symlink(&outside, st.work().join("work")).unwrap();
@@ -527,16 +525,15 @@ fn work_subdir_that_is_a_symlink_is_removed_not_followed() {
 
 #[test]
 fn symlinks_in_the_upper_are_not_followed() {
-    let st = StackSpec::new(vec![LayerSpec::new()], LayerSpec::new().file("f", "f"))
-        .build(Format::Kernel);
+    let st = stack(vec![Layer::new()], Layer::new().file("f", "f")).build(Markers::Kernel);
     // A directory outside the layers full of things the check would
     // report and repair if it went there.
-    let outside = st.root.join("outside");
+    let outside = st.root().join("outside");
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("x"), "x").unwrap();
-    write_whiteout(&outside.join("x"), WhiteoutForm::WhFile);
-    write_whiteout(&outside.join("gone"), WhiteoutForm::WhFile);
-    write_opaque(&outside, OpaqueForm::WhOpqFile);
+    WhiteoutForm::WhFile.write(&outside.join("x")).unwrap();
+    WhiteoutForm::WhFile.write(&outside.join("gone")).unwrap();
+    OpaqueForm::WhOpqFile.write(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, st.u("link")).unwrap();
     std::os::unix::fs::symlink(outside.join(".wh.x"), st.u(".wh.f")).unwrap();
     let before = tree_listing(&outside);
@@ -557,15 +554,15 @@ fn symlinks_in_the_upper_are_not_followed() {
 
 #[test]
 fn wh_entries_with_data_are_never_removed() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("a", "a")],
-        LayerSpec::new()
+    let st = stack(
+        vec![Layer::new().file("a", "a")],
+        Layer::new()
             .file(".wh.a", "not empty")
             .dir(".wh.dir")
             .file(".wh.dir/inside", "x")
             .file(".wh.", ""),
     )
-    .build(Format::Kernel);
+    .build(Markers::Kernel);
     let r = run(&opts(&st, true, true));
     let paths: Vec<_> = r
         .of_kind(Kind::WhEntryWithData)
@@ -582,19 +579,19 @@ fn wh_entries_with_data_are_never_removed() {
 
 #[test]
 fn with_lowers_whiteouts_that_hide_nothing_are_info() {
-    let st = StackSpec::new(
+    let st = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("top", "t")
-                .opaque_dir("od")
+                .opaque("od")
                 .file("od/visible", "v")
                 .whiteout("gone"),
-            LayerSpec::new()
+            Layer::new()
                 .file("d/deep", "d")
                 .file("od/under", "u")
                 .file("gone", "g"),
         ],
-        LayerSpec::new()
+        Layer::new()
             .whiteout("top") // hides lower0/top
             .whiteout("d/deep") // hides lower1/d/deep through the merge
             .whiteout("od/visible") // hides lower0/od/visible
@@ -604,7 +601,7 @@ fn with_lowers_whiteouts_that_hide_nothing_are_info() {
             .dir("new")
             .whiteout("new/x"), // nothing anywhere
     )
-    .build(Format::Kernel);
+    .build(Markers::Kernel);
     let r = run(&opts(&st, true, false));
     let paths: Vec<_> = r
         .of_kind(Kind::WhiteoutHidesNothing)
@@ -629,12 +626,12 @@ fn with_lowers_whiteouts_that_hide_nothing_are_info() {
 
 #[test]
 fn missing_lower_is_an_error() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("a", "a")],
-        LayerSpec::new().whiteout("nothing"),
+    let st = stack(
+        vec![Layer::new().file("a", "a")],
+        Layer::new().whiteout("nothing"),
     )
-    .build(Format::Kernel);
-    let missing = st.root.join("no-such-lower");
+    .build(Markers::Kernel);
+    let missing = st.root().join("no-such-lower");
     let mut o = opts(&st, true, false);
     o.lowers.push(missing.clone());
     let r = run(&o);
@@ -646,7 +643,7 @@ fn missing_lower_is_an_error() {
     // Without every lower at hand, "hides nothing" is not decided.
     assert_eq!(r.of_kind(Kind::WhiteoutHidesNothing).count(), 0);
     assert_eq!(r.exit_code(), 1);
-    let lowers = format!("{}:{}", escape_opt_path(&st.lowers[0]), s(&missing));
+    let lowers = format!("{}:{}", escape_opt_path(&st.lowers()[0]), s(&missing));
     let (code, out, _) = bin(&[
         "--upper",
         s(st.upper()),
@@ -661,9 +658,9 @@ fn missing_lower_is_an_error() {
 
 #[test]
 fn exit_2_when_the_check_cannot_run() {
-    let st = StackSpec::new(vec![LayerSpec::new()], LayerSpec::new()).build(Format::Kernel);
-    let missing = st.root.join("missing");
-    let file = st.root.join("file");
+    let st = stack(vec![Layer::new()], Layer::new()).build(Markers::Kernel);
+    let missing = st.root().join("missing");
+    let file = st.root().join("file");
     fs::write(&file, "").unwrap();
     for (u, w) in [
         (missing.as_path(), st.work()),
@@ -715,13 +712,13 @@ fn exit_2_when_the_check_cannot_run() {
 
 #[test]
 fn json_report() {
-    let st = StackSpec::new(
-        vec![LayerSpec::new().file("a", "a")],
-        LayerSpec::new().file("a", "u").file("q\"uote\nd", "x"),
+    let st = stack(
+        vec![Layer::new().file("a", "a")],
+        Layer::new().file("a", "u").file("q\"uote\nd", "x"),
     )
-    .build(Format::Kernel);
-    write_whiteout(&st.u("a"), WhiteoutForm::WhFile);
-    write_whiteout(&st.u("q\"uote\nd"), WhiteoutForm::WhFile);
+    .build(Markers::Kernel);
+    WhiteoutForm::WhFile.write(&st.u("a")).unwrap();
+    WhiteoutForm::WhFile.write(&st.u("q\"uote\nd")).unwrap();
     let (code, out, _) = bin_stack(&st, true, &["--json"]);
     assert_eq!(code, 1);
     let t = out.trim();
@@ -761,33 +758,33 @@ fn json_report() {
 /// not change what stratafs shows, and afterwards the check is clean.
 #[test]
 fn repair_of_a_messy_stack_keeps_the_view() {
-    let spec = StackSpec::new(
+    let spec = stack(
         vec![
-            LayerSpec::new()
+            Layer::new()
                 .file("a", "a")
                 .file("b", "b")
                 .file("c", "c")
                 .file("o/x", "x")
                 .file("p/y", "y")
                 .file("d/e", "e"),
-            LayerSpec::new().file("d/f", "f").file("z", "z"),
+            Layer::new().file("d/f", "f").file("z", "z"),
         ],
-        LayerSpec::new()
+        Layer::new()
             .file("a", "upper a")
-            .whiteout_as("b", WhiteoutForm::CharDev)
+            .whiteout_as("b", WhiteoutForm::CharDevice)
             .whiteout_as("c", WhiteoutForm::WhFile)
             .whiteout_as("z", WhiteoutForm::WhFile)
-            .opaque_dir_as("o", OpaqueForm::WhOpqFile)
-            .whiteout_as("o/x", WhiteoutForm::CharDev)
+            .opaque_as("o", OpaqueForm::WhOpqFile)
+            .whiteout_as("o/x", WhiteoutForm::CharDevice)
             .file("o/n", "n")
-            .opaque_dir("p")
+            .opaque("p")
             .whiteout_as("p/y", WhiteoutForm::WhFile)
             .dir("d")
             .whiteout_as("d/f", WhiteoutForm::WhFile),
     );
-    let st = spec.build(Format::AsSpecified);
-    write_whiteout(&st.u("a"), WhiteoutForm::WhFile);
-    write_whiteout(&st.u("b"), WhiteoutForm::WhFile);
+    let st = spec.build(Markers::AsWritten);
+    WhiteoutForm::WhFile.write(&st.u("a")).unwrap();
+    WhiteoutForm::WhFile.write(&st.u("b")).unwrap();
     fs::create_dir_all(st.work().join("work/#9.9")).unwrap();
     let view_before = {
         let _m = st.mount_strata();

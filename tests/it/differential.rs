@@ -11,14 +11,13 @@
 //! * `STRATAFS_DIFF_SUBJECT=kernel` – run the kernel overlay on both sides
 //!   (self-check of the harness: must report zero divergences).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Instant;
+use stratafs::api::ItemKind;
 
 // ---------------------------------------------------------------------------
 // Accepted divergences
@@ -45,7 +44,7 @@ const KNOWN_DIVERGENCES: &[KnownDivergence] = &[
         id: "lower-hard-links",
         doc: "docs/COMPAT.md (hard links in lower layers)",
         what: "hard links in lower layers stay one file after copy-up (the kernel does so only with index=on); \
-               the generator makes hard links in the upper layer only, tests/read_path.rs covers lower ones",
+               the generator makes hard links in the upper layer only, tests/it/read_path.rs covers lower ones",
     },
     KnownDivergence {
         id: "private-xattrs",
@@ -106,8 +105,8 @@ enum Slot {
 
 /// `lower`: hard links are generated only in the upper layer, see the
 /// `lower-hard-links` entry of [`KNOWN_DIVERGENCES`].
-fn gen_layer(rng: &mut Rng, lower: bool) -> LayerSpec {
-    let mut layer = LayerSpec::new();
+fn gen_layer(rng: &mut Rng, lower: bool) -> Layer {
+    let mut layer = Layer::new();
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let mut files: Vec<String> = Vec::new();
     let n = 3 + rng.below(9);
@@ -130,7 +129,7 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> LayerSpec {
                 None => {
                     slots.insert(parent.clone(), Slot::Dir);
                     layer = if rng.chance(15) {
-                        layer.opaque_dir(&parent)
+                        layer.opaque(&parent)
                     } else {
                         layer.dir(&parent)
                     };
@@ -175,7 +174,7 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> LayerSpec {
                 slot = Slot::Dir;
             }
             55..=63 => {
-                layer = layer.opaque_dir(&path);
+                layer = layer.opaque(&path);
                 slot = Slot::Dir;
             }
             64..=72 => {
@@ -184,7 +183,7 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> LayerSpec {
             }
             73..=79 if !files.is_empty() && !lower => {
                 let to = rng.pick(&files).clone();
-                layer = layer.hardlink(&path, &to);
+                layer = layer.hard_link(&path, &to);
                 slot = Slot::File;
             }
             80..=84 => {
@@ -201,17 +200,19 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> LayerSpec {
     layer
 }
 
-fn gen_stack(rng: &mut Rng) -> StackSpec {
+fn gen_stack(rng: &mut Rng) -> TempStackBuilder {
     let nlowers = 2 + rng.below(3);
-    let lowers = (0..nlowers).map(|_| gen_layer(rng, true)).collect();
+    let lowers: Vec<Layer> = (0..nlowers).map(|_| gen_layer(rng, true)).collect();
     let upper = if rng.chance(25) {
-        LayerSpec::new()
+        Layer::new()
     } else {
         gen_layer(rng, false)
     };
-    let mut spec = StackSpec::new(lowers, upper);
-    drop_whiteouts_in_unmerged_dirs(&mut spec);
-    spec
+    let mut layers = vec![upper];
+    layers.extend(lowers);
+    drop_whiteouts_in_unmerged_dirs(&mut layers);
+    let upper = layers.remove(0);
+    stack(layers, upper)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -227,7 +228,7 @@ fn dir_chain(layers: &[BTreeMap<String, Seen>], path: &str) -> Vec<usize> {
     let parent_chain: Vec<usize> = if path.is_empty() {
         return (0..layers.len()).collect();
     } else {
-        dir_chain(layers, &parent_of(path))
+        dir_chain(layers, parent_of(path))
     };
     let mut chain = Vec::new();
     for i in parent_chain {
@@ -248,34 +249,33 @@ fn dir_chain(layers: &[BTreeMap<String, Seen>], path: &str) -> Vec<usize> {
 /// The kernel overlay lists whiteouts found in a directory that is not
 /// merged with any layer below (it never creates such whiteouts itself), so
 /// the generator keeps whiteouts only where they sit in a merged directory.
-fn drop_whiteouts_in_unmerged_dirs(spec: &mut StackSpec) {
+/// `layers`: the upper first, then the lowers.
+fn drop_whiteouts_in_unmerged_dirs(layers: &mut [Layer]) {
     loop {
-        let all: Vec<&LayerSpec> = spec.upper.iter().chain(spec.lowers.iter()).collect();
-        let layers: Vec<BTreeMap<String, Seen>> = all
+        let seen: Vec<BTreeMap<String, Seen>> = layers
             .iter()
             .map(|l| {
-                l.nodes
+                l.items()
                     .iter()
                     .map(|n| {
-                        let seen = match &n.kind {
-                            NodeKind::Dir { opaque } => Seen::Dir {
-                                opaque: opaque.is_some(),
-                            },
-                            NodeKind::Whiteout(_) => Seen::Whiteout,
+                        let seen = match n.kind() {
+                            ItemKind::Dir => Seen::Dir { opaque: false },
+                            ItemKind::Opaque(_) => Seen::Dir { opaque: true },
+                            ItemKind::Whiteout(_) => Seen::Whiteout,
                             _ => Seen::NonDir,
                         };
-                        (n.path.clone(), seen)
+                        (n.path().to_string(), seen)
                     })
                     .collect()
             })
             .collect();
         let mut doomed: Vec<(usize, String)> = Vec::new();
-        for (i, l) in all.iter().enumerate() {
-            for n in &l.nodes {
-                if matches!(n.kind, NodeKind::Whiteout(_)) {
-                    let chain = dir_chain(&layers, &parent_of(&n.path));
+        for (i, l) in layers.iter().enumerate() {
+            for n in l.items() {
+                if matches!(n.kind(), ItemKind::Whiteout(_)) {
+                    let chain = dir_chain(&seen, parent_of(n.path()));
                     if !(chain.contains(&i) && chain.len() >= 2) {
-                        doomed.push((i, n.path.clone()));
+                        doomed.push((i, n.path().to_string()));
                     }
                 }
             }
@@ -284,14 +284,7 @@ fn drop_whiteouts_in_unmerged_dirs(spec: &mut StackSpec) {
             return;
         }
         for (i, path) in doomed {
-            let layer = if i == 0 {
-                spec.upper.as_mut().unwrap()
-            } else {
-                &mut spec.lowers[i - 1]
-            };
-            layer
-                .nodes
-                .retain(|n| !(n.path == path && matches!(n.kind, NodeKind::Whiteout(_))));
+            layers[i].retain(|n| !(n.path() == path && matches!(n.kind(), ItemKind::Whiteout(_))));
         }
     }
 }
@@ -668,13 +661,6 @@ struct MtimeTracker {
     explicit: BTreeSet<String>,
 }
 
-fn parent_of(p: &str) -> String {
-    match p.rsplit_once('/') {
-        Some((a, _)) => a.to_string(),
-        None => String::new(),
-    }
-}
-
 impl MtimeTracker {
     fn forget_tree(&mut self, p: &str) {
         let prefix = format!("{p}/");
@@ -682,8 +668,7 @@ impl MtimeTracker {
     }
     fn forget_entry(&mut self, p: &str) {
         self.forget_tree(p);
-        let parent = parent_of(p);
-        self.explicit.remove(&parent);
+        self.explicit.remove(parent_of(p));
     }
     /// Writes may reach any hard link or symlink alias of a file.
     fn forget_non_dirs(&mut self, snap_hint: &Snapshot) {
@@ -738,7 +723,7 @@ fn subject() -> Subject {
 
 struct Case {
     seed: u64,
-    spec: StackSpec,
+    spec: TempStackBuilder,
     ops: Vec<Op>,
 }
 
@@ -753,10 +738,15 @@ fn gen_case(seed: u64, nops: usize) -> Case {
 
 fn check_generator_avoids_known_divergences(case: &Case) {
     let mut names: Vec<String> = Vec::new();
-    for layer in case.spec.lowers.iter().chain(case.spec.upper.iter()) {
-        for n in &layer.nodes {
-            names.push(n.path.clone());
-            names.extend(n.xattrs.iter().map(|(k, _)| k.clone()));
+    for layer in case
+        .spec
+        .lower_layers()
+        .iter()
+        .chain(case.spec.upper_layer())
+    {
+        for n in layer.items() {
+            names.push(n.path().to_string());
+            names.extend(n.xattrs().iter().map(|(k, _)| k.clone()));
         }
     }
     for op in &case.ops {
@@ -779,27 +769,27 @@ fn describe_case(case: &Case) -> String {
         "seed {} (0x{:x})\nstack (lowers[0] is the top lower):\n",
         case.seed, case.seed
     );
-    let fmt_layer = |l: &LayerSpec| {
+    let fmt_layer = |l: &Layer| {
         let mut s = String::new();
-        for n in &l.nodes {
-            s.push_str(&format!("    {:?} {:?}", n.path, n.kind));
-            if let Some(m) = n.mode {
+        for n in l.items() {
+            s.push_str(&format!("    {:?} {:?}", n.path(), n.kind()));
+            if let Some(m) = n.mode() {
                 s.push_str(&format!(" mode={m:o}"));
             }
-            if let Some((u, g)) = n.owner {
+            if let Some((u, g)) = n.owner() {
                 s.push_str(&format!(" owner={u}:{g}"));
             }
-            for (k, v) in &n.xattrs {
+            for (k, v) in n.xattrs() {
                 s.push_str(&format!(" {k}={:?}", String::from_utf8_lossy(v)));
             }
             s.push('\n');
         }
         s
     };
-    for (i, l) in case.spec.lowers.iter().enumerate() {
+    for (i, l) in case.spec.lower_layers().iter().enumerate() {
         out.push_str(&format!("  lower{i}:\n{}", fmt_layer(l)));
     }
-    if let Some(u) = &case.spec.upper {
+    if let Some(u) = case.spec.upper_layer() {
         out.push_str(&format!("  upper:\n{}", fmt_layer(u)));
     }
     out.push_str("ops:\n");
@@ -891,10 +881,10 @@ fn compare_views(stage: &str, s: &Path, k: &Path, opts: &CmpOpts) -> Result<(), 
 
 fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     let sformat = match subj {
-        Subject::Stratafs => Format::Mixed(case.seed.wrapping_mul(31).wrapping_add(7)),
-        Subject::Kernel => Format::Kernel,
+        Subject::Stratafs => Markers::Mixed(case.seed.wrapping_mul(31).wrapping_add(7)),
+        Subject::Kernel => Markers::Kernel,
     };
-    let kstack = case.spec.build(Format::Kernel);
+    let kstack = case.spec.build(Markers::Kernel);
     let sstack = case.spec.build(sformat);
     let km = kstack.mount_kernel();
     let mut sm = Some(mount_subject(&sstack, subj));
@@ -936,11 +926,7 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
             }
         }
         // Whiteout templates (char 0/0) may stay; anything else is a leak.
-        let left: Vec<_> = sstack
-            .strata_work_entries()
-            .into_iter()
-            .filter(|(_, k)| *k != Kind::CharDev)
-            .collect();
+        let left = sstack.work_leftovers();
         if !left.is_empty() {
             return Err((
                 "work dir".into(),
@@ -969,21 +955,6 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     drop(sm2);
     drop(km);
     Ok(())
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => {
-            let v = v.trim();
-            let parsed = if let Some(hex) = v.strip_prefix("0x") {
-                u64::from_str_radix(hex, 16)
-            } else {
-                v.parse()
-            };
-            parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-        }
-        Err(_) => default,
-    }
 }
 
 const PARTS: u64 = 4;
@@ -1016,7 +987,7 @@ fn run_part(part: u64) {
         };
         if let Some((stage, details)) = failure {
             eprintln!(
-                "DIVERGENCE seed={seed} stage={stage}\nreproduce: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_CASES=1 cargo test --test differential\n{}{details}\n",
+                "DIVERGENCE seed={seed} stage={stage}\nreproduce: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_CASES=1 cargo test --test it differential::\n{}{details}\n",
                 describe_case(&case)
             );
             divergences.push(Divergence {
@@ -1093,12 +1064,12 @@ fn generator_is_deterministic_and_avoids_accepted_divergences() {
 fn snapshot_metadata_is_read_through_lstat() {
     // Guards the harness: symlinks are not followed and modes keep the
     // special bits.
-    let spec = StackSpec::read_only(vec![LayerSpec::new()
+    let spec = read_only_stack(vec![Layer::new()
         .file("f", "x")
         .mode(0o4755)
         .symlink("l", "f")]);
-    let st = spec.build(Format::Kernel);
-    let snap = snapshot_view(&st.lowers[0]);
+    let st = spec.build(Markers::Kernel);
+    let snap = snapshot_view(&st.lowers()[0]);
     assert_eq!(meta_of(&snap, "f").mode, 0o4755);
     assert_eq!(meta_of(&snap, "l").kind, Kind::Symlink);
     assert_eq!(meta_of(&snap, "l").target.as_deref(), Some("f"));

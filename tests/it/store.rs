@@ -1,13 +1,11 @@
 //! Overlay2 layer stores (`stratafs mount --store`, `stratafs inspect`) and
 //! very deep stacks.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// A Docker/containers-storage style store: base <- mid <- cont-init <- cont.
 fn make_store(root: &Path) {
@@ -38,8 +36,12 @@ fn make_store(root: &Path) {
     std::fs::create_dir_all(root.join("cont/work")).unwrap();
 }
 
+fn stratafs() -> Command {
+    Command::new(stratafs_bin())
+}
+
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(stratafs_bin()).args(args).output().unwrap()
+    stratafs().args(args).output().unwrap()
 }
 
 #[test]
@@ -50,13 +52,10 @@ fn mount_a_store_layer_by_id() {
     let mnt = tmp.path().join("merged");
     std::fs::create_dir(&mnt).unwrap();
     let s = store.to_str().unwrap();
-    let out = run(&["mount", "--store", s, "cont", mnt.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let guard = ExternalMount::run(
+        stratafs().args(["mount", "--store", s, "cont", mnt.to_str().unwrap()]),
+        &mnt,
     );
-    let guard = ExternalMount::new(&mnt);
     assert_eq!(read_string(&mnt.join("etc/os-release")), "mid");
     assert_eq!(read_string(&mnt.join("etc/hosts")), "container hosts");
     assert!(!mnt.join("etc/removed").exists(), "AUFS whiteout of mid");
@@ -68,20 +67,17 @@ fn mount_a_store_layer_by_id() {
     );
 
     // Read-only: the layer's own diff on top of its chain.
-    let out = run(&[
-        "mount",
-        "--store",
-        s,
-        "--read-only",
-        "mid",
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let guard = ExternalMount::run(
+        stratafs().args([
+            "mount",
+            "--store",
+            s,
+            "--read-only",
+            "mid",
+            mnt.to_str().unwrap(),
+        ]),
+        &mnt,
     );
-    let guard = ExternalMount::new(&mnt);
     assert_eq!(read_string(&mnt.join("etc/os-release")), "mid");
     assert_eq!(read_string(&mnt.join("etc/hosts")), "base hosts");
     let e = std::fs::write(mnt.join("x"), "x").unwrap_err();
@@ -212,8 +208,7 @@ fn a_stack_of_600_layers_mounts_and_works() {
         "the option string is long: {}",
         opts.len()
     );
-    let _mount = spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts], &m)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let _mount = try_mount_stratafs(&opts, &m).unwrap_or_else(|e| panic!("{e}"));
     let names = std::fs::read_dir(m.join("etc")).unwrap().count();
     assert_eq!(names, n + 1);
     assert_eq!(read_string(&m.join("etc/version")), "0", "top layer wins");

@@ -61,19 +61,17 @@
 //! Appends and overwrites are single writes of at most 64 bytes within one
 //! page, so they are all or nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const TEST_NAME: &str = "sigkill_during_changes_never_leaves_partial_state";
+const TEST_NAME: &str = "crash::sigkill_during_changes_never_leaves_partial_state";
 /// Set (to the worker's config file) in the re-executed worker process.
 const WORKER_ENV: &str = "STRATAFS_CRASH_WORKER";
 /// Set in the child that runs the test in its own mount namespace.
@@ -336,10 +334,6 @@ type Model = BTreeMap<String, St>;
 
 fn state_of(model: &Model, path: &str) -> St {
     model.get(path).cloned().unwrap_or(St::Absent)
-}
-
-fn parent_of(path: &str) -> &str {
-    path.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
 }
 
 fn name_of(path: &str) -> &str {
@@ -1312,34 +1306,7 @@ fn unmount_checked(mut m: Mount) -> Result<(), String> {
 /// A whiteout in the upper for a name the model has as absent.
 fn write_whiteout_if_absent(stack: &Stack, path: &str, st: &St) {
     if *st == St::Absent {
-        write_whiteout(&stack.u(path), WhiteoutForm::CharDev);
-    }
-}
-
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(st)) = child.try_wait() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => {
-            let v = v.trim();
-            let parsed = match v.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16),
-                None => v.parse(),
-            };
-            parsed.unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-        }
-        Err(_) => default,
+        WhiteoutForm::CharDevice.write(&stack.u(path)).unwrap();
     }
 }
 
@@ -1386,8 +1353,8 @@ impl Crash {
         let mut rng = Rng::new(seed);
         let seed_of = |p: &str, layer: usize| fnv1a(p.as_bytes()) ^ (layer as u64 + 1);
         let mut lower_model = Model::new();
-        let mut l0 = LayerSpec::new().dir("big").dir("small").dir("dirs");
-        let mut l1 = LayerSpec::new().dir("big").dir("small").dir("dirs");
+        let mut l0 = Layer::new().dir("big").dir("small").dir("dirs");
+        let mut l1 = Layer::new().dir("big").dir("small").dir("dirs");
         for name in ["big", "small", "dirs"] {
             lower_model.insert(name.to_string(), St::Dir);
         }
@@ -1426,7 +1393,7 @@ impl Crash {
             }
         }
         // The wide directory: lower files, all whiteouts in the upper.
-        let mut upper = LayerSpec::new().dir(WIDE);
+        let mut upper = Layer::new().dir(WIDE);
         l1 = l1.dir(WIDE);
         lower_model.insert(WIDE.to_string(), St::Dir);
         for i in 0..WIDE_FILES {
@@ -1435,7 +1402,7 @@ impl Crash {
             upper = upper.whiteout(&p);
             lower_model.insert(p, St::File(Content::default()));
         }
-        let stack = StackSpec::new(vec![l0, l1], upper).build(Format::Kernel);
+        let stack = stack(vec![l0, l1], upper).build(Markers::Kernel);
         // Large files, written directly into the bottom layer.
         let mut buf = vec![0u8; MIB as usize];
         for (i, mib) in BIG_MIB.iter().enumerate() {
@@ -1448,7 +1415,7 @@ impl Crash {
             }
             lower_model.insert(p, St::File(c));
         }
-        let lower_fp = lower_fingerprint(&stack.lowers);
+        let lower_fp = lower_fingerprint(stack.lowers());
         let mut initial_model = lower_model.clone();
         for (p, st) in initial_model.iter_mut() {
             if p.starts_with(&format!("{WIDE}/")) {
@@ -1528,7 +1495,7 @@ impl Crash {
         if self.wide_dirty {
             self.reset_wide();
         }
-        let root = self.stack.root.clone();
+        let root = self.stack.root().to_path_buf();
         let journal_path = root.join("journal");
         let cfg_path = root.join("worker.cfg");
         let log_path = root.join("worker.log");
@@ -1603,7 +1570,7 @@ impl Crash {
             }
         }
         // The worker's FUSE calls now fail (ENOTCONN): it must stop by itself.
-        match wait_child(&mut worker, Duration::from_secs(20)) {
+        match wait_timeout(&mut worker, Duration::from_secs(20)) {
             Some(st) => {
                 let code = st.code();
                 if code != Some(WORKER_DAEMON_GONE) && problems.is_empty() {
@@ -1639,23 +1606,13 @@ impl Crash {
         }
 
         // --- Fresh mount: leftovers must be gone, then the model holds.
-        let before: Vec<_> = self
-            .stack
-            .strata_work_entries()
-            .into_iter()
-            .filter(|(_, k)| *k != Kind::CharDev)
-            .collect();
+        let before = self.stack.work_leftovers();
         if !before.is_empty() {
             self.stats.rounds_with_work_leftovers += 1;
             self.stats.work_leftovers += before.len() as u64;
         }
         let fresh = self.mount("fresh mount after the kill");
-        let after: Vec<_> = self
-            .stack
-            .strata_work_entries()
-            .into_iter()
-            .filter(|(_, k)| *k != Kind::CharDev)
-            .collect();
+        let after = self.stack.work_leftovers();
         if !after.is_empty() {
             problems.push(format!(
                 "W/work not cleared by the new mount: {after:?} (before the mount: {before:?})"
@@ -1667,7 +1624,7 @@ impl Crash {
         if let Err(e) = unmount_checked(fresh) {
             problems.push(e);
         }
-        let fp = lower_fingerprint(&self.stack.lowers);
+        let fp = lower_fingerprint(self.stack.lowers());
         if fp != self.lower_fp {
             for (k, v) in &fp {
                 if self.lower_fp.get(k) != Some(v) {
@@ -1971,7 +1928,7 @@ impl Crash {
         for (p, st) in &self.lower_model {
             let St::File(c) = st else { continue };
             // The topmost lower layer holding the name has the model content.
-            let top = (0..self.stack.lowers.len())
+            let top = (0..self.stack.lowers().len())
                 .map(|i| self.stack.l(i, p))
                 .find(|lp| fs::symlink_metadata(lp).is_ok());
             match top.map(|lp| first_diff(&lp, c)) {
@@ -2065,14 +2022,14 @@ fn sigkill_during_changes_never_leaves_partial_state() {
     let mut c = Crash::new(seed);
     eprintln!(
         "crash: seed {seed:#x}, {rounds} rounds, layers in {:?} (built in {:.1} s)",
-        c.stack.root,
+        c.stack.root(),
         t0.elapsed().as_secs_f64()
     );
     for round in 0..rounds {
         let problems = c.round(round, round + 1 == rounds);
         if !problems.is_empty() {
             let keep = std::env::var_os("STRATAFS_CRASH_KEEP").is_some();
-            let root = c.stack.root.clone();
+            let root = c.stack.root().to_path_buf();
             if keep {
                 std::mem::forget(c);
             }

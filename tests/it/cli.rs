@@ -1,26 +1,20 @@
 //! Command line contract: mounting in the foreground and as a daemon,
 //! unmounting, escaped option values, and error handling.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 fn simple_stack() -> Stack {
-    StackSpec::new(
+    stack(
         vec![
-            LayerSpec::new().file("lower", "l"),
-            LayerSpec::new().file("below", "b"),
+            Layer::new().file("lower", "l"),
+            Layer::new().file("below", "b"),
         ],
-        LayerSpec::new().file("upper", "u"),
+        Layer::new().file("upper", "u"),
     )
-    .build(Format::Kernel)
-}
-
-fn opts_of(st: &Stack) -> String {
-    overlay_opts(&st.lowers, st.upper.as_deref(), st.work.as_deref())
+    .build(Markers::Kernel)
 }
 
 #[test]
@@ -72,7 +66,7 @@ fn daemon_mode_returns_once_the_mount_is_live() {
     let r = run_with_timeout(
         Command::new(stratafs_bin())
             .arg("-o")
-            .arg(opts_of(&st))
+            .arg(st.overlay_opts())
             .arg(&st.mnt),
         Duration::from_secs(30),
     );
@@ -195,9 +189,14 @@ fn missing_lowerdir_is_an_error() {
 #[test]
 fn workdir_on_another_filesystem_than_upperdir_is_an_error() {
     let (_tmp, root) = bare_dirs();
-    let Ok(tfs) = TmpfsMount::new(&root.join("tmpfs")) else {
-        eprintln!("note: cannot mount tmpfs here; skipping");
-        return;
+    let tfs = match TmpfsMount::new(&root.join("tmpfs")) {
+        Ok(t) => t,
+        Err(e) => {
+            return skip(
+                "workdir_on_another_filesystem_than_upperdir_is_an_error",
+                &format!("cannot mount tmpfs: {}", errno_name(e)),
+            )
+        }
     };
     let work = tfs.path.join("work");
     std::fs::create_dir(&work).unwrap();

@@ -4,14 +4,24 @@ use std::process::Command;
 
 use stratafs::api::{Layer, OverlayBuilder, TempStack};
 
-fn fuse_usable() -> bool {
-    std::path::Path::new("/dev/fuse").exists()
+use crate::common::skip;
+
+/// Whether FUSE can be mounted here; if not, `test` is skipped.
+fn fuse_usable(test: &str) -> bool {
+    let usable = std::path::Path::new("/dev/fuse").exists();
+    if !usable {
+        skip(test, "no /dev/fuse");
+    }
+    usable
 }
 
 #[test]
 fn build_in_a_layered_tree() -> Result<(), Box<dyn std::error::Error>> {
-    if !fuse_usable() || Command::new("make").arg("--version").output().is_err() {
-        eprintln!("note: no /dev/fuse or no make; skipping");
+    if !fuse_usable("build_in_a_layered_tree") {
+        return Ok(());
+    }
+    if Command::new("make").arg("--version").output().is_err() {
+        skip("build_in_a_layered_tree", "no make");
         return Ok(());
     }
     // The "base image": sources and a Makefile in a read-only lower layer.
@@ -39,7 +49,7 @@ fn build_in_a_layered_tree() -> Result<(), Box<dyn std::error::Error>> {
 
 #[test]
 fn guard_unmounts_when_a_test_panics() -> Result<(), Box<dyn std::error::Error>> {
-    if !fuse_usable() {
+    if !fuse_usable("guard_unmounts_when_a_test_panics") {
         return Ok(());
     }
     let stack = TempStack::new(&[Layer::new().file("f", "x")])?;
@@ -60,7 +70,7 @@ fn guard_unmounts_when_a_test_panics() -> Result<(), Box<dyn std::error::Error>>
 
 #[test]
 fn layers_read_only_mounts_and_options() -> Result<(), Box<dyn std::error::Error>> {
-    if !fuse_usable() {
+    if !fuse_usable("layers_read_only_mounts_and_options") {
         return Ok(());
     }
     let stack = TempStack::new(&[

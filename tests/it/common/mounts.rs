@@ -1,0 +1,381 @@
+//! Mounts: the stratafs daemon (spawned as the binary under test), the
+//! kernel overlay (the oracle), scratch tmpfs, and /proc/self/mountinfo.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use stratafs::api::OpaqueForm;
+
+use super::env::stratafs_bin;
+use super::errno::errno_name;
+use super::process::{read_captured, wait_timeout};
+use super::stacks::join_rel;
+use super::sys;
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug)]
+pub struct MountInfo {
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub mount_opts: String,
+}
+
+fn unescape_mountinfo(s: &str) -> OsString {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    OsString::from_vec(out)
+}
+
+/// The mounts this process sees.
+pub fn mountinfo() -> Vec<MountInfo> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let (pre, post) = match line.split_once(" - ") {
+            Some(x) => x,
+            None => continue,
+        };
+        let pre: Vec<&str> = pre.split(' ').collect();
+        let post: Vec<&str> = post.split(' ').collect();
+        if pre.len() < 6 || post.len() < 3 {
+            continue;
+        }
+        out.push(MountInfo {
+            mount_point: PathBuf::from(unescape_mountinfo(pre[4])),
+            fstype: post[0].to_string(),
+            mount_opts: pre[5].to_string(),
+        });
+    }
+    out
+}
+
+/// Number of mounts stacked on `mnt`.
+pub fn mounts_at(mnt: &Path) -> usize {
+    mountinfo().iter().filter(|m| m.mount_point == mnt).count()
+}
+
+/// The last (topmost) mount on `mnt`, if any.
+pub fn mount_at(mnt: &Path) -> Option<MountInfo> {
+    mountinfo().into_iter().rfind(|m| m.mount_point == mnt)
+}
+
+/// Escapes `\`, `:` and `,` in a path used inside `-o` option values.
+pub fn escape_opt_path(p: &Path) -> String {
+    let s = p.to_str().expect("utf-8 path");
+    let mut out = String::new();
+    for c in s.chars() {
+        if matches!(c, '\\' | ':' | ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The `-o` value (`lowerdir=...,upperdir=...,workdir=...`) of a stack.
+pub fn overlay_opts(lowers: &[PathBuf], upper: Option<&Path>, work: Option<&Path>) -> String {
+    let lower: Vec<String> = lowers.iter().map(|p| escape_opt_path(p)).collect();
+    let mut opts = format!("lowerdir={}", lower.join(":"));
+    if let Some(u) = upper {
+        opts.push_str(&format!(",upperdir={}", escape_opt_path(u)));
+    }
+    if let Some(w) = work {
+        opts.push_str(&format!(",workdir={}", escape_opt_path(w)));
+    }
+    opts
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MountKind {
+    Strata,
+    Kernel,
+}
+
+/// A live mount. Dropping it always unmounts (fusermount3 -u, then a lazy
+/// umount) and reaps the daemon.
+pub struct Mount {
+    kind: MountKind,
+    pub mnt: PathBuf,
+    base_mounts: usize,
+    child: Option<Child>,
+    stderr: Option<fs::File>,
+    done: bool,
+}
+
+impl Mount {
+    pub fn path(&self) -> &Path {
+        &self.mnt
+    }
+    /// The daemon's pid (stratafs mounts only).
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+    /// Wait for the daemon to exit by itself (after a signal or an
+    /// unmount); its exit status, or `None` after `timeout`.
+    pub fn wait_daemon(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let st = wait_timeout(self.child.as_mut()?, timeout)?;
+        self.child = None;
+        Some(st)
+    }
+    pub fn p(&self, rel: &str) -> PathBuf {
+        join_rel(&self.mnt, rel)
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn daemon_stderr(&self) -> String {
+        self.stderr.as_ref().map(read_captured).unwrap_or_default()
+    }
+
+    /// Unmounts and returns the daemon's exit status (None for kernel
+    /// mounts or when the daemon had to be killed).
+    pub fn unmount(mut self) -> Option<ExitStatus> {
+        self.do_unmount()
+    }
+
+    fn do_unmount(&mut self) -> Option<ExitStatus> {
+        if self.done {
+            return None;
+        }
+        self.done = true;
+        match self.kind {
+            MountKind::Kernel => {
+                if sys::umount2(&self.mnt, 0).is_err() {
+                    let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
+                }
+                None
+            }
+            MountKind::Strata => {
+                // Anything mounted on our private mountpoint above what was
+                // there before the daemon started is ours.
+                for attempt in 0..3 {
+                    if mounts_at(&self.mnt) <= self.base_mounts {
+                        break;
+                    }
+                    match attempt {
+                        0 => {
+                            let _ = Command::new("fusermount3")
+                                .arg("-u")
+                                .arg("-q")
+                                .arg(&self.mnt)
+                                .stdin(Stdio::null())
+                                .stdout(Stdio::null())
+                                .stderr(Stdio::null())
+                                .status();
+                        }
+                        1 => {
+                            let _ = sys::umount2(&self.mnt, 0);
+                        }
+                        _ => {
+                            let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
+                        }
+                    }
+                }
+                let mut child = self.child.take()?;
+                let st = wait_timeout(&mut child, Duration::from_secs(10));
+                if st.is_none() {
+                    eprintln!("warning: stratafs daemon did not exit after unmount; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                st
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.do_unmount();
+    }
+}
+
+/// Mounts stratafs on `mnt` over these directories (`-f`, a child of the
+/// test).
+pub fn mount_stratafs(
+    lowers: &[PathBuf],
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    mnt: &Path,
+) -> Mount {
+    try_mount_stratafs(&overlay_opts(lowers, upper, work), mnt).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Spawns `stratafs -f -o OPTS MNT` and waits until the mount is live.
+pub fn try_mount_stratafs(opts: &str, mnt: &Path) -> Result<Mount, String> {
+    spawn_stratafs(&["-f".to_string(), "-o".to_string(), opts.to_string()], mnt)
+}
+
+/// Spawns the daemon with arbitrary arguments followed by `mnt` and waits
+/// until mountinfo shows `mnt` with the stratafs fstype.
+fn spawn_stratafs(args: &[String], mnt: &Path) -> Result<Mount, String> {
+    let bin = stratafs_bin();
+    let override_fstype = std::env::var("STRATAFS_TEST_FSTYPE").ok();
+    let base_mounts = mounts_at(mnt);
+    let stderr = tempfile::tempfile().map_err(|e| format!("stderr capture file: {e}"))?;
+    let child = Command::new(&bin)
+        .args(args)
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr.try_clone().map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("cannot spawn {bin:?}: {e}"))?;
+    let mut m = Mount {
+        kind: MountKind::Strata,
+        mnt: mnt.to_path_buf(),
+        base_mounts,
+        child: Some(child),
+        stderr: Some(stderr),
+        done: false,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The exact fstype (`fuse.stratafs`) is asserted by the CLI tests;
+        // here any FUSE mount on the mountpoint means the daemon is up, so
+        // one wrong detail does not fail every test.
+        if mounts_at(mnt) > base_mounts {
+            if let Some(mi) = mount_at(mnt) {
+                let accepted = match &override_fstype {
+                    Some(f) => &mi.fstype == f,
+                    None => mi.fstype == "fuse" || mi.fstype.starts_with("fuse."),
+                };
+                if accepted {
+                    return Ok(m);
+                }
+            }
+        }
+        if let Some(st) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            let err = m.daemon_stderr();
+            m.child = None;
+            m.done = mounts_at(mnt) <= base_mounts;
+            return Err(format!(
+                "stratafs exited before the mount went live ({st}); args {args:?} {mnt:?}\n--- daemon stderr ---\n{err}"
+            ));
+        }
+        if Instant::now() > deadline {
+            let err = m.daemon_stderr();
+            drop(m);
+            return Err(format!(
+                "timed out waiting for a FUSE mount on {mnt:?} in mountinfo; args {args:?}\n--- daemon stderr ---\n{err}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Mounts the kernel overlay (the oracle) on `mnt`.
+pub fn mount_kernel(
+    lowers: &[PathBuf],
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    mnt: &Path,
+) -> Mount {
+    let mut opts = overlay_opts(lowers, upper, work);
+    // The kernel overlay reads user.overlay.* xattrs only with userxattr
+    // (required in a user namespace); stacks carry the kernel's markers.
+    if OpaqueForm::kernel() != OpaqueForm::Trusted {
+        opts.push_str(",userxattr");
+    }
+    let flags = if upper.is_none() { libc::MS_RDONLY } else { 0 };
+    sys::mount("overlay", mnt, "overlay", flags, &opts)
+        .unwrap_or_else(|e| panic!("mount -t overlay -o {opts} {mnt:?}: {}", errno_name(e)));
+    Mount {
+        kind: MountKind::Kernel,
+        mnt: mnt.to_path_buf(),
+        base_mounts: 0,
+        child: None,
+        stderr: None,
+        done: false,
+    }
+}
+
+/// A scratch tmpfs mounted on `dir`, unmounted on drop.
+pub struct TmpfsMount {
+    pub path: PathBuf,
+}
+
+impl TmpfsMount {
+    pub fn new(dir: &Path) -> Result<TmpfsMount, i32> {
+        Self::with_options(dir, "size=64m,mode=0755")
+    }
+
+    /// A tmpfs with the given mount options (e.g. `size=8m,nr_inodes=64`).
+    pub fn with_options(dir: &Path, opts: &str) -> Result<TmpfsMount, i32> {
+        fs::create_dir_all(dir).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        sys::mount("tmpfs", dir, "tmpfs", 0, opts)?;
+        Ok(TmpfsMount {
+            path: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        if sys::umount2(&self.path, 0).is_err() {
+            let _ = sys::umount2(&self.path, libc::MNT_DETACH);
+        }
+    }
+}
+
+/// A mount made by a daemonized `stratafs` (not a child of the test):
+/// unmounted on drop, which also ends the daemon.
+pub struct ExternalMount {
+    mnt: PathBuf,
+}
+
+impl ExternalMount {
+    /// Runs `cmd`, a stratafs command line that mounts `mnt` and returns
+    /// once the daemon serves it; asserts it exited 0 (its stderr is the
+    /// message) and guards the mount.
+    #[track_caller]
+    pub fn run(cmd: &mut Command, mnt: &Path) -> Self {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ExternalMount {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for ExternalMount {
+    fn drop(&mut self) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        // Wait for the mount to disappear.
+        for _ in 0..200 {
+            if mount_at(&self.mnt).is_none() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The integration tests: one binary, one module per area. They mount
+//! stratafs for real (FUSE) on temporary layer stacks and, where the kernel
+//! overlay defines the behaviour, compare with it on the same stacks.
+//!
+//! Run one area with `cargo test --test it read_path::`.
+
+mod common;
+
+mod check;
+mod cli;
+mod crash;
+mod differential;
+mod enospc;
+mod hostile;
+mod library;
+mod lifecycle;
+mod ownership;
+mod read_path;
+mod store;
+mod stress;
+mod write_path;
