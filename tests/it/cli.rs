@@ -245,3 +245,72 @@ fn read_only_mount_without_upperdir_creates_nothing() {
     drop(m);
     assert_eq!(tree_listing(&root), before);
 }
+
+/// Malformed command lines: exit status 1 and one line on stderr, before
+/// anything is touched.
+#[test]
+fn binary_rejects_malformed_command_lines_with_one_line() {
+    let cases: &[&[&str]] = &[
+        &["-o", "lowerdir=", "/nonexistent-mnt"],
+        &["-o", "upperdir=/u,workdir=/w", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a::/b", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,upperdir=/u", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,workdir=/w", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,timeout=soon", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,timeout=1\n2", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,threads=0", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,xattr_permissions=7", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,fsync=maybe", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,squash_to_uid=-1", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a,uidmapping=0:1", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a\n:\n:", "/nonexistent-mnt"],
+        &["-o", "lowerdir", "/nonexistent-mnt"],
+        &["-o", "lowerdir=/a", "-o", "upperdir=", "/nonexistent-mnt"],
+        &["-f", "-o", "nodev,,noexec", "/nonexistent-mnt"],
+    ];
+    for args in cases {
+        let (status, out, err) = run_with_timeout(
+            Command::new(stratafs_bin()).args(*args),
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|| panic!("stratafs {args:?} hung"));
+        assert_eq!(status.code(), Some(1), "stratafs {args:?}: stderr {err:?}");
+        assert!(out.is_empty(), "stratafs {args:?}: stdout {out:?}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "stratafs {args:?}: stderr is not one line: {err:?}"
+        );
+        assert!(err.starts_with("stratafs: "), "stratafs {args:?}: {err:?}");
+        assert!(err.trim().len() > "stratafs:".len(), "{err:?}");
+    }
+}
+
+/// Permissions are always checked by the kernel (`default_permissions`):
+/// the mount carries it, and there is no option that turns it off.
+#[test]
+fn default_permissions_is_always_on() {
+    let st = simple_stack();
+    let m = st.mount_strata();
+    let mi = mount_at(&st.mnt).expect("mountinfo entry");
+    assert!(
+        mi.super_opts.split(',').any(|o| o == "default_permissions"),
+        "super options {:?}",
+        mi.super_opts
+    );
+    drop(m);
+    let (status, _, err) = run_with_timeout(
+        Command::new(stratafs_bin()).args([
+            "-o",
+            "lowerdir=/nonexistent-lower,nodefault_permissions",
+            "/nonexistent-mnt",
+        ]),
+        Duration::from_secs(30),
+    )
+    .expect("stratafs hung");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("warning: unknown option nodefault_permissions ignored"),
+        "{err}"
+    );
+}

@@ -1611,8 +1611,15 @@ impl Worker {
                     // EINVAL: a concurrent rename moved the target's parent
                     // below the source between the path walk and the rename
                     // lock; the VFS then refuses to put a directory inside
-                    // itself (the kernel overlay does the same).
-                    Err(EINVAL) if rel.matches('/').count() < dst.matches('/').count() => {
+                    // itself (the kernel overlay does the same). The moves
+                    // that cause it can leave the two paths at any depth, so
+                    // what tells it apart is that the source is a directory
+                    // (the VFS never answers EINVAL for a file).
+                    Err(EINVAL)
+                        if rel.matches('/').count() < dst.matches('/').count()
+                            || sys::lstat(&p)
+                                .is_ok_and(|st| mode_kind(st.st_mode) == Kind::Dir) =>
+                    {
                         self.check(op, &what, Err::<(), i32>(EINVAL), &[EINVAL]);
                     }
                     r => {

@@ -22,6 +22,8 @@ pub struct MountInfo {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub mount_opts: String,
+    /// The filesystem's own options (`default_permissions`, `user_id=`...).
+    pub super_opts: String,
 }
 
 fn unescape_mountinfo(s: &str) -> OsString {
@@ -62,6 +64,7 @@ pub fn mountinfo() -> Vec<MountInfo> {
             mount_point: PathBuf::from(unescape_mountinfo(pre[4])),
             fstype: post[0].to_string(),
             mount_opts: pre[5].to_string(),
+            super_opts: post[2].to_string(),
         });
     }
     out
