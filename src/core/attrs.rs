@@ -220,7 +220,7 @@ impl Overlay {
         }
         self.writable()?;
         let node = self.node(ino)?;
-        let up = self.copy_up(&node, Data::All)?;
+        let up = self.copy_up_for_xattr(&node)?;
         let stored = xattr_names::stored_name(self.containers_mode(0), name);
         if stored.len() > 255 {
             return Err(Errno::RANGE);
@@ -244,10 +244,20 @@ impl Overlay {
         self.with_top(&node, |layer, top| {
             top.get_xattr(&xattr_names::stored_name(self.containers_mode(layer), name))
         })?;
-        let up = self.copy_up(&node, Data::All)?;
+        let up = self.copy_up_for_xattr(&node)?;
         xattr::remove(
             &*up,
             &xattr_names::stored_name(self.containers_mode(0), name),
         )
+    }
+
+    /// The upper object an xattr change goes to: a node that has one (a
+    /// hard-linked file's copy in the index included) is changed there, no
+    /// name is linked up (as the kernel overlay does); else a copy-up.
+    fn copy_up_for_xattr(&self, node: &Arc<Node>) -> Result<Arc<std::os::fd::OwnedFd>> {
+        match self.upper_fd(node)? {
+            Some(u) => Ok(u),
+            None => self.copy_up(node, Data::All),
+        }
     }
 }

@@ -19,15 +19,17 @@ use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, XattrFlags};
 
+use super::index::IndexEntry;
 use super::inodes::ROOT_INO;
 use super::node::Node;
 use super::notify::Invalidate;
 use super::obj::Obj;
+use super::origin;
 use super::overlay::Overlay;
 use super::resolve;
 use crate::error::{show_bytes, Errno, Result};
 use crate::format::override_stat::{self, Override};
-use crate::format::xattr_names;
+use crate::format::xattr_names::{self, Ovl};
 use crate::setup::stack::Stack;
 use crate::sys::{fd, tree, xattr};
 
@@ -47,7 +49,23 @@ impl Overlay {
     pub(crate) fn copy_up(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
         self.writable()?;
         if let Some(u) = self.upper_fd(node)? {
+            // A hard-linked file whose copy is in the index: a change
+            // through one of its names links that name up.
+            self.link_up_recent(node)?;
             return Ok(u);
+        }
+        let hard_linked = !node.is_dir()
+            && node
+                .state
+                .read()
+                .lowers
+                .first()
+                .and_then(|l| l.obj.stat().ok())
+                .is_some_and(|st| st.st_nlink > 1);
+        if hard_linked && self.stack.index.is_some() {
+            // Its copy goes to the index; only the name the change goes
+            // through (and its parents) is copied up then.
+            return self.copy_up_one(node, data);
         }
         // Collect the ancestors that lack an upper copy, nearest first.
         let mut chain = vec![node.clone()];
@@ -62,14 +80,6 @@ impl Overlay {
             }
             chain.push(p);
         }
-        let hard_linked = !node.is_dir()
-            && node
-                .state
-                .read()
-                .lowers
-                .first()
-                .and_then(|l| l.obj.stat().ok())
-                .is_some_and(|st| st.st_nlink > 1);
         let mut last = None;
         for n in chain.iter().rev() {
             let d = if Arc::ptr_eq(n, node) {
@@ -81,8 +91,9 @@ impl Overlay {
         }
         let up = last.ok_or(Errno::IO)?;
         if hard_linked {
-            // Other names of a hard-linked lower file that the kernel knows
-            // as this inode get links to the copy.
+            // Without an index (the layers give no file handles), other
+            // names of a hard-linked lower file that the kernel knows as
+            // this inode get links to the copy right away.
             let (parent, name) = node.location();
             for (p, n) in self.inodes.names_of(node) {
                 if (p, &*n) != (parent, &*name) {
@@ -95,8 +106,8 @@ impl Overlay {
         Ok(up)
     }
 
-    /// Give (`parent`, `name`), a lower hard link of the copied-up `node`,
-    /// a link to the upper copy.
+    /// Without an index: give (`parent`, `name`), a lower hard link of the
+    /// copied-up `node`, a link to the upper copy.
     pub(crate) fn link_up(&self, node: &Arc<Node>, parent: u64, name: &[u8]) -> Result<()> {
         let origin = node.state.read().origin;
         let src = self.upper_fd(node)?.ok_or(Errno::IO)?;
@@ -110,10 +121,142 @@ impl Overlay {
                     && Some((f.stat.st_dev, f.stat.st_ino)) == origin => {}
             _ => return Ok(()),
         }
+        let pst = rustix::fs::fstat(&*pup)?;
         fd::link_fd(&*src, &*pup, name)?;
+        let _ = fd::set_times(&*pup, &fd::times_of(&pst));
         self.inodes.set_dentry(parent, name.into(), node);
         self.invalidate(Invalidate::Attr(node.ino));
         Ok(())
+    }
+
+    /// If `node`'s copy is reached through the index only, or through
+    /// another name than the one it was last looked up by: link that name
+    /// up (the kernel overlay links up the name a change goes through).
+    fn link_up_recent(&self, node: &Arc<Node>) -> Result<()> {
+        let (upper, recent, location) = {
+            let st = node.state.read();
+            if !st.indexed {
+                return Ok(());
+            }
+            let recent = st.recent.as_deref().cloned();
+            (st.upper.clone(), recent, (st.parent, st.name.clone()))
+        };
+        let Some(upper) = upper else {
+            return Ok(());
+        };
+        let (parent, name) = match recent {
+            Some(r) => r,
+            None if self.in_index(&upper) => location,
+            None => return Ok(()),
+        };
+        let dir = self.dir_node(parent)?;
+        let pup = self.copy_up(&dir, Data::All)?;
+        let _g = dir.dir_lock.write(parent);
+        // Only a name that still shows this inode from a lower layer.
+        match resolve::resolve(&dir.dir_layers(), &name)? {
+            Some(f)
+                if !self.stack.is_upper(f.top.layer)
+                    && Some((f.stat.st_dev, f.stat.st_ino)) == node.state.read().origin => {}
+            _ => return Ok(()),
+        }
+        let inode = upper.fd()?;
+        self.publish_link(&pup, &name, &inode)?;
+        self.index_linked_up(&inode)?;
+        let moved = {
+            let mut st = node.state.write();
+            st.recent = None;
+            if st.upper.as_ref().is_some_and(|u| self.in_index(u)) {
+                // The node now lives at the linked-up name.
+                let old = (st.parent, st.name.clone());
+                st.parent = parent;
+                st.name = name.clone();
+                st.upper = Some(Obj::At {
+                    dir: pup.clone(),
+                    name: name.clone(),
+                });
+                st.detached = false;
+                Some(old)
+            } else {
+                None
+            }
+        };
+        if let Some((p, n)) = moved {
+            // The old location, if it still names the node, is an alias now.
+            if self.inodes.dentry_ino(p, &n) == Some(node.ino) {
+                self.inodes.set_dentry(p, n, node);
+            }
+        }
+        self.inodes.set_dentry(parent, name, node);
+        self.invalidate(Invalidate::Attr(node.ino));
+        Ok(())
+    }
+
+    /// Link the indexed `inode` at `name` in the upper directory `pup`
+    /// (whose write lock is held), marking `pup` impure and keeping its
+    /// times, as a copy-up does.
+    fn publish_link(&self, pup: &OwnedFd, name: &[u8], inode: &OwnedFd) -> Result<()> {
+        let pst = rustix::fs::fstat(pup)?;
+        self.mark_impure(pup);
+        fd::link_fd(inode, pup, name)?;
+        let _ = fd::set_times(pup, &fd::times_of(&pst));
+        Ok(())
+    }
+
+    /// Mark the upper directory `dir` as holding entries with an origin
+    /// (`overlay.impure`), unless it is already.
+    pub(crate) fn mark_impure(&self, dir: &OwnedFd) {
+        if self.stack.formats.read_ovl(dir, Ovl::Impure).is_none() {
+            let name = self.stack.formats.ovl(Ovl::Impure);
+            if let Err(e) = xattr::set(dir, name, b"y", XattrFlags::empty()) {
+                log::debug!("impure not recorded: {e}");
+            }
+        }
+    }
+
+    /// The index entry for the hard-linked lower object `lower` (of layer
+    /// `layer`), made now from it if there is none yet: a complete copy with
+    /// its origin and a merged link count of the lower count (no name has an
+    /// upper link yet). `None` where the index cannot be used.
+    pub(crate) fn ensure_index(
+        &self,
+        layer: usize,
+        lower: &Obj,
+        data: Data,
+    ) -> Result<Option<(IndexEntry, Arc<OwnedFd>)>> {
+        let (Some(index), Some(mut entry)) =
+            (self.stack.index.as_ref(), self.index_entry(layer, lower))
+        else {
+            return Ok(None);
+        };
+        if !entry.exists {
+            let work = self.stack.work()?;
+            let lfd = lower.fd()?;
+            let st = rustix::fs::fstat(&*lfd)?;
+            let tmp = self.stack.tmp_name();
+            let made = build_copy(&self.stack, &tmp, &lfd, &st, data)
+                .and_then(|()| fd::open_path(work, &tmp))
+                .and_then(|copy| {
+                    origin::write(&self.stack, &copy, &entry.record);
+                    self.carry_override(layer, &lfd, &st, &copy)?;
+                    self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
+                    match rustix::fs::linkat(
+                        work,
+                        tmp.as_slice(),
+                        &**index,
+                        &*entry.name,
+                        AtFlags::empty(),
+                    ) {
+                        // Made meanwhile through another name: use that.
+                        Ok(()) | Err(Errno::EXIST) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                });
+            let _ = tree::remove_tree(work, &tmp, false);
+            made?;
+            entry.exists = true;
+        }
+        let inode = entry.obj(index).fd()?;
+        Ok(Some((entry, inode)))
     }
 
     fn copy_up_one(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
@@ -130,8 +273,25 @@ impl Overlay {
             // The name is gone; there is no place to copy it to.
             return Err(Errno::STALE);
         }
-        let (lower_layer, lower) = lower.ok_or(Errno::IO)?;
-        let lower = lower.fd()?;
+        let (lower_layer, lower_obj) = lower.ok_or(Errno::IO)?;
+        let lower = lower_obj.fd()?;
+        let st = rustix::fs::fstat(&*lower)?;
+        if !node.is_dir() && st.st_nlink > 1 {
+            if let Some((entry, inode)) = self.ensure_index(lower_layer, &lower_obj, data)? {
+                // A hard-linked file: its copy is in the index; the name
+                // the change goes through gets a link to it.
+                let index = self.stack.index.as_ref().ok_or(Errno::IO)?;
+                {
+                    let mut s = node.state.write();
+                    s.indexed = true;
+                    s.upper = Some(entry.obj(index));
+                    s.lowers.clear();
+                }
+                self.link_up_recent(node)?;
+                self.invalidate(Invalidate::Attr(node.ino));
+                return Ok(inode);
+            }
+        }
         let parent = self.node(parent_ino)?;
         // Normally copied up just before; but a lower hard link's node
         // moves to whichever of its names was looked up last, and that
@@ -141,12 +301,17 @@ impl Overlay {
             None => self.copy_up(&parent, Data::All)?,
         };
         let work = self.stack.work()?;
-        let st = rustix::fs::fstat(&*lower)?;
         let tmp = self.stack.tmp_name();
+        // The kernel records the origin of directories always, of other
+        // objects unless they are hard links it cannot index.
+        let record = (node.is_dir() || st.st_nlink == 1)
+            .then(|| origin::record_of(&self.stack, lower_layer, &lower_obj));
         let built = build_copy(&self.stack, &tmp, &lower, &st, data)
             .and_then(|()| fd::open_path(work, &tmp))
             .and_then(|copy| {
-                self.record_origin(&copy, node.ino);
+                if let Some(r) = &record {
+                    origin::write(&self.stack, &copy, r);
+                }
                 self.carry_override(lower_layer, &lower, &st, &copy)?;
                 Ok(Arc::new(copy))
             });
@@ -165,6 +330,7 @@ impl Overlay {
                 return Err(Errno::NOENT);
             }
             let pst = rustix::fs::fstat(&*pup)?;
+            self.mark_impure(&pup);
             if let Err(e) = rustix::fs::renameat_with(
                 work,
                 tmp.as_slice(),

@@ -2,9 +2,12 @@
 //! names.
 //!
 //! A node's id is also its `st_ino`. It is derived from the identity of the
-//! topmost object that backs it (`device index << 56 | inode number`), so it
-//! is stable across remounts and unique across layers on different
-//! filesystems, and a listing can compute the same number without a lookup.
+//! object that backs it (the lower original of a copied-up object), so it
+//! is stable across remounts and a listing can compute the same number
+//! without a lookup. When every layer lives on one filesystem the id is
+//! that object's own inode number, as the kernel overlay reports it then;
+//! otherwise `device index << 56 | inode number`, unique across layers on
+//! different filesystems.
 //! While a node lives, the name map makes lookups and listings of its names
 //! report it; each node also keeps the names it is known by (its alias
 //! set), so the names of a hard-linked node are found without a scan.
@@ -80,6 +83,8 @@ pub(crate) struct InodeTable {
     dentries: DashMap<(u64, Name), u64>,
     devs: DashMap<u64, u64>,
     next_dev: Mutex<u64>,
+    /// Every layer is on this one device: ids are plain inode numbers.
+    same_fs: Option<u64>,
     spilled: DashMap<(u64, u64), u64>,
     next_fresh: AtomicU64,
     freed: AtomicU64,
@@ -97,6 +102,10 @@ impl InodeTable {
             dentries: DashMap::new(),
             devs: DashMap::new(),
             next_dev: Mutex::new(1),
+            same_fs: devs
+                .first()
+                .copied()
+                .filter(|d| devs.iter().all(|x| x == d)),
             spilled: DashMap::new(),
             next_fresh: AtomicU64::new(FRESH_BASE),
             freed: AtomicU64::new(0),
@@ -138,8 +147,28 @@ impl InodeTable {
         self.next_fresh.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The id earlier versions gave the object behind `id` (always
+    /// `device index << 56 | inode number`, devices numbered in stack
+    /// order): the id this version gives it.
+    pub(crate) fn ino_of_legacy(&self, id: u64, devs: &[u64]) -> Option<u64> {
+        if id >= FRESH_BASE {
+            return None;
+        }
+        let mut unique: Vec<u64> = Vec::new();
+        for d in devs {
+            if !unique.contains(d) {
+                unique.push(*d);
+            }
+        }
+        let dev = *unique.get(usize::try_from(id >> INO_BITS).ok()?.checked_sub(1)?)?;
+        Some(self.ino_for(dev, id & ((1 << INO_BITS) - 1)))
+    }
+
     /// The id for an object with identity (`dev`, `ino`).
     pub(crate) fn ino_for(&self, dev: u64, ino: u64) -> u64 {
+        if self.same_fs == Some(dev) && ino < FRESH_BASE {
+            return ino;
+        }
         if ino < (1 << INO_BITS) {
             if let Some(d) = self.dev_index(dev) {
                 return (d << INO_BITS) | ino;
@@ -367,6 +396,21 @@ mod tests {
             NodeState::new(ROOT_INO, Name::from(&b""[..]), None, Vec::new(), None),
         );
         InodeTable::new(root, &[10, 20])
+    }
+
+    #[test]
+    fn one_filesystem_gives_plain_inode_numbers() {
+        let root = Node::new(
+            ROOT_INO,
+            FileType::Directory,
+            NodeState::new(ROOT_INO, Name::from(&b""[..]), None, Vec::new(), None),
+        );
+        let t = InodeTable::new(root, &[10, 10, 10]);
+        assert_eq!(t.ino_for(10, 5), 5);
+        assert_eq!(t.ino_for(11, 5), (2 << 56) | 5, "an object elsewhere");
+        // Earlier versions numbered the device 1.
+        assert_eq!(t.ino_of_legacy((1 << 56) | 77, &[10, 10]), Some(77));
+        assert_eq!(t.ino_of_legacy((3 << 56) | 77, &[10, 10]), None);
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //!
 //! A name the kernel already knows answers from the name map; otherwise it
 //! is resolved over the directory's layers (`resolve`) and given a node
-//! (`Overlay::attach`). Another name of a lower hard-linked file that was
-//! already copied up gets a link to that copy (as the kernel does with
-//! `index=on`), so hard links stay hard links.
+//! (`Overlay::attach`). All names of a lower hard-linked file are one node;
+//! its copy, once made, is in the index (`index`), and every name shows
+//! it. Without an index (layers without file handles), another name of a
+//! copied-up file gets a link to that copy at once.
 
 use std::sync::Arc;
 
 use rustix::fs::FileType;
 
-use super::names::NAME_MAX;
+use super::names::{Name, NAME_MAX};
 use super::node::Node;
 use super::overlay::{Entry, Overlay};
 use super::resolve::{self, Found};
@@ -37,6 +38,8 @@ impl Overlay {
         if let Ok(Some(e)) = &r {
             if e.node.is_dir() {
                 e.node.touch();
+            } else {
+                note_name(&e.node, parent, name);
             }
         }
         r
@@ -82,7 +85,10 @@ impl Overlay {
         let Some(found) = resolve::resolve(&layers, name)? else {
             return Ok(None);
         };
-        if let Some(copy) = self.copied_alias(&found) {
+        if let Some(copy) = self
+            .copied_alias(&found)
+            .filter(|_| self.stack.index.is_none())
+        {
             drop(g);
             self.link_up(&copy, parent, name)?;
             let node = self.inodes.reference(copy.ino).ok_or(Errno::STALE)?;
@@ -92,8 +98,8 @@ impl Overlay {
         Ok(Some(self.attach(parent, name, found)))
     }
 
-    /// If `found` is another name of a lower hard-linked file that has
-    /// already been copied up, the node of that copy.
+    /// Without an index: if `found` is another name of a lower hard-linked
+    /// file that has already been copied up, the node of that copy.
     fn copied_alias(&self, found: &Found) -> Option<Arc<Node>> {
         let st = &found.stat;
         if self.stack.is_upper(found.top.layer) {
@@ -106,4 +112,19 @@ impl Overlay {
         let s = node.state.read();
         (s.upper.is_some() && s.origin == Some((st.st_dev, st.st_ino))).then(|| node.clone())
     }
+}
+
+/// Remember the name a hard-linked node was reached by last, when it is
+/// not the node's location: a change that follows goes through that name.
+fn note_name(node: &Node, parent: u64, name: &[u8]) {
+    let hard_linked = {
+        let st = node.state.read();
+        st.aliases.is_some() || st.indexed || st.recent.is_some()
+    };
+    if !hard_linked {
+        return;
+    }
+    let mut st = node.state.write();
+    st.recent =
+        (st.parent != parent || *st.name != *name).then(|| Box::new((parent, Name::from(name))));
 }

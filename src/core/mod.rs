@@ -16,6 +16,7 @@ pub(crate) mod copyup;
 pub(crate) mod dirindex;
 pub(crate) mod fdbudget;
 pub(crate) mod handles;
+pub(crate) mod index;
 pub(crate) mod inodes;
 pub(crate) mod io;
 pub(crate) mod listing;
@@ -26,6 +27,7 @@ pub(crate) mod namespace;
 pub(crate) mod node;
 pub(crate) mod notify;
 pub(crate) mod obj;
+pub(crate) mod origin;
 pub(crate) mod overlay;
 pub(crate) mod resolve;
 

@@ -15,12 +15,14 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 
 use super::copyup::Data;
+use super::index::NameGone;
 use super::locks::lock_two;
 use super::names::{Name, NAME_MAX};
 use super::node::Node;
 use super::obj::Obj;
+use super::origin;
 use super::overlay::{Caller, Entry, Overlay};
-use super::resolve;
+use super::resolve::{self, Found};
 use crate::error::{show_bytes, Errno, Result};
 use crate::format::override_stat::Override;
 use crate::format::upper::Formats;
@@ -275,6 +277,13 @@ impl Overlay {
                 let _ = tree::remove_tree(work, &tmp, is_dir);
                 return Err(e);
             }
+        } else if is_dir && dir.has_lowers() {
+            // As the kernel overlay with an inode index: a new directory in
+            // a merged one is opaque, so that a name added to a lower layer
+            // later cannot show in it (best effort, as there).
+            if let Err(e) = self.stack.formats.set_opaque(&obj) {
+                log::debug!("new directory not marked opaque: {e}");
+            }
         }
         let mut stat = rustix::fs::fstat(&obj)?;
         let obj = if is_dir {
@@ -319,9 +328,12 @@ impl Overlay {
                 return Err(e);
             }
         }
+        if node.state.read().origin.is_some() {
+            self.mark_impure(&pup);
+        }
         // Not stat_node: this directory's write lock is held.
         let mut stat = rustix::fs::fstat(&*src)?;
-        self.present(0, &Obj::Fd(src.clone()), &mut stat);
+        self.present_node(&node, 0, &Obj::Fd(src.clone()), &mut stat);
         self.inodes.set_dentry(parent, Name::from(name), &node);
         let node = self.inodes.reference(node.ino).ok_or(Errno::STALE)?;
         Ok(Entry { node, stat })
@@ -340,7 +352,10 @@ impl Overlay {
         }
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.change_listing();
-        let (in_upper, is_dir) = self.removable(&dir, name, want_dir)?;
+        let (found, is_dir) = self.removable(&dir, name, want_dir)?;
+        let in_upper = self.stack.is_upper(found.top.layer);
+        let gone = self.before_name_goes(&found, &pup)?;
+        drop(found);
         let lower_below = !in_upper || resolve::exists(&dir.lower_dirs(), name)?;
         let work = self.stack.work()?;
         if in_upper && !is_dir {
@@ -359,14 +374,14 @@ impl Overlay {
         } else {
             self.stack.formats.make_whiteout(&*pup, name)?;
         }
+        self.after_name_gone(gone);
         self.detach(parent, name);
         Ok(())
     }
 
     /// Whether `unlink`/`rmdir` of `name` in `dir` may remove it, and
-    /// what: (whether the top object is in the upper layer, whether it is
-    /// a directory).
-    fn removable(&self, dir: &Node, name: &[u8], want_dir: bool) -> Result<(bool, bool)> {
+    /// what: (what the name resolves to, whether it is a directory).
+    fn removable(&self, dir: &Node, name: &[u8], want_dir: bool) -> Result<(Found, bool)> {
         let found = resolve::resolve(&dir.dir_layers(), name)?.ok_or(Errno::NOENT)?;
         let is_dir = found.kind() == FileType::Directory;
         if want_dir && !is_dir {
@@ -378,7 +393,7 @@ impl Overlay {
         if is_dir && !self.is_empty_dir(&found.dir_layers())? {
             return Err(Errno::NOTEMPTY);
         }
-        Ok((self.stack.is_upper(found.top.layer), is_dir))
+        Ok((found, is_dir))
     }
 
     /// The name (`parent`, `name`) no longer shows the node it showed.
@@ -496,6 +511,12 @@ impl Overlay {
                     make_opaque(&self.stack.formats, dn)?;
                 }
             }
+            if parent != newparent {
+                self.impure_if_origin(&src_node, &p2);
+                if let Some(dn) = &dst_node {
+                    self.impure_if_origin(dn, &p1);
+                }
+            }
             rustix::fs::renameat_with(&*p1, name, &*p2, newname, RenameFlags::EXCHANGE)?;
             self.inodes.remove_dentry(parent, name);
             self.inodes.remove_dentry(newparent, newname);
@@ -512,6 +533,14 @@ impl Overlay {
         }
         if flags.contains(RenameFlags::NOREPLACE) && resolve::exists(&d2.dir_layers(), newname)? {
             return Err(Errno::EXIST);
+        }
+        // A hard-linked file loses the replaced name.
+        let gone = match (&dst_node, resolve::resolve(&d2.dir_layers(), newname)?) {
+            (Some(_), Some(f)) => self.before_name_goes(&f, &p2)?,
+            _ => NameGone::Nothing,
+        };
+        if parent != newparent {
+            self.impure_if_origin(&src_node, &p2);
         }
         let dst_upper = match fd::stat_at(&*p2, newname) {
             Ok(st) => Some(st),
@@ -562,10 +591,27 @@ impl Overlay {
                 show_bytes(newname)
             );
         }
+        self.after_name_gone(gone);
         self.detach(newparent, newname);
         self.inodes.remove_dentry(parent, name);
         self.relocate(&src_node, newparent, newname, &p2);
         Ok(())
+    }
+
+    /// Mark `dir` impure when `node`, moving into it from another
+    /// directory, has an origin (as the kernel overlay does). Called with
+    /// both directories' write locks held: the node's upper object is read
+    /// directly, not through `with_top`.
+    fn impure_if_origin(&self, node: &Node, dir: &OwnedFd) {
+        let (origin, upper) = {
+            let st = node.state.read();
+            (st.origin, st.upper.clone())
+        };
+        let has_origin =
+            origin.is_some() || upper.is_some_and(|u| origin::recorded(&self.stack, &u).is_some());
+        if has_origin {
+            self.mark_impure(dir);
+        }
     }
 
     /// Record that `node` now lives at (`parent`, `name`), in the upper

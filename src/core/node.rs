@@ -41,6 +41,14 @@ pub(crate) struct NodeState {
     /// (dev, ino). Other names of the same lower inode (hard links) share
     /// this node, also after copy-up.
     pub(crate) origin: Option<(u64, u64)>,
+    /// For a hard-linked non-directory: the name it was last looked up by,
+    /// when that is not its location (a change through a name links that
+    /// name up, as the kernel overlay does).
+    pub(crate) recent: Option<Box<(u64, Name)>>,
+    /// The upper object is an indexed inode (a copy of a lower hard-linked
+    /// file kept in the index): its link count in the merged view is kept
+    /// in `overlay.nlink`.
+    pub(crate) indexed: bool,
 }
 
 impl NodeState {
@@ -60,6 +68,8 @@ impl NodeState {
             lowers,
             detached: false,
             origin,
+            recent: None,
+            indexed: false,
         }
     }
 }

@@ -16,17 +16,19 @@ use rustix::fs::{FileType, Stat};
 
 use super::fdbudget;
 use super::handles::HandleTable;
-use super::inodes::{InodeTable, LookupRef, FRESH_BASE, ROOT_INO};
+use super::inodes::{InodeTable, LookupRef, ROOT_INO};
 use super::listing::{self, DirEntry};
 use super::names::Name;
 use super::node::{Node, NodeState};
 use super::notify::Invalidate;
 use super::obj::{LayerFd, LayerObj, Obj};
-use super::resolve::Found;
+use super::origin::{self, Source};
+use super::resolve::{self, Found};
 use crate::error::{Errno, Result};
 use crate::format::idmap::Ids;
 use crate::format::override_stat::{self, Override};
-use crate::format::{opaque, origin};
+use crate::format::xattr_names::Ovl;
+use crate::format::{nlink, opaque};
 use crate::setup::stack::Stack;
 use crate::sys::{fd, xattr};
 
@@ -169,9 +171,43 @@ impl Overlay {
     pub(crate) fn stat_node(&self, node: &Node) -> Result<Stat> {
         self.with_top(node, |layer, obj| {
             let mut st = obj.stat()?;
-            self.present(layer, obj, &mut st);
+            self.present_node(node, layer, obj, &mut st);
             Ok(st)
         })
+    }
+
+    /// Turn the on-disk stat of `node`'s top object into what clients see:
+    /// owner/mode overrides, and the merged link count of an indexed inode.
+    pub(crate) fn present_node(&self, node: &Node, layer: usize, obj: &Obj, st: &mut Stat) {
+        self.present(layer, obj, st);
+        if self.stack.is_upper(layer) && node.state.read().indexed {
+            self.indexed_nlink(obj, st);
+        }
+    }
+
+    /// The merged link count of the indexed inode `obj` (of stat `st`).
+    fn indexed_nlink(&self, obj: &Obj, st: &mut Stat) {
+        let t = self.stack.formats.trusted();
+        if let Some(n) = obj
+            .get_xattr(Ovl::Nlink.name(t))
+            .or_else(|_| obj.get_xattr(Ovl::Nlink.name(!t)))
+            .ok()
+            .and_then(|v| nlink::merged(&v, st.st_nlink))
+        {
+            st.st_nlink = n;
+        }
+    }
+
+    /// For a lower hard-linked object (the first of `lowers`): its copy in
+    /// the index, if there is one, with the copy's attributes.
+    fn indexed_copy(&self, lowers: &[LayerObj]) -> Option<(Obj, Stat)> {
+        let index = self.stack.index.as_ref()?;
+        let l = lowers.first()?;
+        let entry = self.index_entry(l.layer, &l.obj).filter(|e| e.exists)?;
+        let obj = entry.obj(index);
+        let mut st = obj.stat().ok()?;
+        self.present(0, &obj, &mut st);
+        Some((obj, st))
     }
 
     /// Run `f` on the node's top object (and its layer). An upper object
@@ -237,26 +273,6 @@ impl Overlay {
         }
     }
 
-    /// Remember on a copied-up object the inode number its lower original
-    /// had (see `format::origin`). Best effort: symlinks and devices
-    /// cannot carry user xattrs when rootless.
-    pub(crate) fn record_origin(&self, fd: &OwnedFd, ino: u64) {
-        if ino >= FRESH_BASE {
-            return;
-        }
-        let value = origin::encode(ino);
-        let name = self.stack.formats.origin_xattr();
-        if let Err(e) = xattr::set(fd, name, value.as_bytes(), rustix::fs::XattrFlags::empty()) {
-            log::debug!("origin of inode {ino} not recorded: {e}");
-        }
-    }
-
-    /// The inode number recorded by [`Overlay::record_origin`] on `obj`.
-    fn recorded_origin(&self, obj: &Obj) -> Option<u64> {
-        let v = obj.get_xattr(self.stack.formats.origin_xattr()).ok()?;
-        usable_origin(&v)
-    }
-
     /// A directory node was made: now and then, check the descriptor
     /// budget (in the background).
     fn new_dir_node(&self) {
@@ -274,39 +290,75 @@ impl Overlay {
         self.present(found.top.layer, &found.top.obj, &mut stat);
         let kind = FileType::from_raw_mode(stat.st_mode);
         let below = found.below.into_iter().map(LayerObj::from);
-        let (upper, lowers): (Option<Obj>, Vec<LayerObj>) = if self.stack.is_upper(found.top.layer)
-        {
-            // The upper changes while mounted: no cached indexes.
-            (Some(found.top.obj), below.collect())
-        } else {
-            (None, std::iter::once(found.top).chain(below).collect())
+        let (mut upper, mut lowers): (Option<Obj>, Vec<LayerObj>) =
+            if self.stack.is_upper(found.top.layer) {
+                // The upper changes while mounted: no cached indexes.
+                (Some(found.top.obj), below.collect())
+            } else {
+                (None, std::iter::once(found.top).chain(below).collect())
+            };
+        let is_dir = kind == FileType::Directory;
+        let (mut ino, origin, mut indexed) = match &upper {
+            None => (
+                self.inodes.ino_for(stat.st_dev, stat.st_ino),
+                (!is_dir).then_some((stat.st_dev, stat.st_ino)),
+                false,
+            ),
+            Some(u) => match self.source_of(parent, name, u, &lowers) {
+                Source::Lower(l) => (
+                    self.inodes.ino_for(l.st_dev, l.st_ino),
+                    (!is_dir).then_some((l.st_dev, l.st_ino)),
+                    !is_dir && l.st_nlink > 1,
+                ),
+                Source::LegacyId(id) => (
+                    self.legacy_ino(id)
+                        .unwrap_or_else(|| self.inodes.ino_for(stat.st_dev, stat.st_ino)),
+                    None,
+                    false,
+                ),
+                Source::Unknown => match self.fix_dir_origin(parent, u, &lowers) {
+                    // Numbered by the lower directory from now on, as after
+                    // a remount.
+                    Some(l) => (self.inodes.ino_for(l.st_dev, l.st_ino), None, false),
+                    None => (self.inodes.ino_for(stat.st_dev, stat.st_ino), None, false),
+                },
+            },
         };
-        let mut ino = upper
-            .as_ref()
-            .and_then(|u| self.recorded_origin(u))
-            .unwrap_or_else(|| self.inodes.ino_for(stat.st_dev, stat.st_ino));
+        if upper.is_none() && !is_dir && stat.st_nlink > 1 {
+            // A lower hard link whose copy is in the index shows the copy.
+            if let Some((obj, st)) = self.indexed_copy(&lowers) {
+                upper = Some(obj);
+                lowers.clear();
+                stat = st;
+                indexed = true;
+            }
+        }
+        if indexed {
+            if let Some(u) = &upper {
+                self.indexed_nlink(u, &mut stat);
+            }
+        }
         if ino == ROOT_INO {
             ino = self.inodes.fresh_ino();
         }
-        let origin =
-            (upper.is_none() && kind != FileType::Directory).then_some((stat.st_dev, stat.st_ino));
         let shared = upper
             .as_ref()
             .or(lowers.first().map(|l| &l.obj))
             .map_or_else(|| Name::from(name), |o| o.shared_name(name));
         loop {
-            let state = NodeState::new(
+            let mut state = NodeState::new(
                 parent,
                 shared.clone(),
                 upper.clone(),
                 lowers.clone(),
                 origin,
             );
+            state.indexed = indexed;
             let (node, inserted) = self.inodes.insert_or_get(Node::new(ino, kind, state));
             if inserted && kind == FileType::Directory {
                 self.new_dir_node();
             }
-            if inserted || self.same_object(&node, &stat, kind) {
+            if inserted || self.same_object(&node, origin, &stat, kind) {
                 if !inserted {
                     // Another name of the same inode (a hard link), or a
                     // name found again: keep the node.
@@ -348,11 +400,20 @@ impl Overlay {
         }
     }
 
-    fn same_object(&self, node: &Node, stat: &Stat, kind: FileType) -> bool {
+    /// Whether the live `node` is the object found (of stat `stat`, a copy
+    /// of lower `origin` if that is known).
+    fn same_object(
+        &self,
+        node: &Node,
+        origin: Option<(u64, u64)>,
+        stat: &Stat,
+        kind: FileType,
+    ) -> bool {
         if node.kind != kind {
             return false;
         }
-        if node.state.read().origin == Some((stat.st_dev, stat.st_ino)) {
+        let known = node.state.read().origin;
+        if known.is_some() && (known == origin || known == Some((stat.st_dev, stat.st_ino))) {
             return true;
         }
         match node.stat() {
@@ -370,16 +431,74 @@ impl Overlay {
     /// recorded origin of an object copied up into a merged directory, else
     /// the topmost object's identity.
     pub(crate) fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
-        let origin_name = self.stack.formats.origin_xattr();
-        listing::merged(&node.dir_layers(), self.stack.has_upper, |s| {
+        let layers = node.dir_layers();
+        let lower: Vec<LayerFd> = layers.iter().filter(|l| l.layer != 0).cloned().collect();
+        listing::merged(&layers, self.stack.has_upper, |s| {
             self.inodes.dentry_ino(node.ino, s.name).unwrap_or_else(|| {
-                s.upper_of_merged
-                    .then(|| xattr::get_at(s.dir, s.name, origin_name).ok())
-                    .flatten()
-                    .and_then(|v| usable_origin(&v))
-                    .unwrap_or_else(|| self.inodes.ino_for(self.stack.dev(s.layer), s.d_ino))
+                let own = || self.inodes.ino_for(self.stack.dev(s.layer), s.d_ino);
+                if !s.upper_of_merged {
+                    return own();
+                }
+                let Ok(dir) = s.dir.try_clone_to_owned() else {
+                    return own();
+                };
+                let upper = Obj::At {
+                    dir: Arc::new(dir),
+                    name: Name::from(s.name),
+                };
+                let candidates = || lower_candidates(&lower, s.name);
+                match origin::source(&self.stack, &upper, candidates) {
+                    Source::Lower(l) => self.inodes.ino_for(l.st_dev, l.st_ino),
+                    Source::LegacyId(id) => self.legacy_ino(id).unwrap_or_else(own),
+                    Source::Unknown => own(),
+                }
             })
         })
+    }
+
+    /// Where the upper object `upper` at (`parent`, `name`) came from; the
+    /// candidates are the lower objects at the same name (`lowers` for a
+    /// directory, else found in the parent's lower layers).
+    fn source_of(&self, parent: u64, name: &[u8], upper: &Obj, lowers: &[LayerObj]) -> Source {
+        origin::source(&self.stack, upper, || {
+            if !lowers.is_empty() {
+                return lowers.iter().map(|l| (l.layer, l.obj.clone())).collect();
+            }
+            self.inodes
+                .get(parent)
+                .map(|p| lower_candidates(&p.lower_dirs(), name))
+                .unwrap_or_default()
+        })
+    }
+
+    /// A merged directory whose upper part has no origin record (made by
+    /// an earlier version, or by a tool) gets one, and its parent the
+    /// impure mark, as the kernel overlay does when it looks one up.
+    /// Returns the lower directory's attributes when the record was written.
+    fn fix_dir_origin(&self, parent: u64, upper: &Obj, lowers: &[LayerObj]) -> Option<Stat> {
+        let l = lowers.first()?;
+        if !self.stack.has_upper || origin::recorded(&self.stack, upper).is_some() {
+            return None;
+        }
+        let fd = upper.fd().ok()?;
+        let record = origin::record_of(&self.stack, l.layer, &l.obj);
+        if record.is_empty() {
+            return None;
+        }
+        origin::write(&self.stack, &fd, &record);
+        if let Some(pup) = self.inodes.get(parent).and_then(|p| p.upper()) {
+            self.mark_impure(&pup);
+        }
+        l.obj.stat().ok()
+    }
+
+    /// The id this version gives an object an earlier version numbered
+    /// `id`.
+    fn legacy_ino(&self, id: u64) -> Option<u64> {
+        let devs: Vec<u64> = self.stack.layers.iter().map(|l| l.dev).collect();
+        self.inodes
+            .ino_of_legacy(id, &devs)
+            .filter(|i| *i != ROOT_INO)
     }
 
     /// Whether the directory merged from `layers` shows no entries.
@@ -391,11 +510,44 @@ impl Overlay {
     /// entries in offset order.
     pub(crate) fn snapshot(&self, node: &Node) -> Result<Vec<DirEntry>> {
         let (parent, _) = node.location();
-        Ok(listing::with_dots(node.ino, parent, self.list_dir(node)?))
+        let entries = self.list_dir(node)?;
+        self.drop_stale_impure(node, &entries);
+        Ok(listing::with_dots(node.ino, parent, entries))
+    }
+
+    /// A directory of the upper layer only that is marked impure but holds
+    /// no entry with an origin any more loses the mark, as the kernel
+    /// overlay does when it reads such a directory.
+    fn drop_stale_impure(&self, node: &Node, entries: &[DirEntry]) {
+        if node.has_lowers() {
+            return;
+        }
+        let Some(u) = node.upper() else {
+            return;
+        };
+        if self.stack.formats.read_ovl(&*u, Ovl::Impure).is_none() {
+            return;
+        }
+        let t = self.stack.formats.trusted();
+        let has_origin = |name: &[u8]| {
+            [Ovl::Origin.name(t), Ovl::Origin.name(!t)]
+                .iter()
+                .any(|x| xattr::get_at(&*u, name, x).is_ok())
+        };
+        if entries.iter().any(|e| has_origin(&e.name)) {
+            return;
+        }
+        for ns in [t, !t] {
+            let _ = xattr::remove(&*u, Ovl::Impure.name(ns));
+        }
     }
 }
 
-/// A recorded origin that can be a node id here.
-fn usable_origin(v: &[u8]) -> Option<u64> {
-    origin::decode(v).filter(|i| *i > ROOT_INO && *i < FRESH_BASE)
+/// The object `name` resolves to in the lower directories `lower`, as an
+/// origin candidate.
+fn lower_candidates(lower: &[LayerFd], name: &[u8]) -> Vec<(usize, Obj)> {
+    match resolve::resolve(lower, name) {
+        Ok(Some(f)) => vec![(f.top.layer, f.top.obj)],
+        _ => Vec::new(),
+    }
 }

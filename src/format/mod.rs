@@ -6,7 +6,9 @@
 //!   how a `.wh.` entry name is read;
 //! * `opaque`: opaque directories (xattrs equal to exactly `y`,
 //!   `.wh..wh..opq`);
-//! * `origin`: the record of where a copied-up object came from;
+//! * `origin`: the record of where a copied-up object came from, and the
+//!   names of index entries;
+//! * `nlink`: the merged link count of an indexed inode;
 //! * `override_stat`: owner and mode kept in an xattr;
 //! * `idmap`: how on-disk ids are shown (`uidmapping=`, `squash_to_*`);
 //! * `xattr_names`: which xattrs are the overlay's own (never shown) and
@@ -14,6 +16,7 @@
 //! * `upper`: which of the formats the upper filesystem accepts, probed at
 //!   mount, and the writers that fall back accordingly.
 pub(crate) mod idmap;
+pub(crate) mod nlink;
 pub(crate) mod opaque;
 pub(crate) mod origin;
 pub(crate) mod override_stat;

@@ -11,6 +11,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
 
 use super::opaque::{OPAQUE_TRUSTED, OPAQUE_USER};
 use super::whiteout::make_wh_file;
+use super::xattr_names::Ovl;
 use crate::error::{Errno, Result};
 use crate::sys::xattr;
 
@@ -88,9 +89,20 @@ impl Formats {
         self.char_whiteout.load(Ordering::Relaxed)
     }
 
-    /// The origin record's xattr name (see `origin`).
-    pub(crate) fn origin_xattr(&self) -> &'static [u8] {
-        super::origin::xattr_name(self.trusted())
+    /// The name of the kernel record `x` in the namespace written.
+    pub(crate) fn ovl(&self, x: Ovl) -> &'static [u8] {
+        x.name(self.trusted())
+    }
+
+    /// Read the kernel record `x` of `fd`: the namespace written first,
+    /// then the other (an upper may have been written rootless and be
+    /// mounted as root, or the other way round).
+    pub(crate) fn read_ovl(&self, fd: impl AsFd, x: Ovl) -> Option<Vec<u8>> {
+        let fd = fd.as_fd();
+        let t = self.trusted();
+        xattr::get(fd, x.name(t))
+            .or_else(|_| xattr::get(fd, x.name(!t)))
+            .ok()
     }
 
     /// Mark directory `dir` opaque.

@@ -17,6 +17,40 @@ const PRIVATE_PREFIXES: [&[u8]; 5] = [
     b"user.stratafs.",
 ];
 
+/// The kernel overlay's own records, each kept under `trusted.overlay.` (as
+/// root) or `user.overlay.` (the kernel's `userxattr`, and rootless).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ovl {
+    /// `overlay.origin`: where a copied-up object came from.
+    Origin,
+    /// `overlay.impure`: a directory holds entries with an origin.
+    Impure,
+    /// `overlay.nlink`: the link count of an indexed inode, relative.
+    Nlink,
+    /// `overlay.upper`: the handle of the upper root, on the index dir.
+    Upper,
+    /// `overlay.uuid`: the overlay's own uuid, on the upper root.
+    Uuid,
+}
+
+impl Ovl {
+    /// The xattr name in the trusted or the user namespace.
+    pub(crate) fn name(self, trusted: bool) -> &'static [u8] {
+        match (self, trusted) {
+            (Ovl::Origin, true) => b"trusted.overlay.origin",
+            (Ovl::Origin, false) => b"user.overlay.origin",
+            (Ovl::Impure, true) => b"trusted.overlay.impure",
+            (Ovl::Impure, false) => b"user.overlay.impure",
+            (Ovl::Nlink, true) => b"trusted.overlay.nlink",
+            (Ovl::Nlink, false) => b"user.overlay.nlink",
+            (Ovl::Upper, true) => b"trusted.overlay.upper",
+            (Ovl::Upper, false) => b"user.overlay.upper",
+            (Ovl::Uuid, true) => b"trusted.overlay.uuid",
+            (Ovl::Uuid, false) => b"user.overlay.uuid",
+        }
+    }
+}
+
 /// Prefix under which the containers override mode keeps `security.*`.
 const OVERRIDE_PREFIX: &[u8] = b"user.containers.override_";
 

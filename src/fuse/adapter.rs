@@ -166,9 +166,25 @@ impl FuseOverlay {
         )
     }
 
+    /// How long the kernel may keep the name of entry `e`: not at all for a
+    /// hard-linked file, so that every use of one of its names is looked up
+    /// and the overlay knows which name a change goes through.
+    fn entry_ttl(&self, e: &Entry<'_>) -> Duration {
+        if !e.node.is_dir() && e.stat.st_nlink > 1 {
+            Duration::ZERO
+        } else {
+            self.ttl()
+        }
+    }
+
     /// Reply with `e`, handing its lookup reference to the kernel.
     fn reply_entry(&self, e: Entry<'_>, reply: ReplyEntry) {
-        reply.entry(&self.ttl(), &self.attr_of(&e), Generation(0));
+        reply.entry_with_ttls(
+            &self.ttl(),
+            &self.entry_ttl(&e),
+            &self.attr_of(&e),
+            Generation(0),
+        );
         e.node.hand_over();
     }
 
@@ -535,6 +551,7 @@ impl Filesystem for FuseOverlay {
             match self.fs.lookup_hinted(ino.0, &e.name, hint) {
                 Ok(Some(entry)) => {
                     let a = self.attr_of(&entry);
+                    let ttl = ttl.min(self.entry_ttl(&entry));
                     if reply.add(
                         INodeNo(entry.node.ino),
                         e.off,

@@ -4,17 +4,20 @@
 //! lower directories top to bottom. Every later access to a layer is
 //! relative to these fds (or to fds opened beneath them), never by path.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::options::MountOptions;
 use crate::error::{describe, Errno, SetupError};
+use crate::format::origin;
 use crate::format::override_stat;
 use crate::format::upper::Formats;
-use crate::sys::{tree::clear_dir, xattr};
+use crate::format::xattr_names::Ovl;
+use crate::sys::{raw, tree::clear_dir, xattr};
 
 /// One layer of the stack.
 #[derive(Debug)]
@@ -29,6 +32,9 @@ pub(crate) struct Layer {
     pub(crate) path: PathBuf,
     /// The xattr holding owner/mode overrides in this layer, if it uses one.
     pub(crate) override_xattr: Option<&'static [u8]>,
+    /// The uuid of the layer's filesystem (zero when it tells none), for
+    /// origin records.
+    pub(crate) uuid: [u8; 16],
 }
 
 /// All layers, the work directory and what the upper filesystem supports.
@@ -40,6 +46,10 @@ pub(crate) struct Stack {
     pub(crate) has_upper: bool,
     /// `WORKDIR/work`, where new objects are built before they are published.
     pub(crate) work: Option<OwnedFd>,
+    /// `WORKDIR/index`, where an upper copy of a lower hard-linked file is
+    /// kept under the hex of its origin record (as the kernel overlay with
+    /// `index=on`); `None` where the layers cannot give file handles.
+    pub(crate) index: Option<Arc<OwnedFd>>,
     /// Formats the upper accepts.
     pub(crate) formats: Formats,
     /// fsync copied-up data before publishing it.
@@ -49,6 +59,8 @@ pub(crate) struct Stack {
 
 /// Name of the private subdirectory of the work dir (same as the kernel's).
 pub(crate) const WORK_SUBDIR: &str = "work";
+/// Name of the index directory in the work dir (same as the kernel's).
+pub(crate) const INDEX_SUBDIR: &str = "index";
 
 /// Open the directory at the path `path` the user gave (following it, as
 /// engines pass symlinks; nothing below it is ever followed), with a
@@ -119,20 +131,24 @@ impl Stack {
                     SetupError::path("upperdir", u, format!("not writable: {}", describe(e)))
                 })?;
             ids.push(((st.st_dev, st.st_ino), "upperdir", u.clone()));
+            let uuid = raw::fs_uuid(fd.as_fd()).unwrap_or_default();
             layers.push(Layer {
                 idx: 0,
                 root: fd,
                 dev: st.st_dev,
                 path: u.clone(),
                 override_xattr: None,
+                uuid,
             });
         }
         for l in &opts.lowerdirs {
             let (fd, st) = open_root("lowerdir", l)?;
             ids.push(((st.st_dev, st.st_ino), "lowerdir", l.clone()));
+            let uuid = raw::fs_uuid(fd.as_fd()).unwrap_or_default();
             layers.push(Layer {
                 idx: layers.len(),
                 override_xattr: override_stat::probe_root(&fd),
+                uuid,
                 root: fd,
                 dev: st.st_dev,
                 path: l.clone(),
@@ -236,6 +252,7 @@ impl Stack {
             }
         }
         let mut work = None;
+        let mut index = None;
         let mut formats = Formats::none();
         if let Some((wfd, _, w)) = work_root {
             match rustix::fs::mkdirat(&wfd, WORK_SUBDIR, Mode::from_raw_mode(0o700)) {
@@ -264,11 +281,13 @@ impl Stack {
             })?;
             formats = Formats::probe(&wd, format!("#probe.{}", std::process::id()).as_bytes());
             work = Some(wd);
+            index = open_index(&wfd, &w, &layers, &formats)?.map(Arc::new);
         }
         Ok(Stack {
             has_upper: opts.upperdir.is_some(),
             layers,
             work,
+            index,
             formats,
             fsync: opts.fsync,
             tmp_counter: AtomicU64::new(0),
@@ -301,4 +320,95 @@ impl Stack {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         format!("#{}.{}", std::process::id(), n).into_bytes()
     }
+}
+
+/// Prepare `WORKDIR/index` and the records the kernel overlay keeps with it
+/// (as it does with `index=on`): the upper root's origin (the top lower
+/// root), the upper root's `overlay.uuid` on a new upper, and the index
+/// directory's `overlay.upper` (the upper root's handle). `None`, and no
+/// record written, where the layers cannot give file handles: hard links
+/// are then kept by name only.
+fn open_index(
+    wfd: &OwnedFd,
+    w: &Path,
+    layers: &[Layer],
+    formats: &Formats,
+) -> Result<Option<OwnedFd>, SetupError> {
+    let (Some(upper), Some(lower)) = (layers.first(), layers.get(1)) else {
+        return Ok(None);
+    };
+    let (Ok(up_fh), Ok(low_fh)) = (
+        raw::name_to_handle(upper.root.as_fd(), b""),
+        raw::name_to_handle(lower.root.as_fd(), b""),
+    ) else {
+        log::info!("no inode index: the layers give no file handles");
+        return Ok(None);
+    };
+    let path = w.join(INDEX_SUBDIR);
+    match rustix::fs::mkdirat(wfd, INDEX_SUBDIR, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => {
+            return Err(SetupError::path(
+                "workdir",
+                &path,
+                format!("cannot create: {}", describe(e)),
+            ))
+        }
+    }
+    let idx = rustix::fs::openat(
+        wfd,
+        INDEX_SUBDIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| SetupError::path("workdir", &path, describe(e)))?;
+    // The kernel's temporary names (`#...`) are leftovers; entries stay.
+    clear_temporaries(&idx).map_err(|e| SetupError::path("workdir", &path, describe(e)))?;
+    let set = |fd: &OwnedFd, x: Ovl, v: &[u8]| {
+        if formats.read_ovl(fd, x).is_none() {
+            if let Err(e) = xattr::set(fd, formats.ovl(x), v, rustix::fs::XattrFlags::empty()) {
+                log::debug!(
+                    "{} not recorded: {e}",
+                    String::from_utf8_lossy(formats.ovl(x))
+                );
+            }
+        }
+    };
+    set(
+        &idx,
+        Ovl::Upper,
+        &origin::encode(&upper.uuid, &up_fh, origin::FLAG_UPPER),
+    );
+    if formats.read_ovl(&upper.root, Ovl::Impure).is_none() {
+        let mut uuid = [0u8; 16];
+        if rustix::rand::getrandom(&mut uuid, rustix::rand::GetRandomFlags::empty()).is_ok() {
+            set(&upper.root, Ovl::Uuid, &uuid);
+        }
+    }
+    set(
+        &upper.root,
+        Ovl::Origin,
+        &origin::encode(&lower.uuid, &low_fh, 0),
+    );
+    Ok(Some(idx))
+}
+
+/// Remove the entries of `dir` whose names begin with `#`.
+fn clear_temporaries(dir: &OwnedFd) -> Result<(), Errno> {
+    let rd = crate::sys::fd::open_dir_read(dir)?;
+    let mut names = Vec::new();
+    for ent in rustix::fs::Dir::new(rd)? {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n.starts_with(b"#") {
+            names.push((
+                n.to_vec(),
+                ent.file_type() == rustix::fs::FileType::Directory,
+            ));
+        }
+    }
+    for (n, is_dir) in names {
+        crate::sys::tree::remove_tree(dir, &n, is_dir)?;
+    }
+    Ok(())
 }

@@ -1,13 +1,14 @@
-//! The only module with `unsafe` code: process-level system calls that have
-//! no safe wrapper in `rustix` (fork, signal masks, stdio redirection, heap
-//! trimming). Each call is wrapped in a safe function with a `SAFETY` note.
+//! The only module with `unsafe` code: system calls that have no safe
+//! wrapper in `rustix` (fork, signal masks, stdio redirection, heap
+//! trimming, file handles, the filesystem uuid). Each call is wrapped in a
+//! safe function with a `SAFETY` note.
 //!
 //! Everything the filesystem does on layers goes through `rustix`, which
 //! already offers safe, fd-based wrappers (see the sibling modules).
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Outcome of [`fork`].
 pub(crate) enum Fork {
@@ -144,4 +145,138 @@ pub(crate) fn raise_nofile_limit() {
             },
         );
     }
+}
+
+/// The longest file handle the kernel hands out (`MAX_HANDLE_SZ`).
+const MAX_HANDLE: usize = 128;
+
+/// `struct file_handle` with room for the longest handle.
+#[repr(C)]
+struct HandleBuf {
+    handle_bytes: libc::c_uint,
+    handle_type: libc::c_int,
+    f_handle: [u8; MAX_HANDLE],
+}
+
+/// A file handle, as `name_to_handle_at(2)` gives it: the handle type and
+/// the handle bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileHandle {
+    /// The exportfs fid type.
+    pub(crate) kind: u8,
+    /// The handle bytes.
+    pub(crate) bytes: Vec<u8>,
+}
+
+/// `name_to_handle_at(2)` of `name` in `dir` (the object itself, a symlink
+/// is not followed; `""` for `dir` itself).
+pub(crate) fn name_to_handle(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<FileHandle> {
+    let name = std::ffi::CString::new(name)?;
+    let mut buf = HandleBuf {
+        handle_bytes: MAX_HANDLE as libc::c_uint,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let flags = if name.as_bytes().is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        0
+    };
+    // SAFETY: `buf` is a file_handle with `handle_bytes` bytes of room
+    // after its header; `name` is NUL-terminated; `mount_id` is a valid out
+    // pointer; the kernel writes nothing beyond these.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            (&mut buf as *mut HandleBuf).cast::<libc::file_handle>(),
+            &mut mount_id,
+            flags,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = (buf.handle_bytes as usize).min(MAX_HANDLE);
+    Ok(FileHandle {
+        kind: u8::try_from(buf.handle_type)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EOVERFLOW))?,
+        bytes: buf.f_handle[..len].to_vec(),
+    })
+}
+
+/// `open_by_handle_at(2)`: open the object `h` names on the filesystem of
+/// `mount` as an `O_PATH` descriptor. Needs `CAP_DAC_READ_SEARCH` in the
+/// initial user namespace (`EPERM` otherwise).
+pub(crate) fn open_by_handle(mount: BorrowedFd<'_>, h: &FileHandle) -> std::io::Result<OwnedFd> {
+    if h.bytes.len() > MAX_HANDLE {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut buf = HandleBuf {
+        handle_bytes: h.bytes.len() as libc::c_uint,
+        handle_type: libc::c_int::from(h.kind),
+        f_handle: [0; MAX_HANDLE],
+    };
+    buf.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    // SAFETY: `buf` is a valid file_handle whose `handle_bytes` bytes follow
+    // its header; the kernel only reads it.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount.as_raw_fd(),
+            (&mut buf as *mut HandleBuf).cast::<libc::file_handle>(),
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by nobody
+    // else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct fsuuid2` of `FS_IOC_GETFSUUID`.
+#[repr(C)]
+struct FsUuid2 {
+    len: u8,
+    uuid: [u8; 16],
+}
+
+/// `_IOR(0x15, 0, struct fsuuid2)`.
+const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+/// `_IOR(0x94, 31, struct btrfs_ioctl_fs_info_args)` (1024 bytes).
+const BTRFS_IOC_FS_INFO: libc::c_ulong = 0x8400_941f;
+/// `BTRFS_FS_INFO_FLAG_METADATA_UUID`.
+const BTRFS_FS_INFO_METADATA_UUID: u64 = 1 << 2;
+
+/// The uuid of the filesystem `fd` (an fd opened for reading, not `O_PATH`)
+/// lives on, as the kernel keeps it for the superblock (`s_uuid`): what
+/// `FS_IOC_GETFSUUID` says, or for btrfs, which lacks that call, its
+/// metadata uuid. `None` when the filesystem tells none.
+pub(crate) fn fs_uuid(fd: BorrowedFd<'_>) -> Option<[u8; 16]> {
+    let mut u = FsUuid2 {
+        len: 16,
+        uuid: [0; 16],
+    };
+    // SAFETY: FS_IOC_GETFSUUID writes one `struct fsuuid2` to the pointer.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut u as *mut FsUuid2) };
+    if r == 0 && u.len as usize == u.uuid.len() {
+        return Some(u.uuid);
+    }
+    let mut info = [0u8; 1024];
+    info[48..56].copy_from_slice(&BTRFS_FS_INFO_METADATA_UUID.to_ne_bytes());
+    // SAFETY: BTRFS_IOC_FS_INFO reads and writes one 1024-byte
+    // `btrfs_ioctl_fs_info_args`; `info` is that large.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), BTRFS_IOC_FS_INFO, info.as_mut_ptr()) };
+    if r != 0 {
+        return None;
+    }
+    let flags = u64::from_ne_bytes(info[48..56].try_into().ok()?);
+    let at = if flags & BTRFS_FS_INFO_METADATA_UUID != 0 {
+        64
+    } else {
+        16
+    };
+    info[at..at + 16].try_into().ok()
 }

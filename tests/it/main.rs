@@ -12,6 +12,7 @@ mod crash;
 mod differential;
 mod enospc;
 mod hostile;
+mod kernel_parity;
 mod library;
 mod lifecycle;
 mod ownership;

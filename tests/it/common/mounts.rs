@@ -297,6 +297,12 @@ pub fn mount_kernel(
     if OpaqueForm::kernel() != OpaqueForm::Trusted {
         opts.push_str(",userxattr");
     }
+    // The behaviour stratafs follows: lower hard links stay one file
+    // across copy-up (an inode index). Rootless the kernel cannot decode
+    // file handles and falls back to index=off (see docs/COMPAT.md).
+    if upper.is_some() {
+        opts.push_str(",index=on");
+    }
     let flags = if upper.is_none() { libc::MS_RDONLY } else { 0 };
     sys::mount("overlay", mnt, "overlay", flags, &opts)
         .unwrap_or_else(|e| panic!("mount -t overlay -o {opts} {mnt:?}: {}", errno_name(e)));

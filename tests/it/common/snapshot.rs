@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use super::env::is_rootless;
 use super::errno::errno_name;
 use super::stacks::join_rel;
 use super::sys;
@@ -227,7 +228,12 @@ fn walk_upper(base: &Path, rel: &str, out: &mut Snapshot) {
             .iter()
             .any(|(n, v)| is_opaque_xattr(n) && v.as_slice() == b"y");
     }
-    meta.xattrs.retain(|n, _| !is_private_xattr(n));
+    // The kernel's own records are compared too (they are what a kernel
+    // mount of the upper reads); opaque markers are normalised above, the
+    // overlay's uuid is random. Origins name lower inodes: see
+    // `normalise_upper`.
+    meta.xattrs
+        .retain(|n, _| !is_opaque_xattr(n) && !n.ends_with(".overlay.uuid"));
     let mut children = Vec::new();
     if is_dir {
         for name in sorted_children(&p) {
@@ -416,5 +422,91 @@ pub fn meta_of<'a>(snap: &'a Snapshot, rel: &str) -> &'a Meta {
             "{rel:?}: expected a node, got {other:?}\n{}",
             fmt_snapshot(snap)
         ),
+    }
+}
+
+/// An upper snapshot made comparable with one of another copy of the same
+/// stack: an origin record (a file handle of a lower inode) becomes the
+/// lower path it names (`<origin lowerN:path>`). Rootless, the kernel
+/// overlay cannot read file handles: it records origins empty and falls
+/// back from an inode index to none, while stratafs keeps both; then only
+/// an origin's presence compares, and the marks that come with an index
+/// are normalised (see `normalise_rootless_index`).
+pub fn normalise_upper(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
+    let mut by_handle = BTreeMap::new();
+    for (i, l) in lowers.iter().enumerate() {
+        handles_below(l, &format!("lower{i}:"), &mut by_handle);
+    }
+    for e in s.values_mut() {
+        let Entry::Node(m) = e else {
+            continue;
+        };
+        for (n, v) in m.xattrs.iter_mut() {
+            if !n.ends_with(".overlay.origin") {
+                continue;
+            }
+            *v = if is_rootless() {
+                b"<origin>".to_vec()
+            } else if v.is_empty() {
+                b"<origin unknown>".to_vec()
+            } else if v.len() > 21 && v[1] == 0xfb {
+                match by_handle.get(&(v[4], v[21..].to_vec())) {
+                    Some(path) => format!("<origin {path}>").into_bytes(),
+                    None => format!("<origin of no lower object: {v:02x?}>").into_bytes(),
+                }
+            } else {
+                format!("<origin malformed: {v:02x?}>").into_bytes()
+            };
+        }
+    }
+    normalise_rootless_index(s, lowers);
+}
+
+/// Every object below `dir` (and `dir` itself) by its file handle.
+fn handles_below(dir: &Path, label: &str, out: &mut BTreeMap<(u8, Vec<u8>), String>) {
+    if let Some(h) = sys::name_to_handle(dir) {
+        out.insert(h, label.to_string());
+    }
+    let Ok(rd) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<fs::DirEntry> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let p = e.path();
+        let rel = format!(
+            "{label}{}{}",
+            if label.ends_with(':') { "" } else { "/" },
+            e.file_name().to_string_lossy()
+        );
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            handles_below(&p, &rel, out);
+        } else if let Some(h) = sys::name_to_handle(&p) {
+            out.entry(h).or_insert(rel);
+        }
+    }
+}
+
+/// Rootless, the kernel overlay falls back from an inode index to none (it
+/// cannot decode file handles there), while stratafs keeps its index: the
+/// kernel then writes no origin on the upper root and does not mark a new
+/// directory in a merged one opaque. Normalise exactly those marks in an
+/// upper snapshot before comparing (a no-op as root): the root's origin,
+/// and opaque marks on directories that hide nothing (no lower layer has a
+/// directory at that path).
+fn normalise_rootless_index(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
+    if !is_rootless() {
+        return;
+    }
+    for (rel, e) in s.iter_mut() {
+        let Entry::Node(m) = e else {
+            continue;
+        };
+        if rel.is_empty() {
+            m.xattrs.retain(|n, _| !n.ends_with(".overlay.origin"));
+        }
+        if m.kind == Kind::Dir && m.opaque && !lowers.iter().any(|l| join_rel(l, rel).is_dir()) {
+            m.opaque = false;
+        }
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use stratafs::api::{Layer, Markers, TempStack, TempStackBuilder};
 
 use super::mounts::{mount_kernel, overlay_opts, try_mount_stratafs, Mount};
+use super::snapshot::normalise_upper;
 use super::snapshot::{diff_snapshots, fmt_snapshot, kind_of, snapshot_upper, snapshot_view};
 use super::snapshot::{CmpOpts, Kind, Snapshot};
 
@@ -234,10 +235,12 @@ impl Pair {
     }
 
     pub fn assert_same_upper_opts(&self, opts: &CmpOpts) {
-        let (s, k) = (
+        let (mut s, mut k) = (
             snapshot_upper(self.s.upper()),
             snapshot_upper(self.k.upper()),
         );
+        normalise_upper(&mut s, self.s.lowers());
+        normalise_upper(&mut k, self.k.lowers());
         assert_same("upper layer", &s, &k, opts);
     }
 

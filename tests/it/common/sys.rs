@@ -312,3 +312,32 @@ pub fn umount2(target: &Path, flags: i32) -> Result<(), i32> {
     let t = cpath(target);
     cvt(unsafe { libc::umount2(t.as_ptr(), flags) }).map(drop)
 }
+
+/// `name_to_handle_at(2)` of `p` itself (a symlink is not followed): the
+/// handle type and bytes.
+pub fn name_to_handle(p: &Path) -> Option<(u8, Vec<u8>)> {
+    #[repr(C)]
+    struct Buf {
+        bytes: libc::c_uint,
+        kind: libc::c_int,
+        handle: [u8; 128],
+    }
+    let mut b = Buf {
+        bytes: 128,
+        kind: 0,
+        handle: [0; 128],
+    };
+    let mut mnt: libc::c_int = 0;
+    let c = cpath(p);
+    // SAFETY: `b` is a file_handle with 128 bytes of room after its header.
+    let r = unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            (&mut b as *mut Buf).cast(),
+            &mut mnt,
+            0,
+        )
+    };
+    (r == 0).then(|| (b.kind as u8, b.handle[..b.bytes as usize].to_vec()))
+}

@@ -1,0 +1,115 @@
+//! Origins: tying a copied-up object to the lower object it came from, with
+//! the kernel overlay's record (`format::origin`).
+//!
+//! Written at copy-up, from the lower object's file handle. Read back at
+//! lookup and in listings, so that a copied-up object keeps showing its
+//! lower original's inode number, also after a remount: the lower object at
+//! the same name is the usual origin, and its handle confirms it; otherwise,
+//! where permitted (root), the handle is opened directly. Records of
+//! earlier stratafs versions (the merged view's inode number as text) are
+//! still understood.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs::Stat;
+
+use super::obj::Obj;
+use crate::format::origin::{self, legacy, Origin};
+use crate::format::xattr_names::Ovl;
+use crate::setup::stack::Stack;
+use crate::sys::raw::{self, FileHandle};
+use crate::sys::xattr;
+
+/// Where an upper object came from, as far as its records tell.
+#[derive(Debug)]
+pub(crate) enum Source {
+    /// This lower object (its attributes).
+    Lower(Stat),
+    /// An id recorded by an earlier version, in its numbering.
+    LegacyId(u64),
+    /// Nothing is known.
+    Unknown,
+}
+
+/// The file handle of `obj` (the object itself, never a symlink's target).
+pub(crate) fn handle_of(obj: &Obj) -> Option<FileHandle> {
+    match obj {
+        Obj::Fd(fd) => raw::name_to_handle(fd.as_fd(), b"").ok(),
+        Obj::At { dir, name } => raw::name_to_handle(dir.as_fd(), name).ok(),
+    }
+}
+
+/// The origin record for `obj`, an object of layer `layer`: the kernel's
+/// bytes, or an empty record (origin unknown) where its filesystem gives no
+/// handle.
+pub(crate) fn record_of(stack: &Stack, layer: usize, obj: &Obj) -> Vec<u8> {
+    let uuid = stack.layers.get(layer).map(|l| l.uuid).unwrap_or_default();
+    handle_of(obj)
+        .map(|h| origin::encode(&uuid, &h, 0))
+        .unwrap_or_default()
+}
+
+/// Write `record` as the origin of the new copy `copy`. Best effort, as
+/// the kernel: a symlink or device cannot carry a `user.` xattr.
+pub(crate) fn write(stack: &Stack, copy: &OwnedFd, record: &[u8]) {
+    let name = stack.formats.ovl(Ovl::Origin);
+    if let Err(e) = xattr::set(copy, name, record, rustix::fs::XattrFlags::empty()) {
+        log::debug!("origin not recorded: {e}");
+    }
+}
+
+/// The origin record of `obj` (either namespace), if it has one.
+pub(crate) fn recorded(stack: &Stack, obj: &Obj) -> Option<Vec<u8>> {
+    let t = stack.formats.trusted();
+    obj.get_xattr(Ovl::Origin.name(t))
+        .or_else(|_| obj.get_xattr(Ovl::Origin.name(!t)))
+        .ok()
+}
+
+/// Where the upper object `upper` came from. `candidates` are the lower
+/// objects that may be its origin (the one at the same name), with their
+/// layers; the first whose handle matches the record wins.
+pub(crate) fn source(
+    stack: &Stack,
+    upper: &Obj,
+    candidates: impl FnOnce() -> Vec<(usize, Obj)>,
+) -> Source {
+    let Some(v) = recorded(stack, upper) else {
+        return legacy_source(upper);
+    };
+    let Origin::Known(r) = origin::decode(&v) else {
+        return legacy_source(upper);
+    };
+    for (layer, c) in candidates() {
+        let same_fs = stack.layers.get(layer).is_some_and(|l| l.uuid == r.uuid);
+        if same_fs && handle_of(&c).as_ref() == Some(&r.handle) {
+            if let Ok(st) = c.stat() {
+                return Source::Lower(st);
+            }
+        }
+    }
+    // Renamed since: open the handle itself (needs CAP_DAC_READ_SEARCH).
+    for l in stack.layers.iter().skip(usize::from(stack.has_upper)) {
+        if l.uuid != r.uuid {
+            continue;
+        }
+        match raw::open_by_handle(l.root.as_fd(), &r.handle) {
+            Ok(fd) => {
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    return Source::Lower(st);
+                }
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => break,
+            Err(_) => {}
+        }
+    }
+    legacy_source(upper)
+}
+
+fn legacy_source(upper: &Obj) -> Source {
+    legacy::NAMES
+        .iter()
+        .find_map(|n| upper.get_xattr(n).ok())
+        .and_then(|v| legacy::decode(&v))
+        .map_or(Source::Unknown, Source::LegacyId)
+}

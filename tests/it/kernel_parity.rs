@@ -1,0 +1,362 @@
+//! What stratafs writes to an upper, next to what the kernel overlay (with
+//! an inode index, `index=on`) writes for the same operations: origin
+//! records, impure and opaque marks, hard-link counts kept in the index,
+//! parent times. One named test per case that once differed.
+
+use crate::common::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The overlay records on every object below `upper` (and on it), by
+/// relative path: name → value, the random `overlay.uuid` left out.
+fn records(upper: &Path) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(upper.to_path_buf(), String::new())];
+    while let Some((p, rel)) = stack.pop() {
+        let mut x = BTreeMap::new();
+        for n in sys::llistxattr(&p).unwrap_or_default() {
+            if n.contains(".overlay.") && !n.ends_with(".overlay.uuid") {
+                x.insert(n.clone(), sys::lgetxattr(&p, &n).unwrap_or_default());
+            }
+        }
+        if !x.is_empty() {
+            out.insert(rel.clone(), x);
+        }
+        if sys::lstat(&p).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+            for name in list_dir(&p).unwrap_or_default() {
+                let r = if rel.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((p.join(&name), r));
+            }
+        }
+    }
+    out
+}
+
+/// Two uppers over the *same* lower directories: stratafs on one, the
+/// kernel overlay on the other, so that file handles of lower objects (and
+/// so origin records) can be compared byte for byte.
+struct SharedLowers {
+    _tmp: tempfile::TempDir,
+    lowers: Vec<PathBuf>,
+    s: (PathBuf, PathBuf, PathBuf),
+    k: (PathBuf, PathBuf, PathBuf),
+}
+
+impl SharedLowers {
+    fn new(layers: &[Layer]) -> SharedLowers {
+        let tmp = tempdir();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        let mut lowers = Vec::new();
+        for (i, l) in layers.iter().enumerate() {
+            let d = root.join(format!("lower{i}"));
+            l.write_to(&d).unwrap();
+            lowers.push(d);
+        }
+        let dirs = |side: &str| {
+            let (u, w, m) = (
+                root.join(format!("{side}-upper")),
+                root.join(format!("{side}-work")),
+                root.join(format!("{side}-mnt")),
+            );
+            for d in [&u, &w, &m] {
+                std::fs::create_dir(d).unwrap();
+            }
+            (u, w, m)
+        };
+        SharedLowers {
+            s: dirs("s"),
+            k: dirs("k"),
+            lowers,
+            _tmp: tmp,
+        }
+    }
+
+    fn mount_strata(&self) -> Mount {
+        let o = overlay_opts(&self.lowers, Some(&self.s.0), Some(&self.s.1));
+        try_mount_stratafs(&o, &self.s.2).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn mount_kernel(&self) -> Mount {
+        mount_kernel(&self.lowers, Some(&self.k.0), Some(&self.k.1), &self.k.2)
+    }
+}
+
+#[test]
+fn origin_and_impure_records_are_the_kernels_byte_for_byte() {
+    if is_rootless() {
+        // The kernel records origins empty there (it cannot read handles);
+        // stratafs still records the handle (docs/COMPAT.md).
+        skip(
+            "kernel_parity::origin_and_impure_records_are_the_kernels_byte_for_byte",
+            "a rootless kernel mount records no file handles to compare with",
+        );
+        return;
+    }
+    let st = SharedLowers::new(&[Layer::new()
+        .dir("c")
+        .mode(0o1777)
+        .file("c/f", "data")
+        .file("d/g", "g")
+        .symlink("d/s", "g")
+        .dir("e/sub")]);
+    let ops = |m: &Path| {
+        sys::write_file(&m.join("c/r"), b"new", 0o644).unwrap();
+        sys::chmod(&m.join("c/f"), 0o600).unwrap();
+        sys::lchown(&m.join("d/s"), 0, 0).unwrap();
+        sys::write_file(&m.join("e/sub/new"), b"x", 0o644).unwrap();
+    };
+    let km = st.mount_kernel();
+    ops(&st.k.2);
+    let sm = st.mount_strata();
+    ops(&st.s.2);
+    // With all layers on one filesystem the kernel reports the lower inode
+    // number of a copied-up file; so does stratafs.
+    for f in ["c/f", "d/g", "e/sub"] {
+        let (a, b) = (
+            sys::lstat(&st.s.2.join(f)).unwrap(),
+            sys::lstat(&st.k.2.join(f)).unwrap(),
+        );
+        assert_eq!(a.st_ino, b.st_ino, "st_ino of {f}");
+    }
+    drop((sm, km));
+    let (s, k) = (records(&st.s.0), records(&st.k.0));
+    assert_eq!(s, k, "overlay records: stratafs (left), kernel (right)");
+    assert!(s.contains_key("c/f") && s.contains_key("e/sub"), "{s:?}");
+    // No stratafs name anywhere in the upper.
+    for (path, x) in records(&st.s.0) {
+        assert!(!x.keys().any(|n| n.contains("stratafs")), "{path}: {x:?}");
+    }
+}
+
+#[test]
+fn a_kernel_mount_of_a_stratafs_upper_reports_the_same_inode_numbers() {
+    if is_rootless() {
+        skip(
+            "kernel_parity::a_kernel_mount_of_a_stratafs_upper_reports_the_same_inode_numbers",
+            "a rootless kernel mount cannot follow origin records",
+        );
+        return;
+    }
+    let spec = stack(
+        vec![Layer::new().file("d/f", "f").file("g", "g").dir("e")],
+        Layer::new(),
+    );
+    let st = spec.build(Markers::Kernel);
+    let names = ["d", "d/f", "g", "e"];
+    let before: Vec<u64> = {
+        let _m = st.mount_strata();
+        sys::chmod(&st.m("d/f"), 0o600).unwrap();
+        sys::write_file(&st.m("g"), b"changed", 0o644).unwrap();
+        sys::write_file(&st.m("e/new"), b"n", 0o644).unwrap();
+        names
+            .iter()
+            .map(|n| sys::lstat(&st.m(n)).unwrap().st_ino)
+            .collect()
+    };
+    let _k = st.mount_kernel();
+    let kernel: Vec<u64> = names
+        .iter()
+        .map(|n| sys::lstat(&st.m(n)).unwrap().st_ino)
+        .collect();
+    assert_eq!(
+        before, kernel,
+        "st_ino of {names:?}: stratafs, then a kernel mount of its upper"
+    );
+}
+
+#[test]
+fn a_new_directory_in_a_merged_directory_is_opaque() {
+    let p = Pair::new(&stack(
+        vec![Layer::new().dir("f").file("top", "t")],
+        Layer::new(),
+    ));
+    assert_eq!(
+        p.same("mkdir f/t", |r| sys::mkdir(&r.join("f/t"), 0o755)),
+        Ok(())
+    );
+    assert_eq!(
+        p.same("mkdir new", |r| sys::mkdir(&r.join("new"), 0o755)),
+        Ok(())
+    );
+    assert_eq!(
+        p.same("mkdir new/sub", |r| sys::mkdir(&r.join("new/sub"), 0o755)),
+        Ok(())
+    );
+    p.assert_same_upper();
+    let up = snapshot_upper(p.s.upper());
+    let opaque = |rel: &str| matches!(up.get(rel), Some(Entry::Node(m)) if m.opaque);
+    if !is_rootless() {
+        assert!(
+            opaque("f/t") && opaque("new"),
+            "new dirs in merged dirs are opaque"
+        );
+    }
+    assert!(!opaque("new/sub"), "a new dir in a pure upper dir is not");
+}
+
+/// Lower `c` and `f` one file (two names), plus `b/t` and `b/q`, and `b/e`
+/// with `g`'s sibling: the hard-link cases.
+fn hard_links() -> TempStackBuilder {
+    stack(
+        vec![Layer::new()
+            .file("c", "shared")
+            .hard_link("f", "c")
+            .file("b/t", "0123456789")
+            .hard_link("b/q", "b/t")
+            .file("b/e", "renamed")
+            .hard_link("x", "b/e")],
+        Layer::new(),
+    )
+}
+
+fn nlink_of(r: &Path, name: &str) -> Result<u64, i32> {
+    sys::lstat(&r.join(name)).map(|st| st.st_nlink)
+}
+
+#[test]
+fn unlinking_one_name_of_a_lower_hard_link_lowers_the_others_count() {
+    if is_rootless() {
+        skip(
+            "kernel_parity::unlinking_one_name_of_a_lower_hard_link_lowers_the_others_count",
+            "a rootless kernel mount keeps no inode index to compare with",
+        );
+        return;
+    }
+    let p = Pair::new(&hard_links());
+    assert_eq!(p.same("nlink c", |r| nlink_of(r, "c")), Ok(2));
+    assert_eq!(p.same("unlink f", |r| sys::unlink(&r.join("f"))), Ok(()));
+    assert_eq!(p.same("nlink c after", |r| nlink_of(r, "c")), Ok(1));
+    assert_eq!(read_string(&p.s.m("c")), "shared");
+    p.assert_same_view();
+    p.assert_same_upper();
+}
+
+#[test]
+fn a_file_open_through_an_unlinked_name_counts_its_other_name() {
+    if is_rootless() {
+        skip(
+            "kernel_parity::a_file_open_through_an_unlinked_name_counts_its_other_name",
+            "a rootless kernel mount keeps no inode index to compare with",
+        );
+        return;
+    }
+    let p = Pair::new(&hard_links());
+    let (fs, fk) = p.both(|r| sys::open(&r.join("b/t"), libc::O_RDWR, 0).unwrap());
+    assert_eq!(
+        p.same("unlink b/t", |r| sys::unlink(&r.join("b/t"))),
+        Ok(())
+    );
+    let (ns, nk) = (
+        sys::fstat(&fs).unwrap().st_nlink,
+        sys::fstat(&fk).unwrap().st_nlink,
+    );
+    assert_eq!((ns, nk), (1, 1), "fstat of the open file: stratafs, kernel");
+    drop((fs, fk));
+    p.assert_same_view();
+    p.assert_same_upper();
+}
+
+#[test]
+fn a_write_through_an_unlinked_name_reaches_the_other_names() {
+    if is_rootless() {
+        skip(
+            "kernel_parity::a_write_through_an_unlinked_name_reaches_the_other_names",
+            "a rootless kernel mount keeps no inode index to compare with",
+        );
+        return;
+    }
+    let p = Pair::new(&hard_links());
+    let data = vec![b'w'; 200];
+    let (fs, fk) = p.both(|r| sys::open(&r.join("b/t"), libc::O_RDWR, 0).unwrap());
+    assert_eq!(
+        p.same("unlink b/t", |r| sys::unlink(&r.join("b/t"))),
+        Ok(())
+    );
+    assert_eq!(sys::pwrite(&fs, &data, 0), Ok(200));
+    assert_eq!(sys::pwrite(&fk, &data, 0), Ok(200));
+    drop((fs, fk));
+    let q = p.same("read b/q", |r| sys::read_all(&r.join("b/q")));
+    assert_eq!(
+        q,
+        Ok(data.clone()),
+        "b/q shows the bytes written through b/t"
+    );
+    p.assert_same_view();
+    p.assert_same_upper();
+    // Also after a remount (the copy lives in the index).
+    let Pair { sm, km, s, k } = p;
+    drop((sm, km, k));
+    let _m = s.mount_strata();
+    assert_eq!(sys::read_all(&s.m("b/q")), Ok(data));
+    assert_eq!(nlink_of(&s.mnt, "b/q"), Ok(1));
+}
+
+#[test]
+fn renaming_one_name_of_a_lower_hard_link_writes_only_that_name() {
+    if is_rootless() {
+        skip(
+            "kernel_parity::renaming_one_name_of_a_lower_hard_link_writes_only_that_name",
+            "a rootless kernel mount keeps no inode index to compare with",
+        );
+        return;
+    }
+    let p = Pair::new(&hard_links());
+    assert_eq!(
+        p.same("rename b/e g", |r| sys::rename(
+            &r.join("b/e"),
+            &r.join("g")
+        )),
+        Ok(())
+    );
+    for n in ["g", "x"] {
+        assert_eq!(p.same(n, |r| nlink_of(r, n)), Ok(2), "{n}");
+    }
+    p.assert_same_view();
+    p.assert_same_upper();
+    assert_errno(
+        sys::lstat(&p.s.u("x")),
+        libc::ENOENT,
+        "the other name is not written",
+    );
+    let Pair { sm, km, s, k } = p;
+    drop((sm, km));
+    let _m = s.mount_strata();
+    let _k = k.mount_kernel();
+    for n in ["g", "x"] {
+        assert_eq!(
+            nlink_of(&s.mnt, n),
+            nlink_of(&k.mnt, n),
+            "{n} after remount"
+        );
+    }
+}
+
+#[test]
+fn a_copy_up_keeps_its_parents_times() {
+    let spec = stack(
+        vec![Layer::new()
+            .dir("c/r")
+            .file("c/r/y", "y")
+            .opaque("g/r")
+            .times(1_000_000_000, 1_000_000_000)
+            .hard_link("g/r/x", "c/r/y")
+            .dir("h")
+            .times(1_100_000_000, 1_100_000_000)
+            .file("h/z", "z")],
+        Layer::new(),
+    );
+    let p = Pair::new(&spec);
+    let t = (1_200_000_000, 0);
+    for f in ["g/r/x", "h/z"] {
+        assert_eq!(p.same(f, |r| sys::lutimes(&r.join(f), t, t)), Ok(()));
+    }
+    for d in ["g/r", "h"] {
+        let m = p.same(d, |r| sys::lstat(&r.join(d)).map(|st| st.st_mtime));
+        assert!(matches!(m, Ok(1_000_000_000 | 1_100_000_000)), "{d}: {m:?}");
+    }
+    p.assert_same_view();
+}
