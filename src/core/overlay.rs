@@ -515,9 +515,10 @@ impl Overlay {
         Ok(listing::with_dots(node.ino, parent, entries))
     }
 
-    /// A directory of the upper layer only that is marked impure but holds
-    /// no entry with an origin any more loses the mark, as the kernel
-    /// overlay does when it reads such a directory.
+    /// A directory of the upper layer only that is marked impure but no
+    /// longer holds an entry shown with another inode number than its own
+    /// (a copy of a lower object) loses the mark, as the kernel overlay does
+    /// when it reads such a directory.
     fn drop_stale_impure(&self, node: &Node, entries: &[DirEntry]) {
         if node.has_lowers() {
             return;
@@ -528,15 +529,15 @@ impl Overlay {
         if self.stack.formats.read_ovl(&*u, Ovl::Impure).is_none() {
             return;
         }
-        let t = self.stack.formats.trusted();
-        let has_origin = |name: &[u8]| {
-            [Ovl::Origin.name(t), Ovl::Origin.name(!t)]
-                .iter()
-                .any(|x| xattr::get_at(&*u, name, x).is_ok())
+        let renumbered = |e: &DirEntry| {
+            fd::stat_at(&*u, &e.name).map_or(true, |st| {
+                e.ino != self.inodes.ino_for(st.st_dev, st.st_ino)
+            })
         };
-        if entries.iter().any(|e| has_origin(&e.name)) {
+        if entries.iter().any(renumbered) {
             return;
         }
+        let t = self.stack.formats.trusted();
         for ns in [t, !t] {
             let _ = xattr::remove(&*u, Ovl::Impure.name(ns));
         }

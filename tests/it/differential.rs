@@ -938,6 +938,7 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     let mut ku = snapshot_upper(kstack.upper());
     normalise_upper(&mut su, sstack.lowers());
     normalise_upper(&mut ku, kstack.lowers());
+    normalise_rootless_pair(&mut su, &ku);
     let d = diff_snapshots(&su, &ku, &opts);
     if !d.is_empty() {
         return Err((

@@ -1099,20 +1099,36 @@ fn lower_hard_links_stay_linked_across_copy_up_and_remount() {
     // inode; "c" is first seen after the copy-up.
     let before = ino(&p.s.m("d1/a"));
     assert_eq!(ino(&p.s.m("d2/b")), before, "one inode before copy-up");
-    let appended = p.same("append through d2/b", |r| {
+    // Rootless the kernel overlay keeps no index (it breaks the link on
+    // copy-up): compare with it as root only.
+    let kernel = !is_rootless();
+    let append = |r: &Path| {
         let fd = sys::open(&r.join("d2/b"), libc::O_WRONLY | libc::O_APPEND, 0)?;
         sys::write(&fd, b"+more").map(|_| ())
-    });
+    };
+    let appended = if kernel {
+        p.same("append through d2/b", append)
+    } else {
+        append(&p.s.mnt)
+    };
     assert_eq!(appended, Ok(()));
     for name in ["d1/a", "d2/b", "c"] {
         assert_eq!(read_string(&p.s.m(name)), "original+more", "{name}");
         assert_eq!(ino(&p.s.m(name)), before, "{name} keeps the inode number");
-        let n = p.same(name, |r| sys::lstat(&r.join(name)).map(|st| st.st_nlink));
-        assert_eq!(n, Ok(3), "{name}");
+        assert_eq!(
+            sys::lstat(&p.s.m(name)).map(|st| st.st_nlink),
+            Ok(3),
+            "{name}"
+        );
+        if kernel {
+            let n = p.same(name, |r| sys::lstat(&r.join(name)).map(|st| st.st_nlink));
+            assert_eq!(n, Ok(3), "{name}");
+        }
     }
-    assert_eq!(sys::lstat(&p.s.m("c")).unwrap().st_nlink, 3);
-    p.assert_same_view();
-    p.assert_same_upper();
+    if kernel {
+        p.assert_same_view();
+        p.assert_same_upper();
+    }
     // The upper holds the name written through, a link of the index entry;
     // the lower is untouched.
     let ub = sys::lstat(&p.s.u("d2/b")).unwrap();

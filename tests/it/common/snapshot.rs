@@ -431,7 +431,7 @@ pub fn meta_of<'a>(snap: &'a Snapshot, rel: &str) -> &'a Meta {
 /// overlay cannot read file handles: it records origins empty and falls
 /// back from an inode index to none, while stratafs keeps both; then only
 /// an origin's presence compares, and the marks that come with an index
-/// are normalised (see `normalise_rootless_index`).
+/// are normalised (see `normalise_rootless_pair`).
 pub fn normalise_upper(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
     let mut by_handle = BTreeMap::new();
     for (i, l) in lowers.iter().enumerate() {
@@ -459,7 +459,6 @@ pub fn normalise_upper(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
             };
         }
     }
-    normalise_rootless_index(s, lowers);
 }
 
 /// Every object below `dir` (and `dir` itself) by its file handle.
@@ -487,26 +486,29 @@ fn handles_below(dir: &Path, label: &str, out: &mut BTreeMap<(u8, Vec<u8>), Stri
     }
 }
 
-/// Rootless, the kernel overlay falls back from an inode index to none (it
-/// cannot decode file handles there), while stratafs keeps its index: the
-/// kernel then writes no origin on the upper root and does not mark a new
-/// directory in a merged one opaque. Normalise exactly those marks in an
-/// upper snapshot before comparing (a no-op as root): the root's origin,
-/// and opaque marks on directories that hide nothing (no lower layer has a
-/// directory at that path).
-fn normalise_rootless_index(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
+/// Rootless, the kernel overlay cannot decode file handles: it falls back
+/// from an inode index to none and records origins empty, while stratafs
+/// keeps both (docs/COMPAT.md). Then it writes no origin on the upper root,
+/// does not mark a new directory in a merged one opaque, and drops an
+/// impure mark stratafs still needs (its entries keep their lower inode
+/// numbers across a remount). Normalise exactly those marks where only the
+/// subject `s` has them (a no-op as root): the kernel's own marks must
+/// still be there.
+pub fn normalise_rootless_pair(s: &mut Snapshot, k: &Snapshot) {
     if !is_rootless() {
         return;
     }
     for (rel, e) in s.iter_mut() {
-        let Entry::Node(m) = e else {
+        let (Entry::Node(m), Some(Entry::Node(km))) = (e, k.get(rel)) else {
             continue;
         };
-        if rel.is_empty() {
-            m.xattrs.retain(|n, _| !n.ends_with(".overlay.origin"));
-        }
-        if m.kind == Kind::Dir && m.opaque && !lowers.iter().any(|l| join_rel(l, rel).is_dir()) {
+        if m.opaque && !km.opaque {
             m.opaque = false;
         }
+        m.xattrs.retain(|n, _| {
+            let extra = n.ends_with(".overlay.impure")
+                || (rel.is_empty() && n.ends_with(".overlay.origin"));
+            !extra || km.xattrs.contains_key(n)
+        });
     }
 }

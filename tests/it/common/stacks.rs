@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use stratafs::api::{Layer, Markers, TempStack, TempStackBuilder};
 
 use super::mounts::{mount_kernel, overlay_opts, try_mount_stratafs, Mount};
-use super::snapshot::normalise_upper;
 use super::snapshot::{diff_snapshots, fmt_snapshot, kind_of, snapshot_upper, snapshot_view};
+use super::snapshot::{normalise_rootless_pair, normalise_upper};
 use super::snapshot::{CmpOpts, Kind, Snapshot};
 
 /// Lower layers (top first) under an upper layer with `upper`'s contents.
@@ -241,6 +241,7 @@ impl Pair {
         );
         normalise_upper(&mut s, self.s.lowers());
         normalise_upper(&mut k, self.k.lowers());
+        normalise_rootless_pair(&mut s, &k);
         assert_same("upper layer", &s, &k, opts);
     }
 
