@@ -12,8 +12,10 @@ use crate::tools::check::{check, CheckOptions};
 /// Offline check of an upper and work directory (run while unmounted).
 ///
 /// Reports stray or conflicting whiteouts and opaque markers, markers the
-/// kernel overlay does not read, malformed override_stat xattrs and
-/// leftovers in WORKDIR/work, one finding per line: severity, layer:path
+/// kernel overlay does not read, malformed override_stat xattrs and kernel
+/// records (overlay.origin, impure, nlink), origin records of earlier
+/// stratafs versions, inode index entries (WORKDIR/index) the kernel would
+/// refuse or remove, and leftovers in WORKDIR/work, one finding per line: severity, layer:path
 /// (relative to that directory), what, and what --repair does about it.
 #[derive(Parser, Debug)]
 #[command(
@@ -33,7 +35,8 @@ struct CheckCli {
 
     /// Lower directories, top first, separated by ':' (may repeat; '\'
     /// escapes ':' and '\'). Enables the check for missing lower layers and
-    /// for whiteouts that hide nothing.
+    /// for whiteouts that hide nothing, and the conversion of earlier
+    /// origin records.
     #[arg(long, value_name = "DIR[:DIR...]", action = clap::ArgAction::Append)]
     lower: Vec<String>,
 
@@ -41,7 +44,9 @@ struct CheckCli {
     /// char 0/0 whiteouts where mknod is permitted; remove whiteouts beside
     /// a real entry (the entry wins) or a char whiteout of the same name,
     /// and whiteouts inside opaque directories; turn .wh..wh..opq into an
-    /// opaque xattr. Only while the overlay is not mounted.
+    /// opaque xattr; remove unreadable origin records and orphaned index
+    /// entries; with --lower, convert earlier origin records to the
+    /// kernel's. Only while the overlay is not mounted.
     #[arg(long)]
     repair: bool,
 

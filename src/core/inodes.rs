@@ -154,14 +154,8 @@ impl InodeTable {
         if id >= FRESH_BASE {
             return None;
         }
-        let mut unique: Vec<u64> = Vec::new();
-        for d in devs {
-            if !unique.contains(d) {
-                unique.push(*d);
-            }
-        }
-        let dev = *unique.get(usize::try_from(id >> INO_BITS).ok()?.checked_sub(1)?)?;
-        Some(self.ino_for(dev, id & ((1 << INO_BITS) - 1)))
+        let (dev, ino) = crate::format::origin::legacy::identity(id, devs)?;
+        Some(self.ino_for(dev, ino))
     }
 
     /// The id for an object with identity (`dev`, `ino`).

@@ -11,12 +11,15 @@
 //!   its parent (`Overlay::with_top`) may take the parent's read lock again
 //!   while holding it (`read_recursive`), but no other directory's.
 //!
-//! Node state locks (`Node::state`) and the inode table's map shards are
-//! innermost: nothing else is locked while one is held.
+//! * A **state lock** ([`StateLock`], `Node::state`) is innermost: no other
+//!   node lock, and no second state lock, is taken while one is held (the
+//!   inode table's map shards are leaves and may be).
 //!
 //! Debug builds check the rules above on every acquisition (a per-thread
 //! list of held locks) and panic on a violation; release builds carry no
 //! bookkeeping.
+
+use std::ops::{Deref, DerefMut};
 
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -95,6 +98,66 @@ impl DirLock {
     }
 }
 
+/// A node's state lock: innermost.
+#[derive(Debug, Default)]
+pub(crate) struct StateLock<T>(RwLock<T>);
+
+/// A held state read lock.
+pub(crate) struct StateRead<'a, T> {
+    g: RwLockReadGuard<'a, T>,
+    _t: track::Token,
+}
+
+/// A held state write lock.
+pub(crate) struct StateWrite<'a, T> {
+    g: RwLockWriteGuard<'a, T>,
+    _t: track::Token,
+}
+
+impl<T> StateLock<T> {
+    pub(crate) fn new(v: T) -> StateLock<T> {
+        StateLock(RwLock::new(v))
+    }
+
+    /// Read the state (no other state lock may be held).
+    pub(crate) fn read(&self) -> StateRead<'_, T> {
+        let t = track::acquire(0, track::Kind::State);
+        StateRead {
+            g: self.0.read(),
+            _t: t,
+        }
+    }
+
+    /// Change the state (no other state lock may be held).
+    pub(crate) fn write(&self) -> StateWrite<'_, T> {
+        let t = track::acquire(0, track::Kind::State);
+        StateWrite {
+            g: self.0.write(),
+            _t: t,
+        }
+    }
+}
+
+impl<T> Deref for StateRead<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.g
+    }
+}
+
+impl<T> Deref for StateWrite<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.g
+    }
+}
+
+impl<T> DerefMut for StateWrite<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.g
+    }
+}
+
 /// Write-lock two directories (`a` with id `ia`, `b` with id `ib`) in id
 /// order; one lock when they are the same directory.
 pub(crate) fn lock_two<'a>(
@@ -125,6 +188,7 @@ mod track {
         ReadAgain,
         Write,
         WriteSecond,
+        State,
     }
 
     thread_local! {
@@ -146,12 +210,16 @@ mod track {
     }
 
     fn is_dir(k: Kind) -> bool {
-        k != Kind::Copy
+        !matches!(k, Kind::Copy | Kind::State)
     }
 
     pub(super) fn acquire(ino: u64, kind: Kind) -> Token {
         HELD.with(|h| {
             let mut h = h.borrow_mut();
+            assert!(
+                !h.iter().any(|e| e.1 == Kind::State),
+                "lock order: {kind:?} lock of {ino} taken under a node state lock"
+            );
             let dirs: Vec<(u64, Kind)> = h.iter().copied().filter(|e| is_dir(e.1)).collect();
             match kind {
                 Kind::Copy => assert!(
@@ -171,6 +239,7 @@ mod track {
                     matches!(dirs.as_slice(), [(first, Kind::Write)] if *first < ino),
                     "lock order: second directory {ino} locked under {dirs:?}"
                 ),
+                Kind::State => {}
             }
             h.push((ino, kind));
         });
@@ -187,6 +256,7 @@ mod track {
         ReadAgain,
         Write,
         WriteSecond,
+        State,
     }
 
     pub(super) struct Token;
@@ -237,6 +307,23 @@ mod tests {
         let (a, b) = (DirLock::default(), DirLock::default());
         let _w = a.write(1);
         let _r = b.read_recursive(2);
+    }
+
+    #[test]
+    #[should_panic(expected = "State lock of 0 taken under a node state lock")]
+    fn a_state_lock_under_a_state_lock_panics() {
+        // What a re-entrant write of the same node would deadlock on.
+        let s = StateLock::new(1u8);
+        let _r = s.read();
+        let _w = s.write();
+    }
+
+    #[test]
+    #[should_panic(expected = "Read lock of 4 taken under a node state lock")]
+    fn a_directory_lock_under_a_state_lock_panics() {
+        let (s, d) = (StateLock::new(1u8), DirLock::default());
+        let _r = s.read();
+        let _d = d.read(4);
     }
 
     #[test]

@@ -9,11 +9,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use rustix::fs::{FileType, Stat};
 
 use super::fdbudget::now_ms;
-use super::locks::{CopyLock, DirLock, DirWrite};
+use super::locks::{CopyLock, DirLock, DirWrite, StateLock};
 use super::names::Name;
 use super::obj::{LayerFd, LayerObj, Obj};
 use crate::error::{Errno, Result};
@@ -90,7 +89,7 @@ pub(crate) struct Node {
     pub(crate) lookups: AtomicU64,
     /// Backing objects and location. Innermost lock: nothing else is
     /// locked while it is held.
-    pub(crate) state: RwLock<NodeState>,
+    pub(crate) state: StateLock<NodeState>,
     /// Serialises copy-up of this node (see `locks`).
     pub(crate) copy_lock: CopyLock,
     /// For directories: readers resolve names, writers change entries.
@@ -113,7 +112,7 @@ impl Node {
             ino,
             kind,
             lookups: AtomicU64::new(0),
-            state: RwLock::new(state),
+            state: StateLock::new(state),
             copy_lock: CopyLock::default(),
             dir_lock: DirLock::default(),
             lower_xattrs: AtomicU8::new(XATTRS_UNKNOWN),

@@ -125,6 +125,22 @@ pub(crate) mod legacy {
         }
         s.parse().ok()
     }
+
+    /// The (device, inode number) an id of earlier versions stands for:
+    /// they numbered `device index << 56 | inode number`, the devices of
+    /// `devs` (the layers' devices, upper first) numbered from 1 in order of
+    /// first appearance. `None` for ids outside that scheme.
+    pub(crate) fn identity(id: u64, devs: &[u64]) -> Option<(u64, u64)> {
+        const INO_BITS: u32 = 56;
+        let d = usize::try_from(id >> INO_BITS).ok()?.checked_sub(1)?;
+        let mut unique: Vec<u64> = Vec::new();
+        for dev in devs {
+            if !unique.contains(dev) {
+                unique.push(*dev);
+            }
+        }
+        Some((*unique.get(d)?, id & ((1 << INO_BITS) - 1)))
+    }
 }
 
 #[cfg(test)]
@@ -191,5 +207,15 @@ mod tests {
         for bad in [&b""[..], b"-1", b"12a", b" 1"] {
             assert_eq!(legacy::decode(bad), None);
         }
+        assert_eq!(
+            legacy::identity((1 << 56) | 77, &[10, 10, 12]),
+            Some((10, 77))
+        );
+        assert_eq!(
+            legacy::identity((2 << 56) | 77, &[10, 10, 12]),
+            Some((12, 77))
+        );
+        assert_eq!(legacy::identity((3 << 56) | 77, &[10, 10, 12]), None);
+        assert_eq!(legacy::identity(77, &[10]), None);
     }
 }

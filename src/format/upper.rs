@@ -4,7 +4,7 @@
 //! filesystem refuses) else a `.wh.NAME` file; `trusted.overlay.opaque`
 //! where trusted xattrs are permitted (root) else `user.overlay.opaque`.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, XattrFlags};
@@ -107,9 +107,18 @@ impl Formats {
 
     /// Mark directory `dir` opaque.
     pub(crate) fn set_opaque(&self, dir: impl AsFd) -> Result<()> {
-        let dir = dir.as_fd();
+        self.set_either(dir.as_fd(), OPAQUE_TRUSTED, OPAQUE_USER, b"y")
+    }
+
+    /// Write the kernel record `x` of `fd`: under `trusted.` where that is
+    /// permitted, else under `user.`.
+    pub(crate) fn set_ovl(&self, fd: impl AsFd, x: Ovl, value: &[u8]) -> Result<()> {
+        self.set_either(fd.as_fd(), x.name(true), x.name(false), value)
+    }
+
+    fn set_either(&self, fd: BorrowedFd<'_>, trusted: &[u8], user: &[u8], v: &[u8]) -> Result<()> {
         if self.trusted() {
-            match xattr::set(dir, OPAQUE_TRUSTED, b"y", XattrFlags::empty()) {
+            match xattr::set(fd, trusted, v, XattrFlags::empty()) {
                 Ok(()) => return Ok(()),
                 Err(Errno::PERM) | Err(Errno::NOTSUP) => {
                     self.trusted_xattr.store(false, Ordering::Relaxed)
@@ -117,7 +126,7 @@ impl Formats {
                 Err(e) => return Err(e),
             }
         }
-        xattr::set(dir, OPAQUE_USER, b"y", XattrFlags::empty())
+        xattr::set(fd, user, v, XattrFlags::empty())
     }
 
     /// Create a whiteout for `name` in `dir`, where nothing exists yet.

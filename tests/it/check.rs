@@ -2,6 +2,7 @@
 //! Each test builds an upper with one kind of problem, asserts the findings
 //! of the library call, the repair, and the exit status of the binary.
 
+use crate::common::sys::{lgetxattr, lsetxattr};
 use crate::common::*;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -815,4 +816,270 @@ fn repair_of_a_messy_stack_keeps_the_view() {
         let d = diff_snapshots(&view_before, &snapshot_view(&st.mnt), &CmpOpts::default());
         assert!(d.is_empty(), "kernel view differs after repair: {d:#?}");
     }
+}
+
+/// The namespace of the overlay records an upper written here carries.
+fn ovl_ns() -> &'static str {
+    if is_rootless() {
+        "user."
+    } else {
+        "trusted."
+    }
+}
+
+/// An origin record in the kernel's format (little-endian host, zero
+/// uuid) for an 8-byte handle of type 1 ending in `tag`.
+fn record(tag: u8) -> Vec<u8> {
+    let mut v = vec![0x00, 0xfb, 29, 0x00, 0x01];
+    v.extend_from_slice(&[0; 16]);
+    v.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, tag]);
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a mount writes (copy-ups with origins, whiteouts, an opaque
+/// directory, impure marks, an indexed hard link) is clean, whether
+/// stratafs or the kernel overlay wrote it.
+#[test]
+fn an_upper_written_by_a_mount_is_clean() {
+    if cfg!(target_endian = "big") {
+        return skip(
+            "check::an_upper_written_by_a_mount_is_clean",
+            "the records are compared on little-endian hosts",
+        );
+    }
+    for kernel in [false, true] {
+        let st = stack(
+            vec![Layer::new()
+                .file("a", "a")
+                .file("b", "b")
+                .file("d/x", "x")
+                .file("h1", "h")
+                .hard_link("h2", "h1")
+                .file("e/old", "o")],
+            Layer::new(),
+        )
+        .build(Markers::Kernel);
+        {
+            let _m = if kernel {
+                st.mount_kernel()
+            } else {
+                st.mount_strata()
+            };
+            fs::write(st.m("a"), "changed").unwrap();
+            fs::remove_file(st.m("b")).unwrap();
+            fs::rename(st.m("d/x"), st.m("d/y")).unwrap();
+            fs::remove_file(st.m("e/old")).unwrap();
+            fs::remove_dir(st.m("e")).unwrap();
+            fs::create_dir(st.m("e")).unwrap();
+            fs::create_dir(st.m("d/new")).unwrap();
+            fs::write(st.m("h1"), "H").unwrap();
+        }
+        for lowers in [false, true] {
+            let r = run(&opts(&st, lowers, false));
+            // The kernel leaves whiteout templates in its work directory.
+            let found: Vec<_> = kinds(&r)
+                .into_iter()
+                .filter(|(k, s, _)| !(kernel && *k == Kind::WorkLeftover && *s == Severity::Info))
+                .collect();
+            assert!(
+                found.is_empty(),
+                "kernel={kernel} lowers={lowers}:\n{}",
+                show(&r)
+            );
+        }
+    }
+}
+
+/// Origin records of earlier versions (`*.stratafs.origin`, the merged
+/// inode number) convert to the kernel's record of the lower object they
+/// name, with the lower layers given; the inode numbers stratafs shows do
+/// not change, and the kernel overlay then shows the same ones.
+#[test]
+fn legacy_origin_records_convert_to_the_kernels_keeping_inode_numbers() {
+    let st = stack(
+        vec![Layer::new().file("f", "lower f").file("g", "lower g")],
+        Layer::new().file("f", "upper f").file("g", "upper g"),
+    )
+    .build(Markers::Kernel);
+    let legacy = format!("{}stratafs.origin", ovl_ns());
+    let f_ino = fs::metadata(st.l(0, "f")).unwrap().ino();
+    let id = |ino: u64| ((1u64 << 56) | ino).to_string();
+    lsetxattr(&st.u("f"), &legacy, id(f_ino).as_bytes(), 0).unwrap();
+    // "g" names another object than the lower "g": not converted.
+    lsetxattr(&st.u("g"), &legacy, id(f_ino).as_bytes(), 0).unwrap();
+    let inos = || ["f", "g"].map(|n| fs::symlink_metadata(st.m(n)).unwrap().ino());
+    let before = {
+        let _m = st.mount_strata();
+        inos()
+    };
+    assert_eq!(before[0], f_ino, "the old record numbers f as before");
+
+    let r = run(&opts(&st, false, false));
+    assert_eq!(r.of_kind(Kind::LegacyOrigin).count(), 2, "{}", show(&r));
+    assert!(r.of_kind(Kind::LegacyOrigin).all(|f| f.repair.is_none()));
+
+    let r = run(&opts(&st, true, true));
+    let f = only_path(&r, "f");
+    assert_eq!(
+        (f.kind, &f.outcome),
+        (Kind::LegacyOrigin, &Outcome::Repaired),
+        "{}",
+        show(&r)
+    );
+    let g = only_path(&r, "g");
+    assert_eq!(g.outcome, Outcome::NotAttempted, "{}", show(&r));
+    assert!(g.what.contains("not the one it names"), "{}", g.what);
+
+    let origin = format!("{}overlay.origin", ovl_ns());
+    let rec = lgetxattr(&st.u("f"), &origin).expect("kernel origin written");
+    assert_eq!(&rec[..2], &[0x00, 0xfb], "a file-handle record");
+    assert_eq!(lgetxattr(&st.u("f"), &legacy), Err(libc::ENODATA));
+    assert!(lgetxattr(&st.u("g"), &legacy).is_ok(), "g keeps its record");
+    assert_eq!(lgetxattr(&st.u("g"), &origin), Err(libc::ENODATA));
+
+    let after = {
+        let _m = st.mount_strata();
+        inos()
+    };
+    assert_eq!(after, before, "inode numbers changed by the conversion");
+    if !is_rootless() {
+        let _k = st.mount_kernel();
+        assert_eq!(inos()[0], f_ino, "the kernel follows the converted record");
+    }
+}
+
+/// The inode index: leftovers, names that are not records, entries
+/// without an origin and orphans are found; only leftovers and orphans
+/// are removed.
+#[test]
+fn index_entries_are_checked() {
+    let st = stack(
+        vec![Layer::new().file("a", "a")],
+        Layer::new().file("live", "l"),
+    )
+    .build(Markers::Kernel);
+    let idx = st.work().join("index");
+    fs::create_dir_all(&idx).unwrap();
+    let origin = format!("{}overlay.origin", ovl_ns());
+    let nlink = format!("{}overlay.nlink", ovl_ns());
+    fs::write(idx.join("#12"), "").unwrap();
+    fs::write(idx.join("zz"), "data").unwrap();
+    let no_origin = idx.join(hex(&record(1)));
+    fs::write(&no_origin, "data").unwrap();
+    let orphan = idx.join(hex(&record(2)));
+    fs::write(&orphan, "data").unwrap();
+    lsetxattr(&orphan, &origin, &record(2), 0).unwrap();
+    lsetxattr(&orphan, &nlink, b"U-1", 0).unwrap();
+    let kept = idx.join(hex(&record(3)));
+    fs::write(&kept, "data").unwrap();
+    lsetxattr(&kept, &origin, &record(3), 0).unwrap();
+    lsetxattr(&kept, &nlink, b"U+0", 0).unwrap();
+    let live = idx.join(hex(&record(4)));
+    fs::hard_link(st.u("live"), &live).unwrap();
+    lsetxattr(&live, &origin, &record(4), 0).unwrap();
+    let mismatch = idx.join(hex(&record(5)));
+    fs::hard_link(st.u("live"), &mismatch).unwrap();
+
+    let r = run(&opts(&st, false, true));
+    let at = |p: &Path| {
+        let rel = Path::new("index").join(p.file_name().unwrap());
+        let v: Vec<&Finding> = r.findings.iter().filter(|f| f.path == rel).collect();
+        v
+    };
+    let one = |p: &Path| {
+        let v = at(p);
+        assert_eq!(v.len(), 1, "{p:?}:\n{}", show(&r));
+        (v[0].kind, v[0].severity, v[0].outcome.clone())
+    };
+    assert_eq!(
+        one(&idx.join("#12")),
+        (Kind::WorkLeftover, Severity::Warning, Outcome::Repaired)
+    );
+    assert_eq!(
+        one(&idx.join("zz")),
+        (Kind::IndexEntry, Severity::Error, Outcome::NotAttempted)
+    );
+    assert_eq!(
+        one(&no_origin),
+        (Kind::IndexEntry, Severity::Error, Outcome::NotAttempted)
+    );
+    assert_eq!(
+        one(&orphan),
+        (Kind::IndexEntry, Severity::Info, Outcome::Repaired)
+    );
+    // The live entry's origin is its name; the mismatched one (the live
+    // file has the live entry's origin) is reported, not removed.
+    assert!(at(&kept).is_empty(), "{}", show(&r));
+    assert!(at(&live).is_empty(), "{}", show(&r));
+    assert_eq!(
+        one(&mismatch),
+        (Kind::IndexEntry, Severity::Warning, Outcome::NotAttempted)
+    );
+    for (p, there) in [
+        (idx.join("#12"), false),
+        (idx.join("zz"), true),
+        (no_origin, true),
+        (orphan, false),
+        (kept, true),
+        (live, true),
+        (mismatch, true),
+    ] {
+        assert_eq!(exists(&p), there, "{p:?}");
+    }
+    assert_eq!(fs::read_to_string(st.u("live")).unwrap(), "l");
+}
+
+/// Malformed kernel records: an origin that is not a record (removed on
+/// repair: nobody reads it), impure on a file or not "y", a link count
+/// that is not one.
+#[test]
+fn malformed_overlay_records_are_reported() {
+    let ns = ovl_ns();
+    let st = stack(
+        vec![Layer::new().file("f", "f")],
+        Layer::new()
+            .file("f", "upper")
+            .xattr(&format!("{ns}overlay.origin"), "junk")
+            .file("g", "g")
+            .xattr(&format!("{ns}overlay.impure"), "y")
+            .file("h", "h")
+            .xattr(&format!("{ns}overlay.nlink"), "Q5")
+            .dir("d")
+            .xattr(&format!("{ns}overlay.impure"), "yes"),
+    )
+    .build(Markers::Kernel);
+    let r = run(&opts(&st, true, true));
+    let got = |p: &str| {
+        let f = only_path(&r, p);
+        (f.kind, f.severity, f.outcome.clone())
+    };
+    assert_eq!(
+        got("f"),
+        (Kind::OverlayRecord, Severity::Warning, Outcome::Repaired)
+    );
+    assert_eq!(
+        got("g"),
+        (Kind::OverlayRecord, Severity::Info, Outcome::NotAttempted)
+    );
+    assert_eq!(
+        got("h"),
+        (
+            Kind::OverlayRecord,
+            Severity::Warning,
+            Outcome::NotAttempted
+        )
+    );
+    assert_eq!(
+        got("d"),
+        (Kind::OverlayRecord, Severity::Info, Outcome::NotAttempted)
+    );
+    assert_eq!(
+        lgetxattr(&st.u("f"), &format!("{ns}overlay.origin")),
+        Err(libc::ENODATA)
+    );
+    assert_eq!(fs::read_to_string(st.u("f")).unwrap(), "upper");
 }

@@ -14,7 +14,14 @@
 //! * opaque xattrs with a value other than exactly `y` (`x` only means
 //!   something in a lower layer with xwhiteouts);
 //! * malformed `*.override_stat` values (`UID:GID:OCTALMODE[:TYPE]`);
-//! * leftovers in `WORKDIR/work`;
+//! * kernel records that are malformed or mean nothing where they are
+//!   (`overlay.origin` that is no record, `overlay.impure` on a file or not
+//!   `y`, `overlay.nlink` that is no count);
+//! * origin records of earlier stratafs versions (`*.stratafs.origin`);
+//! * the inode index (`WORKDIR/index`): names that are no record and
+//!   entries without an origin (the kernel refuses to mount with
+//!   `index=on`), entries whose origin is not their name, orphans;
+//! * leftovers in `WORKDIR/work` and `WORKDIR/index`;
 //! * with lower layers given: lower layers that do not exist, and whiteouts
 //!   that hide nothing in any of them.
 //!
@@ -22,9 +29,14 @@
 //! `.wh.NAME` files into char 0/0 whiteouts where `mknod` is permitted,
 //! removes whiteouts that sit beside a real entry (the entry wins, as
 //! stratafs reads it) or beside a char whiteout of the same name, removes
-//! whiteouts inside opaque directories, and turns `.wh..wh..opq` into an
-//! opaque xattr. Nothing that can hold data (a `.wh.` file with content, a
-//! `.wh.` directory) is ever removed.
+//! whiteouts inside opaque directories, turns `.wh..wh..opq` into an
+//! opaque xattr, removes origin records nobody can read and orphaned index
+//! entries, and (with the lower layers given) converts earlier versions'
+//! origin records to the kernel's where the lower object at the same path
+//! is the one they name. Nothing the merged view shows and nothing that
+//! may be data (a `.wh.` file with content, a `.wh.` directory) is ever
+//! removed; an orphaned index entry is a copy no name shows any more (the
+//! kernel overlay removes those at mount).
 //!
 //! Every on-disk rule comes from `format` and every resolution from
 //! `core::resolve`, the same code the mount runs. Every access below the

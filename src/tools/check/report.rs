@@ -90,6 +90,15 @@ pub enum Kind {
     MissingLower,
     /// Something in the upper could not be read.
     Unreadable,
+    /// An origin record of earlier stratafs versions
+    /// (`*.stratafs.origin`), which only stratafs reads.
+    LegacyOrigin,
+    /// A kernel overlay record (`overlay.origin`, `overlay.impure`,
+    /// `overlay.nlink`) that is malformed or where it means nothing.
+    OverlayRecord,
+    /// An entry of the inode index (`WORKDIR/index`) that does not match
+    /// its record, or that no name shows any more.
+    IndexEntry,
 }
 
 impl Kind {
@@ -112,6 +121,9 @@ impl Kind {
             Kind::WhiteoutHidesNothing => "whiteout-hides-nothing",
             Kind::MissingLower => "missing-lower",
             Kind::Unreadable => "unreadable",
+            Kind::LegacyOrigin => "legacy-origin",
+            Kind::OverlayRecord => "overlay-record",
+            Kind::IndexEntry => "index-entry",
         }
     }
 }

@@ -11,11 +11,14 @@ use rustix::fs::{FileType, Stat};
 use super::repair;
 use super::report::{Area, Findings, Kind, Problem, Severity};
 use crate::core::obj::LayerFd;
-use crate::core::resolve;
+use crate::core::{origin as core_origin, resolve};
 use crate::error::{describe, show_bytes, Errno};
+use crate::format::nlink;
 use crate::format::opaque::{self, OPAQUE_FILE, OPAQUE_FO};
+use crate::format::origin::{self, legacy, Origin};
 use crate::format::override_stat::{self, Override};
 use crate::format::whiteout::{self, Marker};
+use crate::format::xattr_names::Ovl;
 use crate::sys::fd;
 use crate::sys::xattr;
 
@@ -106,16 +109,34 @@ pub(crate) struct Pending {
     pub(crate) below_opaque: bool,
 }
 
+/// What is known of every layer when all lower layers are given.
+pub(crate) struct LayerInfo {
+    /// The uuid of each layer's filesystem, by layer number (0 = upper).
+    pub(crate) uuids: Vec<[u8; 16]>,
+    /// The device of each layer, by layer number.
+    pub(crate) devs: Vec<u64>,
+}
+
+/// Where in the upper a directory is.
+#[derive(Clone, Copy)]
+pub(crate) struct Place<'a> {
+    /// The lower directories merged at its path (when lowers are known).
+    pub(crate) chain: Option<&'a [LayerFd]>,
+    /// An ancestor is opaque.
+    pub(crate) below_opaque: bool,
+    /// It is the upper root.
+    pub(crate) is_root: bool,
+    /// The layers (when all lowers are known).
+    pub(crate) layers: Option<&'a LayerInfo>,
+}
+
 /// The directory being scanned.
 struct Dir<'a> {
     fd: &'a Arc<OwnedFd>,
     rel: &'a Path,
     /// Its entries by name.
     by_name: HashMap<&'a [u8], &'a Stat>,
-    /// The lower directories merged at its path (when lowers are known).
-    chain: Option<&'a [LayerFd]>,
-    /// An ancestor is opaque.
-    below_opaque: bool,
+    at: Place<'a>,
     /// Nothing below this directory can be hidden by a whiteout in it.
     redundant: bool,
 }
@@ -134,7 +155,7 @@ impl Dir<'_> {
     /// Whether `name` shows in the lower layers (unknown counts as yes: a
     /// whiteout is then assumed to be needed).
     fn visible_below(&self, name: &[u8]) -> Option<bool> {
-        let chain = self.chain?;
+        let chain = self.at.chain?;
         Some(resolve::exists(chain, name).unwrap_or(true))
     }
 }
@@ -153,9 +174,9 @@ fn is_empty_file(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0
 }
 
-/// The override_stat xattrs of `name` in `dir` (or of `dir` itself when
-/// `name` is `None`) and their values.
-fn override_xattrs(dir: &OwnedFd, name: Option<&[u8]>) -> Vec<(&'static [u8], Vec<u8>)> {
+/// The xattrs of `name` in `dir` (of `dir` itself when `name` is `None`)
+/// that stratafs or the kernel overlay read, with their values.
+fn known_xattrs(dir: &OwnedFd, name: Option<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let list = match name {
         Some(n) => xattr::list_at(dir, n),
         None => xattr::list(dir),
@@ -163,55 +184,65 @@ fn override_xattrs(dir: &OwnedFd, name: Option<&[u8]>) -> Vec<(&'static [u8], Ve
     let Ok(list) = list else {
         return Vec::new();
     };
+    let known = |n: &[u8]| {
+        override_stat::NAMES.contains(&n)
+            || legacy::NAMES.contains(&n)
+            || RECORDS
+                .iter()
+                .any(|x| x.name(true) == n || x.name(false) == n)
+    };
     let mut out = Vec::new();
-    for n in xattr::names(&list) {
-        let Some(known) = override_stat::NAMES.into_iter().find(|k| *k == n) else {
-            continue;
-        };
+    for n in xattr::names(&list).filter(|n| known(n)) {
         let v = match name {
-            Some(obj) => xattr::get_at(dir, obj, known),
-            None => xattr::get(dir, known),
+            Some(obj) => xattr::get_at(dir, obj, n),
+            None => xattr::get(dir, n),
         };
         if let Ok(v) = v {
-            out.push((known, v));
+            out.push((n.to_vec(), v));
         }
     }
     out
 }
+
+/// The kernel records checked on upper entries.
+const RECORDS: [Ovl; 3] = [Ovl::Origin, Ovl::Impure, Ovl::Nlink];
 
 /// Check one upper directory; returns its subdirectories to scan.
 pub(crate) fn scan_dir(
     f: &mut Findings,
     fd: &Arc<OwnedFd>,
     rel: &Path,
-    chain: Option<&[LayerFd]>,
-    below_opaque: bool,
-    is_root: bool,
+    at: Place<'_>,
 ) -> Vec<Pending> {
     let Some(entries) = list(f, fd, Area::Upper, rel) else {
         return Vec::new();
     };
-    // The directory's own markers (overrides of the others are checked
-    // as entries of their parent).
-    if is_root {
-        check_overrides(f, fd, None, rel);
-    }
     let mut d = Dir {
         fd,
         rel,
         by_name: entries.iter().map(|(n, s)| (n.as_slice(), s)).collect(),
-        chain,
-        below_opaque,
+        at,
         redundant: false,
     };
-    let opaque = check_opaque_markers(f, &d, is_root);
-    d.redundant = below_opaque || (opaque && !is_root);
+    // The directory's own records (those of the others are checked as
+    // entries of their parent).
+    if at.is_root {
+        let xattrs = known_xattrs(fd, None);
+        check_overrides(f, &xattrs, rel);
+        check_records(f, &d, None, true, &xattrs);
+    }
+    let opaque = check_opaque_markers(f, &d, at.is_root);
+    d.redundant = at.below_opaque || (opaque && !at.is_root);
 
     let mut subdirs = Vec::new();
     for (name, st) in &entries {
         let path = join(rel, name);
         if name.as_slice() != OPAQUE_FILE {
-            check_overrides(f, fd, Some(name), &path);
+            let xattrs = known_xattrs(fd, Some(name));
+            check_overrides(f, &xattrs, &path);
+            if !whiteout::is_whiteout(st) && whiteout::marker(name).is_none() {
+                check_records(f, &d, Some(name), is_dir(st), &xattrs);
+            }
         }
         match whiteout::marker(name) {
             Some(Marker::Opaque) => continue,
@@ -226,7 +257,7 @@ pub(crate) fn scan_dir(
             continue;
         }
         if is_dir(st) {
-            let child_chain = match chain {
+            let child_chain = match at.chain {
                 Some(c) if !d.redundant => Some(child_chain(c, name)),
                 _ => None,
             };
@@ -327,22 +358,25 @@ fn check_opaque_markers(f: &mut Findings, d: &Dir<'_>, is_root: bool) -> bool {
     opaque
 }
 
-fn check_overrides(f: &mut Findings, dir: &Arc<OwnedFd>, name: Option<&[u8]>, path: &Path) {
-    for (xname, value) in override_xattrs(dir, name) {
+fn check_overrides(f: &mut Findings, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) {
+    for (xname, value) in xattrs {
+        if !override_stat::NAMES.contains(&xname.as_slice()) {
+            continue;
+        }
         let shown = quote(xname);
-        let (severity, what) = match Override::parse_checked(&value) {
+        let (severity, what) = match Override::parse_checked(value) {
             Err(why) => (
                 Severity::Error,
                 format!(
                     "{shown}=\"{}\" is malformed ({why}): stratafs ignores it and shows the owner and mode on disk",
-                    quote(&value)
+                    quote(value)
                 ),
             ),
             Ok(_) if value.ends_with(&[0]) => (
                 Severity::Warning,
                 format!(
                     "{shown}=\"{}\" is not well-formed (it ends with a NUL byte): stratafs accepts it, other readers may not",
-                    quote(&value)
+                    quote(value)
                 ),
             ),
             Ok(_) => continue,
@@ -355,6 +389,135 @@ fn check_overrides(f: &mut Findings, dir: &Arc<OwnedFd>, name: Option<&[u8]>, pa
             what,
         });
     }
+}
+
+/// The kernel overlay's records of entry `name` of `d` (of `d` itself when
+/// `None`) and origin records of earlier stratafs versions.
+fn check_records(
+    f: &mut Findings,
+    d: &Dir<'_>,
+    name: Option<&[u8]>,
+    dir: bool,
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) {
+    let path = name.map_or_else(|| d.rel.to_path_buf(), |n| join(d.rel, n));
+    let has = |x: Ovl| {
+        xattrs
+            .iter()
+            .find(|(n, _)| n.as_slice() == x.name(true) || n.as_slice() == x.name(false))
+    };
+    let problem = |severity, kind, what| Problem {
+        severity,
+        area: Area::Upper,
+        path: path.clone(),
+        kind,
+        what,
+    };
+    if let Some((xname, v)) = has(Ovl::Origin) {
+        if origin::decode(v) == Origin::Invalid {
+            let what = format!(
+                "{}: not an origin record ({} bytes): stratafs and the kernel overlay ignore it (the kernel logs \"invalid origin\")",
+                quote(xname),
+                v.len()
+            );
+            let fix = repair::remove_xattr(d.fd.clone(), name.map(<[u8]>::to_vec), xname.clone());
+            f.add_fix(
+                problem(Severity::Warning, Kind::OverlayRecord, what),
+                format!("remove {}", quote(xname)),
+                fix,
+            );
+        }
+    }
+    if let Some((xname, v)) = has(Ovl::Impure) {
+        let what = if !dir {
+            Some("on a non-directory, where it means nothing")
+        } else if v.as_slice() != b"y" {
+            Some("not exactly \"y\": neither stratafs nor the kernel overlay reads it")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            let what = format!("{}=\"{}\" {what}", quote(xname), quote(v));
+            f.add(problem(Severity::Info, Kind::OverlayRecord, what));
+        }
+    }
+    if let Some((xname, v)) = has(Ovl::Nlink) {
+        let what = if dir {
+            Some("on a directory, where it means nothing")
+        } else if nlink::decode(v).is_none() {
+            Some("is malformed: stratafs and the kernel overlay show the inode's own link count")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            let what = format!("{}=\"{}\" {what}", quote(xname), quote(v));
+            f.add(problem(Severity::Warning, Kind::OverlayRecord, what));
+        }
+    }
+    let Some((lname, lv)) = xattrs
+        .iter()
+        .find(|(n, _)| legacy::NAMES.contains(&n.as_slice()))
+    else {
+        return;
+    };
+    if d.at.is_root && name.is_none() {
+        return;
+    }
+    let shown = quote(lname);
+    if has(Ovl::Origin).is_some() {
+        let what = format!(
+            "{shown}: origin record of an earlier stratafs beside the kernel's; stratafs reads the kernel's first"
+        );
+        f.add(problem(Severity::Info, Kind::LegacyOrigin, what));
+        return;
+    }
+    let Some(name) = name else {
+        return;
+    };
+    let converted = legacy_conversion(d, name, lv);
+    let what = format!(
+        "{shown}: origin record of an earlier stratafs, which only stratafs reads; the kernel overlay numbers this entry by its own inode"
+    );
+    match converted {
+        Ok(record) => {
+            let fix = repair::legacy_origin(d.fd.clone(), name.to_vec(), record);
+            f.add_fix(
+                problem(Severity::Info, Kind::LegacyOrigin, what),
+                "write the kernel's origin record (overlay.origin) of the lower object it came from, and remove the old record".to_string(),
+                fix,
+            );
+        }
+        Err(why) => {
+            let what = format!("{what} ({why})");
+            f.add(problem(Severity::Info, Kind::LegacyOrigin, what));
+        }
+    }
+}
+
+/// The kernel origin record for an entry with the old record `value`: the
+/// lower object at the same name, when it is the one the old record
+/// names; else why there is none.
+fn legacy_conversion(d: &Dir<'_>, name: &[u8], value: &[u8]) -> Result<Vec<u8>, &'static str> {
+    let (Some(chain), Some(layers)) = (d.at.chain, d.at.layers) else {
+        return Err("give the lower layers to convert it");
+    };
+    let id = legacy::decode(value).ok_or("not an id")?;
+    let (dev, ino) = legacy::identity(id, &layers.devs).ok_or("an id of no layer")?;
+    let found = match resolve::resolve(chain, name) {
+        Ok(Some(found)) => found,
+        _ => return Err("no lower object at this path; the old record stays"),
+    };
+    if (found.stat.st_dev, found.stat.st_ino) != (dev, ino) {
+        return Err("the lower object at this path is not the one it names; the old record stays");
+    }
+    let handle = core_origin::handle_of(&found.top.obj)
+        .ok_or("the lower filesystem gives no file handles; the old record stays")?;
+    let uuid = layers
+        .uuids
+        .get(found.top.layer)
+        .copied()
+        .unwrap_or_default();
+    Ok(origin::encode(&uuid, &handle, 0))
 }
 
 /// A `.wh.` entry (not the opaque marker).
@@ -455,7 +618,7 @@ fn check_wh_entry(f: &mut Findings, d: &Dir<'_>, name: &[u8], marker: Marker<'_>
 fn check_char_whiteout(f: &mut Findings, d: &Dir<'_>, name: &[u8]) {
     let path = join(d.rel, name);
     if d.redundant {
-        let whose = if d.below_opaque {
+        let whose = if d.at.below_opaque {
             "below an opaque directory"
         } else {
             "inside an opaque directory"

@@ -205,8 +205,9 @@ fn walk_view(base: &Path, rel: &str, out: &mut Snapshot) {
 }
 
 /// The upper layer normalised to overlay semantics: whiteouts of either form
-/// become [`Entry::Whiteout`] at the hidden name, opaque markers of any form
-/// set `Meta::opaque`, and overlay-private xattrs are dropped.
+/// become [`Entry::Whiteout`] at the hidden name and opaque markers of any
+/// form set `Meta::opaque`. Every other xattr is kept (the kernel's records
+/// and any `stratafs.` name alike), except the overlay's random uuid.
 pub fn snapshot_upper(upper: &Path) -> Snapshot {
     let mut out = Snapshot::new();
     walk_upper(upper, "", &mut out);
