@@ -189,6 +189,12 @@ impl Overlay {
                 s.lowers.clear();
             }
         }
+        let bytes = if node.is_dir() || data == Data::Empty {
+            0
+        } else {
+            st.st_size as u64
+        };
+        self.events.copied_up(bytes);
         if node.is_dir() || st.st_nlink > 1 {
             // The link count the kernel cached changed: a directory is now
             // merged (nlink 1), a copied hard link has its own count.

@@ -359,6 +359,9 @@ impl Overlay {
         } else {
             self.stack.formats.make_whiteout(&*pup, name)?;
         }
+        if lower_below {
+            self.events.whiteout();
+        }
         self.detach(parent, name);
         Ok(())
     }
@@ -553,6 +556,9 @@ impl Overlay {
                 rflags,
                 src_lower,
             )?;
+        }
+        if src_lower {
+            self.events.whiteout();
         }
         // The target's marker (after the rename, as in `publish`): a
         // leftover only hides what the new entry hides anyway.
