@@ -329,11 +329,13 @@ impl BackgroundMount {
     /// Unmount now and wait for the serving threads (a trace file is
     /// complete when this returns).
     pub fn unmount(mut self) -> std::io::Result<()> {
+        // The socket goes first: its name is free for the next mount that
+        // gets this device number.
+        self.control = None;
         let r = match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
         };
-        self.control = None;
         self.harness.shutdown();
         r
     }
@@ -341,12 +343,12 @@ impl BackgroundMount {
 
 impl Drop for BackgroundMount {
     fn drop(&mut self) {
+        self.control = None;
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
                 log::warn!("unmount of {} failed: {e}", self.mountpoint.display());
             }
         }
-        self.control = None;
         self.harness.shutdown();
     }
 }

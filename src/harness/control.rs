@@ -220,8 +220,7 @@ pub(crate) fn start(
             let _ = std::fs::remove_file(&name);
         }
     }
-    let listener =
-        UnixListener::bind_addr(&addr).map_err(|e| format!("control socket {name}: {e}"))?;
+    let listener = bind(&addr).map_err(|e| format!("control socket {name}: {e}"))?;
     if !name.starts_with('@') {
         let _ = std::fs::set_permissions(&name, std::fs::Permissions::from_mode(0o600));
     }
@@ -238,6 +237,24 @@ pub(crate) fn start(
         listener,
         thread: Some(thread),
     }))
+}
+
+/// Bind `addr`. The default name is in use only while the daemon of a
+/// mount that had the same device number is on its way out (device
+/// numbers are unique among live mounts): wait for it a little.
+fn bind(addr: &SocketAddr) -> std::io::Result<UnixListener> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match UnixListener::bind_addr(addr) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn accept_loop(l: &UnixListener, h: &Arc<Harness>) {
