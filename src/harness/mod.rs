@@ -23,6 +23,9 @@ pub(crate) mod order;
 pub(crate) mod rules;
 pub(crate) mod trace;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,6 +92,14 @@ impl NameOf<'_> {
             NameOf::Shared(n) => n,
         }
     }
+}
+
+/// The bytes of a target's last names.
+fn name_bytes<'n>(names: &'n [Option<NameOf<'_>>; 2]) -> [Option<&'n [u8]>; 2] {
+    [
+        names[0].as_ref().map(NameOf::bytes),
+        names[1].as_ref().map(NameOf::bytes),
+    ]
 }
 
 /// The merged paths of a request's target.
@@ -393,7 +404,7 @@ impl Harness {
         }
     }
 
-    /// The last names of a target's paths.
+    /// The last names of a target's paths (one or two).
     fn names<'a>(&self, t: Target<'a>) -> [Option<NameOf<'a>>; 2] {
         match t {
             Target::Node(ino) => [Some(self.node_name(ino)), None],
@@ -423,8 +434,7 @@ impl Harness {
                 return true;
             }
             let names = names.get_or_insert_with(|| self.names(t));
-            let bytes: Vec<&[u8]> = names.iter().flatten().map(NameOf::bytes).collect();
-            if !r.may_match_name(&bytes) {
+            if !r.may_match_name(name_bytes(names)) {
                 return false;
             }
             let p = paths.get_or_insert_with(|| self.paths(t));
@@ -489,8 +499,7 @@ impl Harness {
             }
             if r.has_glob() {
                 let names = names.get_or_insert_with(|| self.names(call.target));
-                let bytes: Vec<&[u8]> = names.iter().flatten().map(NameOf::bytes).collect();
-                if !r.may_match_name(&bytes) {
+                if !r.may_match_name(name_bytes(names)) {
                     continue;
                 }
                 let p = call.paths.get_or_insert_with(|| self.paths(call.target));

@@ -449,9 +449,9 @@ impl Compiled {
 
     /// False when no path with one of these last names can match (the
     /// glob ends in a plain name none of them has); true when they may.
-    pub(crate) fn may_match_name(&self, names: &[&[u8]]) -> bool {
+    pub(crate) fn may_match_name(&self, names: [Option<&[u8]>; 2]) -> bool {
         match &self.basename {
-            Some(b) => names.iter().any(|n| **n == **b),
+            Some(b) => names.iter().flatten().any(|n| **n == **b),
             None => true,
         }
     }
@@ -794,11 +794,14 @@ mod tests {
             !r.path_matches(&[b"db/sub/a.wal"]),
             "* stays in a component"
         );
-        assert!(r.may_match_name(&[b"anything"]), "not a plain name");
+        assert!(
+            r.may_match_name([Some(b"anything"), None]),
+            "not a plain name"
+        );
         let r = &compile("[[rule]]\npath = \"src/**/main.c\"\nerrno = \"EIO\"\n")?[0];
         assert!(r.path_matches(&[b"x", b"src/a/b/main.c"]));
-        assert!(r.may_match_name(&[b"main.c"]));
-        assert!(!r.may_match_name(&[b"main.h", b"x"]));
+        assert!(r.may_match_name([None, Some(b"main.c")]));
+        assert!(!r.may_match_name([Some(b"main.h"), Some(b"x")]));
         let r = &compile("[[rule]]\npath = \"**\"\nerrno = \"EIO\"\n")?[0];
         assert!(r.path_matches(&[b"a/b"]));
         Ok(())

@@ -151,8 +151,10 @@ fn layers_digest(s: &TempStack) -> Vec<Vec<String>> {
     v
 }
 
-/// (op, path, path2, result, fault) of trace records.
-fn shape(records: &[TraceRecord]) -> Vec<(String, String, Option<String>, String, Option<u64>)> {
+/// What a test compares of a trace record: op, path, path2, result, fault.
+type Shape = (String, String, Option<String>, String, Option<u64>);
+
+fn shape(records: &[TraceRecord]) -> Vec<Shape> {
     records
         .iter()
         .map(|r| {
@@ -293,7 +295,7 @@ fn corrupt_reads_change_only_what_the_caller_gets() {
     let diff = got.iter().zip(&data).filter(|(a, b)| a != b).count();
     assert!((1..=2).contains(&diff), "{diff} bytes differ");
     drop(m);
-    assert_eq!(fs::read(&s.lowers()[0].join("blob")).unwrap(), data);
+    assert_eq!(fs::read(s.lowers()[0].join("blob")).unwrap(), data);
     assert!(!s.upper().join("blob").exists());
     // The same seed, the same corruption on the next mount.
     let m = library(&s, vec![Rule::corrupt("blob", 2).seed(9)]);
