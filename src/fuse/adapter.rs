@@ -261,6 +261,17 @@ impl FuseOverlay {
         empty_reply(call.end(r), reply)
     }
 
+    /// `unlink` or `rmdir`.
+    fn remove(&self, req: &Request, op: Op, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let call = self.begin(req, op, Target::Name(parent.0, name.as_bytes()));
+        let dir = op == Op::Rmdir;
+        self.empty(
+            call,
+            || self.fs.remove(parent.0, name.as_bytes(), dir),
+            reply,
+        )
+    }
+
     /// The listing of `fh` from `offset` on, in the mount's order.
     fn listing(&self, call: &Call<'_>, fh: u64, offset: u64) -> Result<crate::harness::Listing> {
         let (entries, start) = call.run(|| self.fs.dir_entries(fh, offset))?;
@@ -429,21 +440,11 @@ impl Filesystem for FuseOverlay {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let call = self.begin(req, Op::Unlink, Target::Name(parent.0, name.as_bytes()));
-        self.empty(
-            call,
-            || self.fs.remove(parent.0, name.as_bytes(), false),
-            reply,
-        )
+        self.remove(req, Op::Unlink, parent, name, reply)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let call = self.begin(req, Op::Rmdir, Target::Name(parent.0, name.as_bytes()));
-        self.empty(
-            call,
-            || self.fs.remove(parent.0, name.as_bytes(), true),
-            reply,
-        )
+        self.remove(req, Op::Rmdir, parent, name, reply)
     }
 
     fn symlink(

@@ -204,6 +204,9 @@ pub(crate) fn start(
     at: &ControlAt,
     mnt: &Path,
 ) -> Result<Option<Server>, String> {
+    if let Some((maj, min)) = find_dev(mnt) {
+        let _ = h.dev.set(rustix::fs::makedev(maj, min));
+    }
     let name = match at {
         ControlAt::Off => return Ok(None),
         ControlAt::At(name) => name.clone(),
@@ -438,7 +441,7 @@ fn handle(h: &Harness, req: Request) -> Value {
                 return fail("trace file: give an absolute path");
             }
             match Filter::new(ops.as_deref(), path.as_deref())
-                .and_then(|f| h.tracer.start_file(&file, f))
+                .and_then(|f| h.tracer.start_file(&file, f, h.dev.get().copied()))
             {
                 Ok(id) => done(json!({ "trace": id })),
                 Err(e) => fail(e),

@@ -368,67 +368,74 @@ pub fn prometheus(s: &Stats) -> String {
             &one(s.open_dirs.to_string()),
         );
     }
-    let counters: [(&str, &str, u64); 5] = [
+    // Figures that do not depend on per-request metrics: name, type,
+    // help, value.
+    let (c, g) = ("counter", "gauge");
+    let figures: [(&str, &str, &str, String); 10] = [
         (
             "stratafs_copy_ups_total",
+            c,
             "Objects copied up to the upper layer.",
-            s.copy_ups,
+            s.copy_ups.to_string(),
         ),
         (
             "stratafs_copy_up_bytes_total",
+            c,
             "Bytes of file data copied up.",
-            s.copy_up_bytes,
+            s.copy_up_bytes.to_string(),
         ),
         (
             "stratafs_whiteouts_total",
+            c,
             "Whiteouts written.",
-            s.whiteouts,
+            s.whiteouts.to_string(),
         ),
         (
             "stratafs_lookup_cache_hits_total",
+            c,
             "Lookups answered from the name cache.",
-            s.lookup_cache_hits,
+            s.lookup_cache_hits.to_string(),
         ),
         (
             "stratafs_lookup_cache_misses_total",
+            c,
             "Lookups resolved over the layers.",
-            s.lookup_cache_misses,
+            s.lookup_cache_misses.to_string(),
         ),
-    ];
-    for (name, help, v) in counters {
-        metric(name, "counter", help, &one(v.to_string()));
-    }
-    let gauges: [(&str, &str, String); 4] = [
+        (
+            "stratafs_cpu_seconds_total",
+            c,
+            "CPU time of the daemon (user and system).",
+            s.cpu_seconds.to_string(),
+        ),
         (
             "stratafs_nodes",
+            g,
             "Nodes in the inode table.",
             s.nodes.to_string(),
         ),
         (
             "stratafs_open_fds",
+            g,
             "Descriptors the daemon holds.",
             s.fds.to_string(),
         ),
         (
             "stratafs_resident_memory_bytes",
+            g,
             "Resident memory of the daemon.",
             s.rss_bytes.to_string(),
         ),
         (
             "stratafs_uptime_seconds",
+            g,
             "Seconds since the mount.",
             s.uptime_seconds.to_string(),
         ),
     ];
-    for (name, help, v) in gauges {
-        metric(name, "gauge", help, &one(v));
+    for (name, kind, help, v) in figures {
+        metric(name, kind, help, &one(v));
     }
-    metric(
-        "stratafs_cpu_seconds_total",
-        "counter",
-        "CPU time of the daemon (user and system).",
-        &one(s.cpu_seconds.to_string()),
-    );
     out
 }
 

@@ -159,12 +159,15 @@ pub(crate) struct Harness {
     order: ListOrder,
     listings: DashMap<u64, Arc<Arranged>>,
     faults_file: Option<PathBuf>,
-    /// Answer FLUSH (close) instead of turning it off with ENOSYS: the
-    /// rules given at mount are about it.
+    /// Answer FLUSH (close) instead of turning it off with ENOSYS: a rule
+    /// given at mount names it.
     answer_flush: bool,
     started: Instant,
     /// The control socket's name, once it listens.
     pub(crate) socket: Mutex<Option<String>>,
+    /// The mount's device number, once known (a trace file must not be
+    /// on the mount itself).
+    pub(crate) dev: std::sync::OnceLock<u64>,
 }
 
 impl std::fmt::Debug for Harness {
@@ -201,6 +204,7 @@ impl Harness {
             answer_flush: false,
             started: Instant::now(),
             socket: Mutex::new(None),
+            dev: std::sync::OnceLock::new(),
         };
         let bad = |e: String| SetupError::new(format!("faults: {e}"));
         if let Some(f) = &opts.faults {
@@ -210,12 +214,22 @@ impl Harness {
         for spec in initial {
             h.add_rule(spec, Source::Api).map_err(bad)?;
         }
-        let answer_flush = h.rules.ops.load(Ordering::Relaxed) & Op::Flush.bit() != 0;
+        // Answering FLUSH costs a round trip at every close(2) of every
+        // file: only for rules that name it (`*` does not).
+        let answer_flush = h
+            .rules
+            .list
+            .read()
+            .iter()
+            .any(|r| r.named.contains(Op::Flush));
         if let Some(path) = &opts.trace {
             let ops: Option<Vec<String>> = opts.trace_ops.clone().map(|o| vec![o]);
             let filter = Filter::new(ops.as_deref(), opts.trace_path.as_deref())
                 .map_err(|e| SetupError::new(format!("trace: {e}")))?;
-            h.tracer.start_file(path, filter).map_err(SetupError::new)?;
+            // Opened before the mount exists: never on the mount itself.
+            h.tracer
+                .start_file(path, filter, None)
+                .map_err(SetupError::new)?;
         }
         Ok(Harness { answer_flush, ..h })
     }

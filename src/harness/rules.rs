@@ -296,6 +296,8 @@ pub(crate) struct Compiled {
     pub(crate) source: Source,
     pub(crate) spec: RuleSpec,
     pub(crate) ops: Ops,
+    /// The operations named in `op` (not through `*`).
+    pub(crate) named: Ops,
     glob: Option<GlobMatcher>,
     /// The last component of the glob when it is a plain name: a request
     /// whose names all differ cannot match.
@@ -425,6 +427,7 @@ impl Compiled {
             id,
             source,
             ops,
+            named: if star { Ops::NONE } else { ops },
             glob,
             basename,
             delay_us,
@@ -779,8 +782,11 @@ mod tests {
     fn star_keeps_the_ops_an_action_applies_to() -> Result<(), String> {
         let r = &compile("[[rule]]\nop = \"*\"\nerrno = \"EIO\"\n")?[0];
         assert!(r.ops.contains(Op::Write) && !r.ops.contains(Op::Release));
+        assert!(r.named.is_empty());
         let r = &compile("[[rule]]\ncorrupt = 2\n")?[0];
         assert_eq!(r.ops, Ops::from(Op::Read));
+        let r = &compile("[[rule]]\nop = [\"flush\", \"write\"]\nerrno = \"EIO\"\n")?[0];
+        assert!(r.named.contains(Op::Flush));
         let r = &compile("[[rule]]\ndelay_ms = 1\n")?[0];
         assert_eq!(r.ops, Ops::ALL);
         Ok(())

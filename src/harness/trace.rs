@@ -214,9 +214,25 @@ impl Tracer {
         id
     }
 
-    /// Start writing records to `path` (created or truncated).
-    pub(crate) fn start_file(&self, path: &Path, filter: Filter) -> Result<u64, String> {
+    /// Start writing records to `path` (created or truncated), which must
+    /// not be on the device `not_on` (the mount itself: writing the trace
+    /// would make more records, and wait on the requests it traces).
+    pub(crate) fn start_file(
+        &self,
+        path: &Path,
+        filter: Filter,
+        not_on: Option<u64>,
+    ) -> Result<u64, String> {
         let file = File::create(path).map_err(|e| format!("trace {}: {e}", path.display()))?;
+        let dev = rustix::fs::fstat(&file).map(|st| st.st_dev).ok();
+        if not_on.is_some() && dev == not_on {
+            drop(file);
+            let _ = std::fs::remove_file(path);
+            return Err(format!(
+                "trace {}: the trace cannot be written into the mount it traces",
+                path.display()
+            ));
+        }
         let (tx, rx) = mpsc::sync_channel(FILE_QUEUE);
         let writer = std::thread::Builder::new()
             .name("stratafs-trace".into())
@@ -420,7 +436,11 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let file = dir.path().join("t.jsonl");
         let ops = vec!["write:create".to_string()];
-        t.start_file(&file, Filter::new(Some(&ops), Some("db/**"))?)?;
+        t.start_file(&file, Filter::new(Some(&ops), Some("db/**"))?, None)?;
+        let here = rustix::fs::stat(dir.path()).map(|s| s.st_dev).ok();
+        assert!(t
+            .start_file(&dir.path().join("x"), Filter::all(), here)
+            .is_err());
         t.start_memory(Filter::all(), 2);
         let (_, rx) = t.follow(Filter::new(None, Some("x"))?);
         assert!(t.wants(Op::Write) && t.wants(Op::Read));

@@ -839,6 +839,11 @@ fn ctl_rules_and_trace_while_mounted() {
     fs::File::open(st.m("c")).unwrap();
     let text = fs::read_to_string(&trace).unwrap();
     assert_eq!(text.lines().count(), 1, "{text}");
+    // Not into the mount it traces.
+    let inside = st.m("t.jsonl");
+    let e = ctl(&st.mnt, &["trace", "start", inside.to_str().unwrap()]).unwrap_err();
+    assert!(e.contains("into the mount it traces"), "{e}");
+    assert!(!inside.exists());
     assert!(text.contains("\"op\":\"open\",\"path\":\"c\""), "{text}");
 
     // Records streamed to a follower.
