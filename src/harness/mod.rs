@@ -631,10 +631,29 @@ pub(crate) struct Listing {
 
 impl Listing {
     /// The entries to return, in order.
-    pub(crate) fn entries(&self) -> Box<dyn Iterator<Item = &DirEntry> + '_> {
+    pub(crate) fn entries(&self) -> Entries<'_> {
         match &self.arranged {
-            Some(a) => Box::new(a.from(self.start)),
-            None => Box::new(self.src.get(self.start..).unwrap_or_default().iter()),
+            Some(a) => Entries::Arranged(a.from(self.start)),
+            None => Entries::Plain(self.src.get(self.start..).unwrap_or_default().iter()),
+        }
+    }
+}
+
+/// The entries of a [`Listing`] (no allocation either way).
+pub(crate) enum Entries<'a> {
+    /// In offset order.
+    Plain(std::slice::Iter<'a, DirEntry>),
+    /// In the mount's order.
+    Arranged(order::InOrder<'a>),
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = &'a DirEntry;
+
+    fn next(&mut self) -> Option<&'a DirEntry> {
+        match self {
+            Entries::Plain(i) => i.next(),
+            Entries::Arranged(i) => i.next(),
         }
     }
 }

@@ -111,12 +111,26 @@ impl Arranged {
     }
 
     /// The entries from place `start` on, in order.
-    pub(crate) fn from(&self, start: usize) -> impl Iterator<Item = &DirEntry> {
-        self.order
-            .get(start..)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| self.src.get(*i as usize))
+    pub(crate) fn from(&self, start: usize) -> InOrder<'_> {
+        InOrder {
+            places: self.order.get(start..).unwrap_or_default().iter(),
+            src: &self.src,
+        }
+    }
+}
+
+/// The entries of an [`Arranged`] listing, in order.
+pub(crate) struct InOrder<'a> {
+    places: std::slice::Iter<'a, u32>,
+    src: &'a [DirEntry],
+}
+
+impl<'a> Iterator for InOrder<'a> {
+    type Item = &'a DirEntry;
+
+    fn next(&mut self) -> Option<&'a DirEntry> {
+        let src = self.src;
+        self.places.find_map(|i| src.get(*i as usize))
     }
 }
 

@@ -157,3 +157,15 @@ fn a_call_nothing_is_asked_of_costs_no_allocation() -> Result<(), String> {
     assert!(plain < Duration::from_micros(20), "{plain:?} per call");
     Ok(())
 }
+
+#[test]
+fn listings_in_the_default_order_cost_no_allocation() -> Result<(), String> {
+    let f = fixture(&HarnessOptions::default())?;
+    let fh = f.h.fs.opendir(ROOT_INO).map_err(|e| e.to_string())?.0;
+    let (src, start) = f.h.fs.dir_entries(fh, 0).map_err(|e| e.to_string())?;
+    let before = allocations();
+    let n = f.h.listing(fh, src, start, 0).entries().count();
+    assert_eq!(allocations() - before, 0);
+    assert_eq!(n, 3, ". .. a");
+    Ok(())
+}
