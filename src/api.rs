@@ -80,7 +80,6 @@ pub use faults::{LiveRule, ReaddirOrder};
 pub use rustix::io::Errno;
 
 /// The operations by name, for rules: `op::Write`, `op::Fsync`, ...
-#[allow(non_upper_case_globals)]
 pub mod op {
     pub use crate::harness::ops::Op::*;
 }
