@@ -2,13 +2,19 @@
 # Benchmark stratafs against the kernel overlay and fuse-overlayfs.
 #
 # Usage: bash scripts/bench.sh [--smoke] [--runs N] [--only WORKLOAD[,WORKLOAD...]]
-#                              [--no-doc] [--list] [--render-doc]
+#                              [--harness] [--baseline BIN] [--no-doc] [--list]
+#                              [--render-doc]
 #
 #   (no options)  full run: cached ~70k-entry 5-layer stack, 3 runs per
 #                 workload, results written to docs/PERFORMANCE.md
 #   --smoke       tiny stack, every workload once (about a minute; for CI)
 #   --runs N      repetitions per workload (median is reported)
 #   --only W      only these workloads (see --list); does not touch the doc
+#   --harness     also stratafs with metrics=0 and with one unrelated fault
+#                 rule, without fuse-overlayfs: the cost of the test-harness
+#                 mode (does not touch the doc)
+#   --baseline BIN  also another stratafs binary (a build of an older commit),
+#                 as stratafs-baseline (does not touch the doc)
 #   --render-doc  rewrite docs/PERFORMANCE.md from the stored results only
 #
 # Needs root (kernel overlay mounts, drop_caches). The generated stack is

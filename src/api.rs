@@ -19,6 +19,28 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A mount is also a test harness: fault rules, a trace of the requests,
+//! metrics, and listing orders (see docs/HARNESS.md):
+//!
+//! ```
+//! use stratafs::api::{op, Errno, Layer, TempStack};
+//!
+//! let stack = TempStack::new(&[Layer::new().dir("db")])?;
+//! let mount = stack.builder().record_trace().mount(stack.mountpoint())?;
+//! // The third write to db/wal fails with ENOSPC.
+//! mount.fail(op::Write, "db/wal", Errno::NOSPC).nth(3);
+//! let mut wal = std::fs::File::create(mount.path().join("db/wal"))?;
+//! use std::io::Write;
+//! wal.write_all(b"one")?;
+//! wal.write_all(b"two")?;
+//! let err = wal.write_all(b"three").unwrap_err();
+//! assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+//! let writes = mount.trace().into_iter().filter(|r| r.op == op::Write).count();
+//! assert_eq!(writes, 3);
+//! assert_eq!(mount.stats().requests["write"], 3);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Any directories can be mounted the same way:
 //!
 //! ```no_run
@@ -40,11 +62,27 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+mod faults;
+
 pub use crate::error::SetupError;
 use crate::fuse::daemon::spawn_mount;
 pub use crate::fuse::daemon::BackgroundMount;
+pub use crate::harness::metrics::{prometheus, Latency, Stats};
+pub use crate::harness::ops::{Op, Ops};
+pub use crate::harness::rules::{Rule, RuleSpec, Source};
+pub use crate::harness::trace::TraceRecord;
+pub use crate::harness::RuleStatus;
 pub use crate::setup::options::escape_path;
 use crate::setup::options::parse_mount_args;
+pub use faults::{LiveRule, ReaddirOrder};
+/// An errno value (`Errno::NOSPC`, `Errno::from_raw_os_error(28)`): the
+/// error type of every filesystem operation.
+pub use rustix::io::Errno;
+
+/// The operations by name, for rules: `op::Write`, `op::Fsync`, ...
+pub mod op {
+    pub use crate::harness::ops::Op::*;
+}
 
 /// Describes a stack to mount: lower directories (top first), an optional
 /// upper and work directory, and extra `-o` options.
@@ -54,6 +92,8 @@ pub struct OverlayBuilder {
     upper: Option<PathBuf>,
     work: Option<PathBuf>,
     options: Vec<String>,
+    rules: Vec<Rule>,
+    record_trace: bool,
 }
 
 impl OverlayBuilder {
@@ -103,6 +143,38 @@ impl OverlayBuilder {
         o
     }
 
+    /// A fault rule in force from the start (see [`Rule`]).
+    pub fn fault(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
+    /// Fault rules from a file (TOML, `[[rule]]` tables);
+    /// [`BackgroundMount::reload_faults`] reads it again.
+    pub fn faults_file(self, file: impl AsRef<Path>) -> Self {
+        let o = format!("faults={}", escape_path(file.as_ref()));
+        self.option(o)
+    }
+
+    /// Write a trace of every request to `file` (JSON lines).
+    pub fn trace_file(self, file: impl AsRef<Path>) -> Self {
+        let o = format!("trace={}", escape_path(file.as_ref()));
+        self.option(o)
+    }
+
+    /// Keep a trace of every request in memory from the start
+    /// ([`BackgroundMount::trace`]).
+    pub fn record_trace(mut self) -> Self {
+        self.record_trace = true;
+        self
+    }
+
+    /// The order directory listings come in.
+    pub fn readdir_order(self, order: ReaddirOrder) -> Self {
+        let o = format!("readdir_order={}", order.option_value());
+        self.option(o)
+    }
+
     /// Mount at `mountpoint`, served by threads of this process; the guard
     /// unmounts when dropped, also when a test panics.
     pub fn mount(&self, mountpoint: impl AsRef<Path>) -> Result<BackgroundMount, SetupError> {
@@ -111,7 +183,12 @@ impl OverlayBuilder {
         for w in &opts.warnings {
             log::warn!("{w}");
         }
-        spawn_mount(&opts)
+        let rules = self.rules.iter().map(|r| r.spec.clone()).collect();
+        let mount = spawn_mount(&opts, rules)?;
+        if self.record_trace {
+            mount.start_trace();
+        }
+        Ok(mount)
     }
 }
 

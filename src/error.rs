@@ -77,6 +77,131 @@ pub(crate) fn one_line(s: &str) -> String {
     out
 }
 
+/// Errno names and values; the first name of a value is its name in
+/// traces and rule lists (`ENOTSUP`, `EWOULDBLOCK` and `EDEADLOCK` are
+/// accepted as aliases).
+const ERRNO_NAMES: &[(&str, i32)] = &[
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("ESRCH", libc::ESRCH),
+    ("EINTR", libc::EINTR),
+    ("EIO", libc::EIO),
+    ("ENXIO", libc::ENXIO),
+    ("E2BIG", libc::E2BIG),
+    ("ENOEXEC", libc::ENOEXEC),
+    ("EBADF", libc::EBADF),
+    ("ECHILD", libc::ECHILD),
+    ("EAGAIN", libc::EAGAIN),
+    ("ENOMEM", libc::ENOMEM),
+    ("EACCES", libc::EACCES),
+    ("EFAULT", libc::EFAULT),
+    ("ENOTBLK", libc::ENOTBLK),
+    ("EBUSY", libc::EBUSY),
+    ("EEXIST", libc::EEXIST),
+    ("EXDEV", libc::EXDEV),
+    ("ENODEV", libc::ENODEV),
+    ("ENOTDIR", libc::ENOTDIR),
+    ("EISDIR", libc::EISDIR),
+    ("EINVAL", libc::EINVAL),
+    ("ENFILE", libc::ENFILE),
+    ("EMFILE", libc::EMFILE),
+    ("ENOTTY", libc::ENOTTY),
+    ("ETXTBSY", libc::ETXTBSY),
+    ("EFBIG", libc::EFBIG),
+    ("ENOSPC", libc::ENOSPC),
+    ("ESPIPE", libc::ESPIPE),
+    ("EROFS", libc::EROFS),
+    ("EMLINK", libc::EMLINK),
+    ("EPIPE", libc::EPIPE),
+    ("EDOM", libc::EDOM),
+    ("ERANGE", libc::ERANGE),
+    ("EDEADLK", libc::EDEADLK),
+    ("ENAMETOOLONG", libc::ENAMETOOLONG),
+    ("ENOLCK", libc::ENOLCK),
+    ("ENOSYS", libc::ENOSYS),
+    ("ENOTEMPTY", libc::ENOTEMPTY),
+    ("ELOOP", libc::ELOOP),
+    ("ENOMSG", libc::ENOMSG),
+    ("EIDRM", libc::EIDRM),
+    ("ENOSTR", libc::ENOSTR),
+    ("ENODATA", libc::ENODATA),
+    ("ETIME", libc::ETIME),
+    ("ENOSR", libc::ENOSR),
+    ("EREMOTE", libc::EREMOTE),
+    ("ENOLINK", libc::ENOLINK),
+    ("EPROTO", libc::EPROTO),
+    ("EMULTIHOP", libc::EMULTIHOP),
+    ("EBADMSG", libc::EBADMSG),
+    ("EOVERFLOW", libc::EOVERFLOW),
+    ("EILSEQ", libc::EILSEQ),
+    ("EUSERS", libc::EUSERS),
+    ("ENOTSOCK", libc::ENOTSOCK),
+    ("EDESTADDRREQ", libc::EDESTADDRREQ),
+    ("EMSGSIZE", libc::EMSGSIZE),
+    ("EPROTOTYPE", libc::EPROTOTYPE),
+    ("ENOPROTOOPT", libc::ENOPROTOOPT),
+    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
+    ("ESOCKTNOSUPPORT", libc::ESOCKTNOSUPPORT),
+    ("EOPNOTSUPP", libc::EOPNOTSUPP),
+    ("EPFNOSUPPORT", libc::EPFNOSUPPORT),
+    ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
+    ("EADDRINUSE", libc::EADDRINUSE),
+    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("ENETRESET", libc::ENETRESET),
+    ("ECONNABORTED", libc::ECONNABORTED),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ENOBUFS", libc::ENOBUFS),
+    ("EISCONN", libc::EISCONN),
+    ("ENOTCONN", libc::ENOTCONN),
+    ("ESHUTDOWN", libc::ESHUTDOWN),
+    ("ETOOMANYREFS", libc::ETOOMANYREFS),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("EHOSTDOWN", libc::EHOSTDOWN),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+    ("EALREADY", libc::EALREADY),
+    ("EINPROGRESS", libc::EINPROGRESS),
+    ("ESTALE", libc::ESTALE),
+    ("EUCLEAN", libc::EUCLEAN),
+    ("EDQUOT", libc::EDQUOT),
+    ("ENOMEDIUM", libc::ENOMEDIUM),
+    ("EMEDIUMTYPE", libc::EMEDIUMTYPE),
+    ("ECANCELED", libc::ECANCELED),
+    ("ENOKEY", libc::ENOKEY),
+    ("EKEYEXPIRED", libc::EKEYEXPIRED),
+    ("EKEYREVOKED", libc::EKEYREVOKED),
+    ("EKEYREJECTED", libc::EKEYREJECTED),
+    ("EOWNERDEAD", libc::EOWNERDEAD),
+    ("ENOTRECOVERABLE", libc::ENOTRECOVERABLE),
+    ("ERFKILL", libc::ERFKILL),
+    ("EHWPOISON", libc::EHWPOISON),
+    ("ENOTSUP", libc::ENOTSUP),
+    ("EWOULDBLOCK", libc::EWOULDBLOCK),
+    ("EDEADLOCK", libc::EDEADLOCK),
+];
+
+/// The symbolic name of an errno (`ENOSPC`); `None` for a value without one.
+pub(crate) fn errno_name(e: Errno) -> Option<&'static str> {
+    let raw = e.raw_os_error();
+    ERRNO_NAMES.iter().find(|(_, v)| *v == raw).map(|(n, _)| *n)
+}
+
+/// The errno a name stands for: `ENOSPC`, `enospc`, or a number (`28`).
+pub(crate) fn errno_by_name(name: &str) -> Option<Errno> {
+    let raw = match name.parse::<i32>() {
+        Ok(n) => n,
+        Err(_) => ERRNO_NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)?,
+    };
+    (1..4096)
+        .contains(&raw)
+        .then(|| Errno::from_raw_os_error(raw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +213,20 @@ mod tests {
         let e = SetupError::new("bad\nthing\x07");
         assert_eq!(e.to_string(), "bad thing\\u{7}");
         assert_eq!(describe(Errno::NOENT), "No such file or directory");
+    }
+
+    #[test]
+    fn errno_names_both_ways() {
+        assert_eq!(errno_name(Errno::NOSPC), Some("ENOSPC"));
+        assert_eq!(errno_name(Errno::NOTSUP), Some("EOPNOTSUPP"));
+        assert_eq!(errno_by_name("ENOSPC"), Some(Errno::NOSPC));
+        assert_eq!(errno_by_name("eio"), Some(Errno::IO));
+        assert_eq!(errno_by_name("ENOTSUP"), Some(Errno::NOTSUP));
+        assert_eq!(errno_by_name("5"), Some(Errno::IO));
+        assert_eq!(errno_by_name("EBOGUS"), None);
+        assert_eq!(errno_by_name("0"), None);
+        for (name, v) in ERRNO_NAMES {
+            assert_eq!(errno_by_name(name).map(|e| e.raw_os_error()), Some(*v));
+        }
     }
 }

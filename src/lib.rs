@@ -12,7 +12,8 @@
 //!
 //! Inside, the layers of the design, each importing only those below it:
 //! `cli` and `api`; `fuse` (adapter and daemon) and `tools` (check,
-//! inspect); `core` (the overlay); `setup` (options, layer stack, stores);
+//! inspect); `harness` (faults, trace, metrics, listing orders, control
+//! socket); `core` (the overlay); `setup` (options, layer stack, stores);
 //! `format` (on-disk rules); `sys` and `error`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,6 +24,7 @@ mod core;
 mod error;
 mod format;
 mod fuse;
+mod harness;
 mod setup;
 mod sys;
 mod tools;

@@ -37,8 +37,21 @@ FSTYPES = {
     "kernel-volatile": "overlay",
     "fuse-overlayfs": "fuse.fuse-overlayfs",
     "stratafs": "fuse.stratafs",
+    "stratafs-nometrics": "fuse.stratafs",
+    "stratafs-fault": "fuse.stratafs",
+    "stratafs-baseline": "fuse.stratafs",
 }
 MAIN_FS = ["kernel", "stratafs", "fuse-overlayfs"]
+# With --harness: stratafs also without metrics (metrics=0, the baseline) and
+# with one fault rule on a path no workload touches (every operation
+# consults it), to measure what the test-harness mode costs when unused.
+HARNESS_FS = ["stratafs-nometrics", "stratafs-fault"]
+HARNESS_FAULTS = """# scripts/bench: one rule on a path no workload touches.
+[[rule]]
+op = "*"
+path = "no/such/dir/unrelated.db"
+errno = "EIO"
+"""
 
 
 def log(msg):
@@ -437,6 +450,12 @@ class Mount:
             cmd = ["fuse-overlayfs", "-o", opts, self.mnt]
         elif self.fs == "stratafs":
             cmd = [self.ctx.stratafs, "-o", opts, self.mnt]
+        elif self.fs == "stratafs-nometrics":
+            cmd = [self.ctx.stratafs, "-o", opts + ",metrics=0", self.mnt]
+        elif self.fs == "stratafs-fault":
+            cmd = [self.ctx.stratafs, "-o", opts + f",faults={self.ctx.faults_file}", self.mnt]
+        elif self.fs == "stratafs-baseline":
+            cmd = [self.ctx.baseline, "-o", opts, self.mnt]
         else:
             die(f"unknown fs {self.fs}")
         Mount.active.append(self)
@@ -447,7 +466,7 @@ class Mount:
         got = mountinfo_fstype(self.mnt)
         if got != FSTYPES[self.fs]:
             die(f"{self.mnt}: expected fstype {FSTYPES[self.fs]}, mountinfo says {got}")
-        if self.fs in ("stratafs", "fuse-overlayfs"):
+        if self.fs.startswith("stratafs") or self.fs == "fuse-overlayfs":
             self.pid = find_daemon(self.mnt, os.path.basename(cmd[0]))
             if self.pid is None:
                 die(f"cannot find the {self.fs} daemon serving {self.mnt}")
@@ -836,6 +855,7 @@ def render(result, title):
                 parts.append(f"{fs} {x['cpu'] / n * 1e6:.1f} µs/entry")
         L.append(f"Daemon CPU per entry of a cold `find` walk ({n} entries): " + ", ".join(parts) + ".")
         L.append("")
+    L += render_harness(summ, order)
     mem, mem_notes = render_memory(result)
     L += mem
     notes += mem_notes
@@ -846,6 +866,36 @@ def render(result, title):
             L.append(f"- {n}")
         L.append("")
     return "\n".join(L)
+
+
+def render_harness(summ, order):
+    """Table of a --harness run: stratafs with metrics off (the baseline),
+    with metrics on (the default) and with one unrelated fault rule."""
+    rows = [v for v in order if "stratafs-nometrics" in summ[v] or "stratafs-baseline" in summ[v]]
+    if not rows:
+        return []
+    cols = [("stratafs-baseline", "--baseline binary"), ("stratafs-nometrics", "metrics=0"),
+            ("stratafs", "default"), ("stratafs-fault", "one fault rule")]
+    cols = [(fs, name) for fs, name in cols if any(fs in summ[v] for v in rows)]
+    ref = cols[0][0]
+    L = ["Test-harness overhead: stratafs "
+         + ", ".join(f"`{name}`" for _, name in cols)
+         + " (`metrics=0`: no per-request counting; default: metrics on, no rule, no trace; one fault rule: "
+         "on a path no workload touches, `op = \"*\"`, so every request consults it). "
+         f"Ratio = time / `{cols[0][1]}` time.",
+         "",
+         "| workload | " + " | ".join(f"{name} | ratio" if i else name for i, (_, name) in enumerate(cols)) + " |",
+         "|---|" + "---:|" * (2 * len(cols) - 1)]
+    for v in rows:
+        s = summ[v]
+        base = s.get(ref, {}).get("seconds")
+        cells = []
+        for i, (fs, _) in enumerate(cols):
+            t = s.get(fs, {}).get("seconds")
+            cells.append(fmt_t(t) if i == 0 else f"{fmt_t(t)} | {ratio(t, base)}")
+        L.append(f"| {v} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
 
 
 def update_doc(results_dir, stack_version):
@@ -921,6 +971,12 @@ def main():
     ap.add_argument("--only", action="append", default=[],
                     help="run only this workload (repeatable or comma-separated): " + ",".join(w[0] for w in WORKLOADS))
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/PERFORMANCE.md")
+    ap.add_argument("--baseline", metavar="BIN",
+                    help="also run this other stratafs binary (e.g. a build of an older commit), "
+                         "as stratafs-baseline; with --harness, ratios are against it")
+    ap.add_argument("--harness", action="store_true",
+                    help="also run stratafs with metrics=0 and with one unrelated fault rule, "
+                         "without fuse-overlayfs (test-harness overhead; does not touch the doc)")
     ap.add_argument("--list", action="store_true", help="list workloads and exit")
     ap.add_argument("--render-doc", action="store_true",
                     help="only rewrite docs/PERFORMANCE.md from the stored results of the last two full runs")
@@ -948,6 +1004,7 @@ def main():
     ctx.smoke = a.smoke
     ctx.helper = a.helper
     ctx.stratafs = a.stratafs
+    ctx.baseline = os.path.abspath(a.baseline) if a.baseline else None
     ctx.counter = 0
     os.makedirs(a.dir, exist_ok=True)
     ctx.stack, ctx.manifest = ensure_stack(a.dir, a.smoke)
@@ -957,13 +1014,23 @@ def main():
     os.makedirs(ctx.rundir)
 
     meta = machine_meta()
-    meta.update(runs=runs, smoke=a.smoke, only=only,
-                full=(not a.smoke and not only and runs == 3))
+    meta.update(runs=runs, smoke=a.smoke, only=only, harness=a.harness,
+                full=(not a.smoke and not only and runs == 3 and not a.harness and not a.baseline))
+    ctx.faults_file = os.path.join(a.dir, "harness-faults.toml")
+    with open(ctx.faults_file, "w") as f:
+        f.write(HARNESS_FAULTS)
     df = subprocess.run(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "-T", a.dir], capture_output=True, text=True).stdout.split()
     meta["fs_underneath"] = f"layers and upper dirs on {df[0] if df else '?'}"
     result = {"meta": meta, "manifest": ctx.manifest, "measurements": []}
     t_start = time.time()
     selected = [w for w in WORKLOADS if not only or w[0] in only]
+    if a.harness:
+        # The question is what stratafs pays for the harness: fuse-overlayfs
+        # is left out, the kernel stays for the ratios of the main table.
+        selected = [(n, fn, [f for f in fss if f != "fuse-overlayfs"] + (HARNESS_FS if "stratafs" in fss else []))
+                    for n, fn, fss in selected]
+    if a.baseline:
+        selected = [(n, fn, fss + (["stratafs-baseline"] if "stratafs" in fss else [])) for n, fn, fss in selected]
     for wname, fn, fss in selected:
         for rep in range(runs):
             order = fss[rep % len(fss):] + fss[:rep % len(fss)]
@@ -982,6 +1049,8 @@ def main():
     os.makedirs(results_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kind = "smoke" if a.smoke else ("full" if meta["full"] else "partial")
+    if a.harness:
+        kind += "-harness"
     base = os.path.join(results_dir, f"{stamp}-{kind}")
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=1)

@@ -1,8 +1,9 @@
 //! The `stratafs` command: the fuse-overlayfs-compatible mount command line
-//! and the subcommands `mount --store`, `inspect` and `check`, each with
-//! its own `--help`. `main.rs` only calls [`main`].
+//! and the subcommands `mount --store`, `inspect`, `check`, `ctl` and
+//! `stats`, each with its own `--help`. `main.rs` only calls [`main`].
 
 mod check;
+mod ctl;
 mod inspect;
 mod mount;
 
@@ -21,6 +22,8 @@ pub fn main() -> i32 {
         Some("mount") => mount::store(rest()),
         Some("inspect") => inspect::run(rest()),
         Some("check") => check::run(rest()),
+        Some("ctl") => ctl::run(rest()),
+        Some("stats") => ctl::run_stats(rest()),
         _ => mount::plain(argv),
     }
 }

@@ -18,7 +18,8 @@ use crate::setup::store::Chain;
 ///
 /// Other commands: `stratafs mount --store DIR ID MOUNTPOINT` (a layer of a
 /// Docker or containers-storage overlay store), `stratafs inspect`, `stratafs
-/// check`; each has its own --help.
+/// check`, `stratafs ctl MOUNTPOINT ...` (fault rules, trace and metrics of a
+/// live mount), `stratafs stats MOUNTPOINT`; each has its own --help.
 #[derive(Parser, Debug)]
 #[command(name = "stratafs", version, about, long_about)]
 struct Cli {
@@ -36,6 +37,16 @@ struct Cli {
     /// 1), volatile (= fsync=0), max_fds=N (open descriptors to stay below:
     /// directories the kernel keeps are dropped from its cache beyond that;
     /// default 3/4 of the open-file limit, at most 65536), debug.
+    /// Test harness (docs/HARNESS.md): faults=FILE (fault rules, TOML
+    /// [[rule]] tables with op, path, errno, delay_ms, short, corrupt,
+    /// size/mode/mtime, noop, probability, seed, nth, after, times, pid,
+    /// uid; SIGHUP rereads the file instead of unmounting), trace=FILE (a
+    /// JSON line per request: op, path, result, ...), trace_ops=OP[:OP...]
+    /// and trace_path=GLOB (what the trace keeps), metrics=0|1 (request
+    /// counts and latencies, default 1), readdir_order=hash|sorted|reverse|
+    /// shuffle[:SEED] (order of directory listings, default hash),
+    /// control=off|PATH|@NAME (the control socket; default
+    /// @stratafs/ctl/MAJOR:MINOR, found by `stratafs ctl MOUNTPOINT`).
     /// FUSE/VFS: ro, rw, allow_other, allow_root, suid/nosuid, dev/nodev,
     /// exec/noexec, noatime (default), atime, auto_unmount, fsname=NAME;
     /// default_permissions is always on (the kernel checks permissions).

@@ -254,6 +254,12 @@ impl Overlay {
             let _ = tree::remove_tree(work, &tmp, false);
             made?;
             entry.exists = true;
+            let bytes = if data == Data::Empty {
+                0
+            } else {
+                st.st_size as u64
+            };
+            self.events.copied_up(bytes);
         }
         let inode = entry.obj(index).fd()?;
         Ok(Some((entry, inode)))
@@ -355,6 +361,12 @@ impl Overlay {
                 s.lowers.clear();
             }
         }
+        let bytes = if node.is_dir() || data == Data::Empty {
+            0
+        } else {
+            st.st_size as u64
+        };
+        self.events.copied_up(bytes);
         if node.is_dir() || st.st_nlink > 1 {
             // The link count the kernel cached changed: a directory is now
             // merged (nlink 1), a copied hard link has its own count.

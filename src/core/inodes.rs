@@ -120,6 +120,11 @@ impl InodeTable {
         t
     }
 
+    /// Live nodes (the root included).
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// The node with id `ino`.
     pub(crate) fn get(&self, ino: u64) -> Option<Arc<Node>> {
         self.nodes.get(&ino).map(|n| n.clone())

@@ -64,9 +64,11 @@ impl Overlay {
             // another name in another directory (a hard link), whose lock
             // `stat_node` takes; holding both could deadlock with a rename.
             drop(g);
+            self.events.lookup(true);
             let stat = self.stat_node(&node)?;
             return Ok(Some(Entry { node, stat }));
         }
+        self.events.lookup(false);
         let mut layers = dir.dir_layers();
         let start = hint
             .filter(|_| dir.listing_unchanged())

@@ -6,7 +6,7 @@
 //!
 //! Modules, bottom up: `names`, `dirindex`, `obj` (how layer objects are
 //! held), `resolve` and `listing` (pure functions over layer directories),
-//! `fdbudget` (descriptor budget decisions), `locks` (lock order), `node`,
+//! `fdbudget` (descriptor budget decisions), `events` (counters for metrics), `locks` (lock order), `node`,
 //! `inodes` (the inode table and lookup references), `handles`, `notify`,
 //! `overlay` (the shared state), then the operations: `copyup`, `lookup`,
 //! `namespace`, `io`, `attrs`, and `background`.
@@ -14,6 +14,7 @@ pub(crate) mod attrs;
 pub(crate) mod background;
 pub(crate) mod copyup;
 pub(crate) mod dirindex;
+pub(crate) mod events;
 pub(crate) mod fdbudget;
 pub(crate) mod handles;
 pub(crate) mod index;

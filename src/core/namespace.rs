@@ -375,6 +375,9 @@ impl Overlay {
             self.stack.formats.make_whiteout(&*pup, name)?;
         }
         self.after_name_gone(gone);
+        if lower_below {
+            self.events.whiteout();
+        }
         self.detach(parent, name);
         Ok(())
     }
@@ -582,6 +585,9 @@ impl Overlay {
                 rflags,
                 src_lower,
             )?;
+        }
+        if src_lower {
+            self.events.whiteout();
         }
         // The target's marker (after the rename, as in `publish`): a
         // leftover only hides what the new entry hides anyway.

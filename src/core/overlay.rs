@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use rustix::fs::{FileType, Stat};
 
+use super::events::Events;
 use super::fdbudget;
 use super::handles::HandleTable;
 use super::inodes::{InodeTable, LookupRef, ROOT_INO};
@@ -82,6 +83,8 @@ pub(crate) struct Overlay {
     pub(crate) fd_budget: usize,
     /// Work for the background thread (see `background`), once started.
     pub(crate) background: OnceLock<Sender<Invalidate>>,
+    /// What the overlay did, counted (copy-ups, whiteouts, name map).
+    pub(crate) events: Events,
 }
 
 /// An answer to lookup-like requests: the node, with the lookup reference
@@ -134,6 +137,7 @@ impl Overlay {
             egid: rustix::process::getegid().as_raw(),
             fd_budget,
             background: OnceLock::new(),
+            events: Events::default(),
         })
     }
 

@@ -2,6 +2,11 @@
 //! No overlay logic lives here; this is the one place where an [`Errno`]
 //! becomes a FUSE error reply, and where a lookup reference is handed to
 //! the kernel (after the reply that carries it).
+//!
+//! Every request goes through the test harness as one [`Call`]: opened with
+//! the operation, what it is about and the caller (`FuseOverlay::begin`),
+//! asked whether a fault rule refuses it or changes what the caller gets,
+//! and closed with the result before the reply is sent (metrics, trace).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -23,14 +28,18 @@ use crate::core::listing::NO_LAYER;
 use crate::core::namespace::NewNode;
 use crate::core::notify::{Invalidate, KernelCache};
 use crate::core::overlay::{Caller, Entry, Overlay};
-use crate::error::Errno;
+use crate::error::{Errno, Result};
 use crate::format::idmap::Ids;
+use crate::harness::ops::Op;
+use crate::harness::{Call, Harness, Target, Who};
 
 /// The overlay as a `fuser` filesystem.
 #[derive(Debug)]
 pub(crate) struct FuseOverlay {
     /// The overlay.
     pub(crate) fs: Arc<Overlay>,
+    /// Its test harness (faults, trace, metrics, listing order).
+    pub(crate) h: Arc<Harness>,
 }
 
 /// The kernel's caches, reached through the session's notifier.
@@ -152,9 +161,28 @@ fn caller(req: &Request, ids: &Ids) -> Caller {
     }
 }
 
+/// The reply flags of an open file: the page cache is kept across opens,
+/// unless a rule on reads or writes must see every call of the program.
+fn open_flags(direct: bool) -> FopenFlags {
+    if direct {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
 impl FuseOverlay {
     fn ttl(&self) -> Duration {
         self.fs.config.ttl
+    }
+
+    /// Open the harness call of a request.
+    fn begin<'a>(&'a self, req: &Request, op: Op, target: Target<'a>) -> Call<'a> {
+        let who = Who {
+            pid: req.pid(),
+            uid: req.uid(),
+        };
+        self.h.begin(op, who, target)
     }
 
     fn attr_of(&self, e: &Entry<'_>) -> FileAttr {
@@ -166,72 +194,106 @@ impl FuseOverlay {
         )
     }
 
-    /// How long the kernel may keep the name of entry `e`: not at all for a
-    /// hard-linked file, so that every use of one of its names is looked up
-    /// and the overlay knows which name a change goes through.
-    fn entry_ttl(&self, e: &Entry<'_>) -> Duration {
+    /// How long the kernel may keep the name of entry `e`, at most `ttl`:
+    /// not at all for a hard-linked file, so that every use of one of its
+    /// names is looked up and the overlay knows which name a change goes
+    /// through.
+    fn entry_ttl(e: &Entry<'_>, ttl: Duration) -> Duration {
         if !e.node.is_dir() && e.stat.st_nlink > 1 {
             Duration::ZERO
         } else {
-            self.ttl()
+            ttl
         }
     }
 
-    /// Reply with `e`, handing its lookup reference to the kernel.
-    fn reply_entry(&self, e: Entry<'_>, reply: ReplyEntry) {
+    /// An entry, as `call` lets the caller see it.
+    fn shown<'e>(call: &Call<'_>, r: Result<Entry<'e>>) -> Result<Entry<'e>> {
+        r.map(|mut e| {
+            call.lie(&mut e.stat);
+            e
+        })
+    }
+
+    /// Reply with `e` (attributes valid for `ttl`), handing its lookup
+    /// reference to the kernel.
+    fn reply_entry(&self, e: Entry<'_>, ttl: Duration, reply: ReplyEntry) {
         reply.entry_with_ttls(
-            &self.ttl(),
-            &self.entry_ttl(&e),
+            &ttl,
+            &Self::entry_ttl(&e, ttl),
             &self.attr_of(&e),
             Generation(0),
         );
         e.node.hand_over();
     }
 
+    /// Close `call` with `r` and reply with the entry or the error.
+    fn entry_reply(&self, mut call: Call<'_>, r: Result<Entry<'_>>, reply: ReplyEntry) {
+        let ttl = call.ttl(self.ttl());
+        if let Ok(e) = &r {
+            call.node(e.node.ino);
+        }
+        match call.end(r) {
+            Ok(e) => self.reply_entry(e, ttl, reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
     /// `create` without `O_EXCL` of a name another process created since
     /// the kernel looked it up: open what is there, as open(O_CREAT) does.
-    fn create_existing(&self, parent: u64, name: &[u8], flags: i32, reply: ReplyCreate) {
-        let opened = self
-            .fs
+    fn create_existing(&self, parent: u64, name: &[u8], flags: i32) -> Result<(Entry<'_>, u64)> {
+        self.fs
             .lookup(parent, name)
             .and_then(|e| e.ok_or(Errno::NOENT))
             .and_then(|e| {
                 let fh = self.fs.open(e.node.ino, flags)?;
                 let stat = self.fs.stat_node(&e.node)?;
                 Ok((Entry { stat, ..e }, fh))
-            });
-        match opened {
-            Ok((e, fh)) => {
-                reply.created(
-                    &self.ttl(),
-                    &self.attr_of(&e),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                );
-                e.node.hand_over();
-            }
-            Err(e) => reply.error(err(e)),
-        }
+            })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn new_node(
         &self,
         req: &Request,
+        op: Op,
         parent: INodeNo,
         name: &OsStr,
         umask: u32,
         what: NewNode<'_>,
         reply: ReplyEntry,
     ) {
+        let call = self.begin(req, op, Target::Name(parent.0, name.as_bytes()));
         let caller = caller(req, &self.fs.config.ids);
-        match self
-            .fs
-            .create_node(caller, parent.0, name.as_bytes(), umask, what)
-        {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(err(e)),
-        }
+        let r = call.run(|| {
+            self.fs
+                .create_node(caller, parent.0, name.as_bytes(), umask, what)
+        });
+        let r = Self::shown(&call, r);
+        self.entry_reply(call, r, reply);
+    }
+
+    /// A request answered with success or an errno, that a `noop` rule
+    /// may answer without doing it.
+    fn empty(&self, call: Call<'_>, f: impl FnOnce() -> Result<()>, reply: ReplyEmpty) {
+        let r = call.run_or_noop(|| Ok(()), f);
+        empty_reply(call.end(r), reply)
+    }
+
+    /// `unlink` or `rmdir`.
+    fn remove(&self, req: &Request, op: Op, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let call = self.begin(req, op, Target::Name(parent.0, name.as_bytes()));
+        let dir = op == Op::Rmdir;
+        self.empty(
+            call,
+            || self.fs.remove(parent.0, name.as_bytes(), dir),
+            reply,
+        )
+    }
+
+    /// The listing of `fh` from `offset` on, in the mount's order.
+    fn listing(&self, call: &Call<'_>, fh: u64, offset: u64) -> Result<crate::harness::Listing> {
+        let (entries, start) = call.run(|| self.fs.dir_entries(fh, offset))?;
+        Ok(self.h.listing(fh, entries, start, offset))
     }
 }
 
@@ -245,6 +307,9 @@ impl Filesystem for FuseOverlay {
             InitFlags::FUSE_BIG_WRITES,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            // Shared mmap of files opened with direct I/O (files a fault
+            // rule on reads or writes is about).
+            InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks capability {cap:?}");
@@ -255,25 +320,48 @@ impl Filesystem for FuseOverlay {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name.as_bytes()) {
-            Ok(Some(e)) => self.reply_entry(e, reply),
-            Ok(None) => reply.entry(&self.ttl(), &negative_attr(), Generation(0)),
-            Err(e) => reply.error(err(e)),
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let mut call = self.begin(req, Op::Lookup, Target::Name(parent.0, name.as_bytes()));
+        let r = call.run(|| self.fs.lookup(parent.0, name.as_bytes()));
+        let ttl = call.ttl(self.ttl());
+        match r {
+            Ok(Some(mut e)) => {
+                call.lie(&mut e.stat);
+                call.node(e.node.ino);
+                call.finish(None);
+                self.reply_entry(e, ttl, reply);
+            }
+            Ok(None) => {
+                call.finish(Some(Errno::NOENT));
+                reply.entry(&ttl, &negative_attr(), Generation(0));
+            }
+            Err(e) => {
+                call.finish(Some(e));
+                reply.error(err(e));
+            }
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let call = self.begin(req, Op::Forget, Target::Node(ino.0));
         self.fs.inodes.forget(ino.0, nlookup);
         if self.fs.inodes.trim_due() {
             self.fs.invalidate(Invalidate::Trim);
         }
+        call.finish(None);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0, fh.map(|h| h.0)) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let call = self.begin(req, Op::Getattr, Target::Node(ino.0));
+        let r = call.run(|| self.fs.getattr(ino.0, fh.map(|h| h.0)));
+        let r = r.map(|(node, mut st)| {
+            call.lie(&mut st);
+            (node, st)
+        });
+        let ttl = call.ttl(self.ttl());
+        match call.end(r) {
             Ok((node, st)) => reply.attr(
-                &self.ttl(),
+                &ttl,
                 &attr(node.ino, &st, node.is_merged_dir(), &self.fs.config.ids),
             ),
             Err(e) => reply.error(err(e)),
@@ -282,7 +370,7 @@ impl Filesystem for FuseOverlay {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -298,6 +386,7 @@ impl Filesystem for FuseOverlay {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let call = self.begin(req, Op::Setattr, Target::Node(ino.0));
         let set = SetAttr {
             mode,
             uid,
@@ -307,22 +396,32 @@ impl Filesystem for FuseOverlay {
             mtime: set_time(mtime),
             fh: fh.map(|h| h.0),
         };
-        let r = self.fs.setattr(ino.0, &set);
-        match r {
+        let r = call.run_or_noop(
+            || self.fs.getattr(ino.0, set.fh).map(|(_, st)| st),
+            || self.fs.setattr(ino.0, &set),
+        );
+        let r = r.map(|mut st| {
+            call.lie(&mut st);
+            st
+        });
+        let ttl = call.ttl(self.ttl());
+        match call.end(r) {
             Ok(st) => {
                 let merged = self
                     .fs
                     .node(ino.0)
                     .map(|n| n.is_merged_dir())
                     .unwrap_or(false);
-                reply.attr(&self.ttl(), &attr(ino.0, &st, merged, &self.fs.config.ids))
+                reply.attr(&ttl, &attr(ino.0, &st, merged, &self.fs.config.ids))
             }
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let call = self.begin(req, Op::Readlink, Target::Node(ino.0));
+        let r = call.run(|| self.fs.readlink(ino.0));
+        match call.end(r) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
         }
@@ -342,7 +441,7 @@ impl Filesystem for FuseOverlay {
             mode,
             rdev: u64::from(rdev),
         };
-        self.new_node(req, parent, name, umask, what, reply);
+        self.new_node(req, Op::Mknod, parent, name, umask, what, reply);
     }
 
     fn mkdir(
@@ -354,15 +453,16 @@ impl Filesystem for FuseOverlay {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.new_node(req, parent, name, umask, NewNode::Dir { mode }, reply);
+        let what = NewNode::Dir { mode };
+        self.new_node(req, Op::Mkdir, parent, name, umask, what, reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty_reply(self.fs.remove(parent.0, name.as_bytes(), false), reply)
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, Op::Unlink, parent, name, reply)
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty_reply(self.fs.remove(parent.0, name.as_bytes(), true), reply)
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(req, Op::Rmdir, parent, name, reply)
     }
 
     fn symlink(
@@ -374,19 +474,13 @@ impl Filesystem for FuseOverlay {
         reply: ReplyEntry,
     ) {
         let target = target.as_os_str().as_bytes();
-        self.new_node(
-            req,
-            parent,
-            link_name,
-            0,
-            NewNode::Symlink { target },
-            reply,
-        );
+        let what = NewNode::Symlink { target };
+        self.new_node(req, Op::Symlink, parent, link_name, 0, what, reply);
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -394,43 +488,44 @@ impl Filesystem for FuseOverlay {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        empty_reply(
-            self.fs.rename(
-                parent.0,
-                name.as_bytes(),
-                newparent.0,
-                newname.as_bytes(),
-                flags.bits(),
-            ),
+        let (a, b) = (name.as_bytes(), newname.as_bytes());
+        let call = self.begin(req, Op::Rename, Target::Rename(parent.0, a, newparent.0, b));
+        self.empty(
+            call,
+            || self.fs.rename(parent.0, a, newparent.0, b, flags.bits()),
             reply,
         )
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.fs.link(ino.0, newparent.0, newname.as_bytes()) {
-            Ok(e) => self.reply_entry(e, reply),
-            Err(e) => reply.error(err(e)),
-        }
+        let name = newname.as_bytes();
+        let call = self.begin(req, Op::Link, Target::Link(ino.0, newparent.0, name));
+        let r = call.run(|| self.fs.link(ino.0, newparent.0, name));
+        let r = Self::shown(&call, r);
+        self.entry_reply(call, r, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let target = Target::Node(ino.0);
+        let call = self.begin(req, Op::Open, target);
+        let r = call.run(|| self.fs.open(ino.0, flags.0));
+        match call.end(r) {
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags(self.h.direct_io(target))),
             Err(e) => reply.error(err(e)),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -438,7 +533,20 @@ impl Filesystem for FuseOverlay {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        let mut call = self.begin(req, Op::Read, Target::Node(ino.0));
+        call.io(offset, u64::from(size));
+        let size = call
+            .short()
+            .map_or(size, |n| size.min(u32::try_from(n).unwrap_or(u32::MAX)));
+        let r = call.run(|| self.fs.read(fh.0, offset, size));
+        let r = r.map(|mut d| {
+            call.corrupt(&mut d);
+            d
+        });
+        if let Ok(d) = &r {
+            call.bytes(d.len() as u64);
+        }
+        match call.end(r) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(err(e)),
         }
@@ -446,8 +554,8 @@ impl Filesystem for FuseOverlay {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -456,7 +564,22 @@ impl Filesystem for FuseOverlay {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        let mut call = self.begin(req, Op::Write, Target::Node(ino.0));
+        call.io(offset, data.len() as u64);
+        let data = match call.short() {
+            Some(n) => data
+                .get(..n.min(data.len() as u64) as usize)
+                .unwrap_or(data),
+            None => data,
+        };
+        let r = call.run_or_noop(
+            || Ok(data.len() as u32),
+            || self.fs.write(fh.0, offset, data),
+        );
+        if let Ok(n) = &r {
+            call.bytes(u64::from(*n));
+        }
+        match call.end(r) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
@@ -464,45 +587,56 @@ impl Filesystem for FuseOverlay {
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let call = self.begin(req, Op::Flush, Target::Node(ino.0));
+        if self.h.answers_flush() {
+            // Rules are about close(2): answer every FLUSH.
+            return self.empty(call, || Ok(()), reply);
+        }
         // Nothing to do at close (no locks are kept here, writes are not
         // buffered), and ENOSYS makes the kernel stop sending FLUSH: one
         // round trip less for every close(2).
+        call.finish(Some(Errno::NOSYS));
         reply.error(fuser::Errno::ENOSYS);
     }
 
     fn release(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let call = self.begin(req, Op::Release, Target::Node(ino.0));
         self.fs.release(fh.0);
+        call.finish(None);
         reply.ok();
     }
 
     fn fsync(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty_reply(self.fs.fsync(fh.0, datasync), reply)
+        let call = self.begin(req, Op::Fsync, Target::Node(ino.0));
+        self.empty(call, || self.fs.fsync(fh.0, datasync), reply)
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let call = self.begin(req, Op::Opendir, Target::Node(ino.0));
+        let r = call.run(|| self.fs.opendir(ino.0));
+        match call.end(r) {
             // Offsets are name hashes (see readdir.rs), valid across
             // handles, so the kernel may keep listings of directories that
             // have not changed in its page cache.
@@ -517,18 +651,22 @@ impl Filesystem for FuseOverlay {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (entries, start) = match self.fs.dir_entries(fh.0, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(err(e)),
+        let call = self.begin(req, Op::Readdirplus, Target::Node(ino.0));
+        let listing = match self.listing(&call, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                call.finish(Some(e));
+                return reply.error(err(e));
+            }
         };
         let ttl = self.ttl();
-        for e in &entries[start..] {
+        for e in listing.entries() {
             let name = OsStr::from_bytes(&e.name);
             if &*e.name == b"." || &*e.name == b".." {
                 // No lookup reference for these; the kernel skips them.
@@ -551,7 +689,8 @@ impl Filesystem for FuseOverlay {
             match self.fs.lookup_hinted(ino.0, &e.name, hint) {
                 Ok(Some(entry)) => {
                     let a = self.attr_of(&entry);
-                    let ttl = ttl.min(self.entry_ttl(&entry));
+                    let ttl = self.h.entry_ttl(Target::Name(ino.0, &e.name), ttl);
+                    let ttl = Self::entry_ttl(&entry, ttl);
                     if reply.add(
                         INodeNo(entry.node.ino),
                         e.off,
@@ -574,22 +713,27 @@ impl Filesystem for FuseOverlay {
                 }
             }
         }
+        call.finish(None);
         reply.ok();
     }
 
     fn readdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (entries, start) = match self.fs.dir_entries(fh.0, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(err(e)),
+        let call = self.begin(req, Op::Readdir, Target::Node(ino.0));
+        let listing = match self.listing(&call, fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => {
+                call.finish(Some(e));
+                return reply.error(err(e));
+            }
         };
-        for e in &entries[start..] {
+        for e in listing.entries() {
             if reply.add(
                 INodeNo(e.ino),
                 e.off,
@@ -599,34 +743,41 @@ impl Filesystem for FuseOverlay {
                 break;
             }
         }
+        call.finish(None);
         reply.ok();
     }
 
     fn releasedir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let call = self.begin(req, Op::Releasedir, Target::Node(ino.0));
         self.fs.releasedir(fh.0);
+        self.h.release_listing(fh.0);
+        call.finish(None);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty_reply(self.fs.fsyncdir(ino.0), reply)
+        let call = self.begin(req, Op::Fsyncdir, Target::Node(ino.0));
+        self.empty(call, || self.fs.fsyncdir(ino.0), reply)
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let call = self.begin(req, Op::Statfs, Target::Node(ino.0));
+        let r = call.run(|| self.fs.statfs());
+        match call.end(r) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -643,7 +794,7 @@ impl Filesystem for FuseOverlay {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -651,33 +802,41 @@ impl Filesystem for FuseOverlay {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        empty_reply(
-            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+        let call = self.begin(req, Op::Setxattr, Target::Node(ino.0));
+        self.empty(
+            call,
+            || self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
             reply,
         )
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name.as_bytes()) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let call = self.begin(req, Op::Getxattr, Target::Node(ino.0));
+        let r = call.run(|| self.fs.getxattr(ino.0, name.as_bytes()));
+        match call.end(r) {
             Ok(v) => xattr_reply(&v, size, reply),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let call = self.begin(req, Op::Listxattr, Target::Node(ino.0));
+        let r = call.run(|| self.fs.listxattr(ino.0));
+        match call.end(r) {
             Ok(v) => xattr_reply(&v, size, reply),
             Err(e) => reply.error(err(e)),
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        empty_reply(self.fs.removexattr(ino.0, name.as_bytes()), reply)
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let call = self.begin(req, Op::Removexattr, Target::Node(ino.0));
+        self.empty(call, || self.fs.removexattr(ino.0, name.as_bytes()), reply)
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // Permission checks are the kernel's (default_permissions).
-        reply.ok();
+        let call = self.begin(req, Op::Access, Target::Node(ino.0));
+        self.empty(call, || Ok(()), reply)
     }
 
     fn create(
@@ -690,30 +849,48 @@ impl Filesystem for FuseOverlay {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let target = Target::Name(parent.0, name.as_bytes());
+        let mut call = self.begin(req, Op::Create, target);
         let caller = caller(req, &self.fs.config.ids);
-        let created = self
-            .fs
-            .create_file(caller, parent.0, name.as_bytes(), umask, mode, flags);
-        match created {
-            Ok((e, fd)) => {
-                let of = rustix::fs::OFlags::from_bits_retain(flags as _);
-                let fh = self
-                    .fs
-                    .handles
-                    .add_file(e.node.node().clone(), fd, of, true);
+        let created = call.run(|| {
+            match self
+                .fs
+                .create_file(caller, parent.0, name.as_bytes(), umask, mode, flags)
+            {
+                Ok((e, fd)) => {
+                    let of = rustix::fs::OFlags::from_bits_retain(flags as _);
+                    let fh = self
+                        .fs
+                        .handles
+                        .add_file(e.node.node().clone(), fd, of, true);
+                    Ok((e, fh))
+                }
+                // Another process created the name since the kernel looked
+                // it up: without O_EXCL, open(O_CREAT) opens what is there.
+                Err(e) if e == Errno::EXIST && flags & libc::O_EXCL == 0 => {
+                    self.create_existing(parent.0, name.as_bytes(), flags)
+                }
+                Err(e) => Err(e),
+            }
+        });
+        let created = created.map(|(mut e, fh)| {
+            call.lie(&mut e.stat);
+            (e, fh)
+        });
+        let ttl = call.ttl(self.ttl());
+        if let Ok((e, _)) = &created {
+            call.node(e.node.ino);
+        }
+        match call.end(created) {
+            Ok((e, fh)) => {
                 reply.created(
-                    &self.ttl(),
+                    &ttl,
                     &self.attr_of(&e),
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
+                    open_flags(self.h.direct_io(target)),
                 );
                 e.node.hand_over();
-            }
-            // Another process created the name since the kernel looked it
-            // up: without O_EXCL, open(O_CREAT) opens what is there.
-            Err(e) if e == Errno::EXIST && flags & libc::O_EXCL == 0 => {
-                self.create_existing(parent.0, name.as_bytes(), flags, reply)
             }
             Err(e) => reply.error(err(e)),
         }
@@ -721,27 +898,34 @@ impl Filesystem for FuseOverlay {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        empty_reply(self.fs.fallocate(fh.0, offset, length, mode), reply)
+        let call = self.begin(req, Op::Fallocate, Target::Node(ino.0));
+        self.empty(
+            call,
+            || self.fs.fallocate(fh.0, offset, length, mode),
+            reply,
+        )
     }
 
     fn lseek(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.fs.lseek(fh.0, offset, whence) {
+        let call = self.begin(req, Op::Lseek, Target::Node(ino.0));
+        let r = call.run(|| self.fs.lseek(fh.0, offset, whence));
+        match call.end(r) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
         }
@@ -749,28 +933,36 @@ impl Filesystem for FuseOverlay {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
-        _ino_in: INodeNo,
+        req: &Request,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
-        _ino_out: INodeNo,
+        ino_out: INodeNo,
         fh_out: FileHandle,
         offset_out: u64,
         len: u64,
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
-            .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
-        {
+        let target = Target::Nodes(ino_in.0, ino_out.0);
+        let mut call = self.begin(req, Op::CopyFileRange, target);
+        call.io(offset_out, len);
+        let len = call.short().map_or(len, |n| len.min(n));
+        let r = call.run(|| {
+            self.fs
+                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        });
+        if let Ok(n) = &r {
+            call.bytes(u64::from(*n));
+        }
+        match call.end(r) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
         }
     }
 }
 
-fn empty_reply(r: Result<(), Errno>, reply: ReplyEmpty) {
+fn empty_reply(r: Result<()>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(err(e)),

@@ -1,5 +1,7 @@
 //! Daemon lifecycle: open the layers, mount, report readiness, serve, and
 //! unmount cleanly on SIGTERM/SIGINT/SIGHUP or when unmounted from outside.
+//! A mount with a faults file (`-o faults=FILE`) rereads it on SIGHUP
+//! instead of unmounting; without one SIGHUP unmounts, as before.
 //!
 //! Without `-f` the process forks first (while it is still single-threaded);
 //! the child does all the work and tells the parent through a pipe whether
@@ -9,6 +11,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +21,9 @@ use super::adapter::{FuseOverlay, Notify};
 use crate::core::background;
 use crate::core::overlay::{Config, Overlay};
 use crate::error::SetupError;
-use crate::setup::options::MountOptions;
+use crate::harness::rules::RuleSpec;
+use crate::harness::{control, Harness};
+use crate::setup::options::{ControlAt, HarnessOptions, MountOptions};
 use crate::setup::stack::Stack;
 use crate::sys::raw as sys;
 
@@ -98,42 +103,110 @@ fn fuser_config(opts: &MountOptions, read_only: bool) -> FuserConfig {
     c
 }
 
-/// The overlay for `opts`, its FUSE adapter and the mount configuration.
-fn prepare(opts: &MountOptions) -> Result<(Arc<Overlay>, FuseOverlay, FuserConfig), SetupError> {
+/// What a mount serves: the overlay, its harness, the FUSE adapter over
+/// both, and the mount configuration.
+struct Prepared {
+    overlay: Arc<Overlay>,
+    harness: Arc<Harness>,
+    fs: FuseOverlay,
+    config: FuserConfig,
+    /// The mount point as the mount table will show it (resolved before
+    /// mounting: afterwards resolving it would ask the mount itself).
+    real_mountpoint: PathBuf,
+}
+
+/// Everything a mount of `opts` needs, with the fault rules `rules`.
+fn prepare(opts: &MountOptions, rules: Vec<RuleSpec>) -> Result<Prepared, SetupError> {
     let overlay = Arc::new(build(opts)?);
+    let harness = Arc::new(Harness::new(overlay.clone(), &opts.harness, rules)?);
     let config = fuser_config(opts, !overlay.stack.has_upper);
     let fs = FuseOverlay {
         fs: overlay.clone(),
+        h: harness.clone(),
     };
-    Ok((overlay, fs, config))
+    let real_mountpoint =
+        std::fs::canonicalize(&opts.mountpoint).unwrap_or_else(|_| opts.mountpoint.clone());
+    Ok(Prepared {
+        overlay,
+        harness,
+        fs,
+        config,
+        real_mountpoint,
+    })
 }
 
-/// Mount and serve until unmounted. `ready` is told once the mount is live.
-fn serve(opts: &MountOptions, ready: impl FnOnce()) -> Result<(), SetupError> {
+/// Start the control socket of a live mount; a failure is a warning (the
+/// mount works without it).
+fn start_control(h: &Arc<Harness>, at: &ControlAt, mnt: &Path) -> Option<control::Server> {
+    match control::start(h, at, mnt) {
+        Ok(server) => server,
+        Err(e) => {
+            log::warn!("no control socket: {e}");
+            None
+        }
+    }
+}
+
+/// Whether the mount uses the test harness (then the control socket is
+/// announced at mount).
+fn announces_control(h: &HarnessOptions, debug: bool) -> bool {
+    debug
+        || h.faults.is_some()
+        || h.trace.is_some()
+        || h.order != crate::setup::options::ListOrder::Hash
+        || matches!(h.control, ControlAt::At(_))
+}
+
+/// The signal thread: SIGHUP rereads the faults file of a mount that has
+/// one; any stop signal else unmounts.
+fn on_signals(harness: Arc<Harness>, mut unmounter: impl FnMut() -> std::io::Result<()>) {
+    loop {
+        let sig = sys::wait_stop_signal();
+        if sig == libc::SIGHUP && harness.faults_file().is_some() {
+            match harness.reload() {
+                Ok(n) => log::info!("SIGHUP: faults file reread, {n} rules"),
+                Err(e) => log::warn!("SIGHUP: faults file not reread (rules unchanged): {e}"),
+            }
+            continue;
+        }
+        log::info!("signal {sig}: unmounting");
+        if let Err(e) = unmounter() {
+            log::warn!("unmount failed: {e}");
+        }
+        return;
+    }
+}
+
+/// Mount and serve until unmounted. `ready` is told once the mount is
+/// live, with a line to show the user (the control socket).
+fn serve(opts: &MountOptions, ready: impl FnOnce(Option<String>)) -> Result<(), SetupError> {
     sys::ignore_sigpipe();
     rustix::process::umask(rustix::fs::Mode::empty());
     sys::raise_nofile_limit();
-    let (overlay, fs, config) = prepare(opts)?;
+    let p = prepare(opts, Vec::new())?;
     // Only the signal thread may receive the stop signals.
     sys::block_stop_signals();
-    let mut session = Session::new(fs, &opts.mountpoint, &config)
+    let mut session = Session::new(p.fs, &opts.mountpoint, &p.config)
         .map_err(|e| SetupError::path("cannot mount on", &opts.mountpoint, e))?;
-    background::start(&overlay, Notify(session.notifier()));
+    background::start(&p.overlay, Notify(session.notifier()));
+    let control = start_control(&p.harness, &opts.harness.control, &p.real_mountpoint);
     let mut unmounter = session.unmount_callable();
+    let h = p.harness.clone();
     std::thread::Builder::new()
         .name("stratafs-signals".into())
-        .spawn(move || {
-            let sig = sys::wait_stop_signal();
-            log::info!("signal {sig}: unmounting");
-            if let Err(e) = unmounter.unmount() {
-                log::warn!("unmount failed: {e}");
-            }
-        })
+        .spawn(move || on_signals(h, move || unmounter.unmount()))
         .map_err(|e| SetupError::new(format!("cannot start the signal thread: {e}")))?;
-    ready();
-    session
+    let note = control
+        .as_ref()
+        .filter(|_| announces_control(&opts.harness, opts.debug))
+        .map(|c| format!("control socket {} (stratafs ctl MOUNTPOINT ...)", c.name()));
+    ready(note);
+    let ran = session
         .run()
-        .map_err(|e| SetupError::new(format!("session ended with an error: {e}")))
+        .map_err(|e| SetupError::new(format!("session ended with an error: {e}")));
+    drop(control);
+    p.harness.shutdown();
+    ran
 }
 
 /// Run the daemon for `opts`: in the foreground with `-f`, else detached.
@@ -143,7 +216,12 @@ pub(crate) fn run(opts: &MountOptions) -> i32 {
         eprintln!("stratafs: warning: {w}");
     }
     if opts.foreground {
-        return match serve(opts, || {}) {
+        let ready = |note: Option<String>| {
+            if let Some(n) = note {
+                eprintln!("stratafs: {n}");
+            }
+        };
+        return match serve(opts, ready) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("stratafs: {e}");
@@ -181,7 +259,12 @@ fn parent_wait(rd: OwnedFd) -> i32 {
     let mut f = std::fs::File::from(rd);
     let mut msg = String::new();
     let _ = f.read_to_string(&mut msg);
-    if msg == "ok" {
+    if let Some(note) = msg.strip_prefix("ok") {
+        // The child's line for the user, if any (after a newline).
+        let note = note.trim();
+        if !note.is_empty() {
+            eprintln!("stratafs: {note}");
+        }
         0
     } else if msg.is_empty() {
         eprintln!("stratafs: the daemon exited before the mount was ready");
@@ -195,9 +278,13 @@ fn parent_wait(rd: OwnedFd) -> i32 {
 fn child_run(opts: &MountOptions, wr: OwnedFd) -> i32 {
     sys::setsid();
     let mut pipe = Some(std::fs::File::from(wr));
-    let result = serve(opts, || {
+    let result = serve(opts, |note| {
         if let Some(mut p) = pipe.take() {
-            let _ = p.write_all(b"ok");
+            let msg = match note {
+                Some(n) => format!("ok\n{n}"),
+                None => "ok".to_string(),
+            };
+            let _ = p.write_all(msg.as_bytes());
         }
         sys::stdio_to_devnull();
     });
@@ -222,6 +309,9 @@ fn child_run(opts: &MountOptions, wr: OwnedFd) -> i32 {
 pub struct BackgroundMount {
     session: Option<fuser::BackgroundSession>,
     mountpoint: std::path::PathBuf,
+    /// The mount's test harness (rules, trace, metrics).
+    pub(crate) harness: Arc<Harness>,
+    control: Option<control::Server>,
 }
 
 impl BackgroundMount {
@@ -230,34 +320,54 @@ impl BackgroundMount {
         &self.mountpoint
     }
 
-    /// Unmount now and wait for the serving threads.
+    /// The name of the mount's control socket (`@...` for an abstract
+    /// one), if it has one: `stratafs ctl` reaches the mount through it.
+    pub fn control_socket(&self) -> Option<&str> {
+        self.control.as_ref().map(|c| c.name())
+    }
+
+    /// Unmount now and wait for the serving threads (a trace file is
+    /// complete when this returns).
     pub fn unmount(mut self) -> std::io::Result<()> {
-        match self.session.take() {
+        // The socket goes first: its name is free for the next mount that
+        // gets this device number.
+        self.control = None;
+        let r = match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
-        }
+        };
+        self.harness.shutdown();
+        r
     }
 }
 
 impl Drop for BackgroundMount {
     fn drop(&mut self) {
+        self.control = None;
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
                 log::warn!("unmount of {} failed: {e}", self.mountpoint.display());
             }
         }
+        self.harness.shutdown();
     }
 }
 
 /// Mount the stack described by `opts` in this process, served by
-/// background threads.
-pub(crate) fn spawn_mount(opts: &MountOptions) -> Result<BackgroundMount, SetupError> {
-    let (overlay, fs, config) = prepare(opts)?;
-    let session = fuser::spawn_mount(fs, &opts.mountpoint, &config)
+/// background threads, with the fault rules `rules`.
+pub(crate) fn spawn_mount(
+    opts: &MountOptions,
+    rules: Vec<RuleSpec>,
+) -> Result<BackgroundMount, SetupError> {
+    let p = prepare(opts, rules)?;
+    let session = fuser::spawn_mount(p.fs, &opts.mountpoint, &p.config)
         .map_err(|e| SetupError::path("cannot mount on", &opts.mountpoint, e))?;
-    background::start(&overlay, Notify(session.notifier()));
+    background::start(&p.overlay, Notify(session.notifier()));
+    let control = start_control(&p.harness, &opts.harness.control, &p.real_mountpoint);
     Ok(BackgroundMount {
         session: Some(session),
         mountpoint: opts.mountpoint.clone(),
+        harness: p.harness,
+        control,
     })
 }

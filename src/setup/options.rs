@@ -33,6 +33,53 @@ pub(crate) struct FuseFlags {
     pub(crate) fsname: Option<String>,
 }
 
+/// The order of merged directory listings (`readdir_order=`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ListOrder {
+    /// By name hash (the offsets' own order): the default.
+    #[default]
+    Hash,
+    /// By name, byte by byte.
+    Sorted,
+    /// By name, backwards.
+    Reverse,
+    /// In an order drawn from the seed: the same for every listing of a
+    /// directory under the same seed.
+    Shuffle(u64),
+}
+
+/// Where the control socket of a mount is (`control=`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum ControlAt {
+    /// The abstract socket named after the mount's device number, which
+    /// `stratafs ctl MNT` finds.
+    #[default]
+    Default,
+    /// No control socket (`control=off`).
+    Off,
+    /// This socket: a path, or `@NAME` for an abstract name.
+    At(String),
+}
+
+/// Test-harness options: faults, trace, metrics, listing order, control.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct HarnessOptions {
+    /// `faults=FILE`: fault rules (TOML), reread on SIGHUP.
+    pub(crate) faults: Option<PathBuf>,
+    /// `trace=FILE`: one JSON line per request.
+    pub(crate) trace: Option<PathBuf>,
+    /// `trace_ops=OP[:OP...]`: only these operations in the trace.
+    pub(crate) trace_ops: Option<String>,
+    /// `trace_path=GLOB`: only requests on matching paths in the trace.
+    pub(crate) trace_path: Option<String>,
+    /// `readdir_order=`.
+    pub(crate) order: ListOrder,
+    /// `metrics=0`: no per-request counting and timing.
+    pub(crate) no_metrics: bool,
+    /// `control=`.
+    pub(crate) control: ControlAt,
+}
+
 /// Everything the command line says.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct MountOptions {
@@ -62,6 +109,8 @@ pub(crate) struct MountOptions {
     pub(crate) fuse: FuseFlags,
     /// Ownership presentation (`uidmapping=`, `squash_to_*`).
     pub(crate) ids: crate::format::idmap::Ids,
+    /// Test-harness options (`faults=`, `trace=`, `readdir_order=`, ...).
+    pub(crate) harness: HarnessOptions,
     /// Options that were accepted but not understood (warned about).
     pub(crate) warnings: Vec<String>,
 }
@@ -178,6 +227,46 @@ fn parse_id(key: &str, v: &str) -> Result<u32, SetupError> {
         .ok()
         .filter(|i| *i != u32::MAX)
         .ok_or_else(|| SetupError::new(format!("option {key}={v}: not a user or group id")))
+}
+
+/// A file named in an option, made absolute (the daemon rereads it later).
+fn option_file(key: &str, v: &str) -> Result<PathBuf, SetupError> {
+    if v.is_empty() {
+        return Err(SetupError::new(format!("option {key}= is empty")));
+    }
+    let p = PathBuf::from(v);
+    if p.is_absolute() {
+        return Ok(p);
+    }
+    std::env::current_dir()
+        .map(|d| d.join(&p))
+        .map_err(|e| SetupError::new(format!("option {key}={v}: no current directory: {e}")))
+}
+
+fn parse_order(v: &str) -> Result<ListOrder, SetupError> {
+    let bad = || {
+        SetupError::new(format!(
+            "option readdir_order={v}: expected hash, sorted, reverse or shuffle:SEED"
+        ))
+    };
+    Ok(match v {
+        "hash" => ListOrder::Hash,
+        "sorted" => ListOrder::Sorted,
+        "reverse" => ListOrder::Reverse,
+        "shuffle" => {
+            // No seed given: one from the clock, stable for this mount.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            log::info!("readdir_order=shuffle:{seed}");
+            ListOrder::Shuffle(seed)
+        }
+        _ => {
+            let seed = v.strip_prefix("shuffle:").ok_or_else(bad)?;
+            ListOrder::Shuffle(seed.parse().map_err(|_| bad())?)
+        }
+    })
 }
 
 fn parse_dir_list(key: &str, raw: &str) -> Result<Vec<PathBuf>, SetupError> {
@@ -310,6 +399,19 @@ impl MountOptions {
             "atime" | "relatime" | "strictatime" => self.fuse.noatime = false,
             "auto_unmount" => self.fuse.auto_unmount = true,
             "fsname" => self.fuse.fsname = Some(need(key, value)?.to_string()),
+            "faults" => self.harness.faults = Some(option_file(key, need(key, value)?)?),
+            "trace" => self.harness.trace = Some(option_file(key, need(key, value)?)?),
+            "trace_ops" => self.harness.trace_ops = Some(need(key, value)?.to_string()),
+            "trace_path" => self.harness.trace_path = Some(need(key, value)?.to_string()),
+            "readdir_order" => self.harness.order = parse_order(need(key, value)?)?,
+            "metrics" => self.harness.no_metrics = !parse_bool(key, need(key, value)?)?,
+            "control" => {
+                self.harness.control = match need(key, value)? {
+                    "" => return Err(SetupError::new("option control= is empty")),
+                    "off" | "0" | "none" => ControlAt::Off,
+                    at => ControlAt::At(at.to_string()),
+                }
+            }
             k if ACCEPTED_NOOPS.contains(&k) => {}
             k => self.warnings.push(format!("unknown option {k} ignored")),
         }
@@ -435,6 +537,51 @@ mod tests {
             assert!(!e.to_string().contains('\n'));
             assert!(!e.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn harness_options() -> Result<(), SetupError> {
+        let o = parse(
+            "lowerdir=/l,faults=/f.toml,trace=/t.jsonl,trace_ops=write:fsync,\
+             trace_path=db/**,readdir_order=shuffle:42,metrics=0,control=off",
+        )?;
+        let h = &o.harness;
+        assert_eq!(h.faults, Some(PathBuf::from("/f.toml")));
+        assert_eq!(h.trace, Some(PathBuf::from("/t.jsonl")));
+        assert_eq!(h.trace_ops.as_deref(), Some("write:fsync"));
+        assert_eq!(h.trace_path.as_deref(), Some("db/**"));
+        assert_eq!(h.order, ListOrder::Shuffle(42));
+        assert!(h.no_metrics);
+        assert_eq!(h.control, ControlAt::Off);
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        for (v, want) in [
+            ("sorted", ListOrder::Sorted),
+            ("reverse", ListOrder::Reverse),
+            ("hash", ListOrder::Hash),
+        ] {
+            assert_eq!(
+                parse(&format!("lowerdir=/l,readdir_order={v}"))?
+                    .harness
+                    .order,
+                want
+            );
+        }
+        assert!(matches!(
+            parse("lowerdir=/l,readdir_order=shuffle")?.harness.order,
+            ListOrder::Shuffle(_)
+        ));
+        let rel = parse("lowerdir=/l,faults=rules.toml")?;
+        assert!(rel.harness.faults.is_some_and(|p| p.is_absolute()));
+        for bad in [
+            "lowerdir=/l,readdir_order=random",
+            "lowerdir=/l,readdir_order=shuffle:x",
+            "lowerdir=/l,metrics=maybe",
+            "lowerdir=/l,faults=",
+            "lowerdir=/l,control=",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The only module with `unsafe` code: system calls that have no safe
 //! wrapper in `rustix` (fork, signal masks, stdio redirection, heap
-//! trimming, file handles, the filesystem uuid). Each call is wrapped in a
-//! safe function with a `SAFETY` note.
+//! trimming, file handles, the filesystem uuid), and in test builds an
+//! allocator that counts allocations. Each call is wrapped in a safe
+//! function with a `SAFETY` note.
 //!
 //! Everything the filesystem does on layers goes through `rustix`, which
 //! already offers safe, fd-based wrappers (see the sibling modules).
@@ -279,4 +280,45 @@ pub(crate) fn fs_uuid(fd: BorrowedFd<'_>) -> Option<[u8; 16]> {
         16
     };
     info[at..at + 16].try_into().ok()
+}
+
+/// Test builds count the allocations of each thread, so that tests can
+/// check that a path claimed to be allocation-free is.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    // SAFETY: every call is passed to the system allocator unchanged; the
+    // counter is a const-initialised thread-local without destructor, so
+    // touching it never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+            System.alloc(layout)
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            System.dealloc(ptr, layout)
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+            System.realloc(ptr, layout, new_size)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Allocations the calling thread made so far.
+    pub(crate) fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod crash;
 mod differential;
 mod enospc;
+mod harness;
 mod hostile;
 mod kernel_parity;
 mod library;
