@@ -68,7 +68,7 @@ impl Fixture {
     }
 
     fn read(&self, ino: u64) -> Result<Vec<u8>> {
-        let fh = self.ov.open(ino, libc::O_RDONLY)?;
+        let fh = self.ov.open(ino, libc::O_RDONLY, false)?;
         let data = self.ov.read(fh, 0, 1 << 16);
         self.ov.release(fh);
         data
@@ -88,8 +88,8 @@ fn write_copies_up_and_keeps_the_inode_number() -> Result<()> {
     let ino = f.ino("d/file")?;
     assert_eq!(f.read(ino)?, b"lower data");
     assert!(!f.upper("d").exists());
-    let fh = f.ov.open(ino, libc::O_WRONLY)?;
-    assert_eq!(f.ov.write(fh, 0, b"UPPER")?, 5);
+    let fh = f.ov.open(ino, libc::O_WRONLY, false)?;
+    assert_eq!(f.ov.write(fh, 0, b"UPPER", false)?, 5);
     f.ov.release(fh);
     assert_eq!(std::fs::read(f.upper("d/file")).map_err(io)?, b"UPPER data");
     assert_eq!(f.ov.getattr(ino, None)?.1.st_size, 10);
@@ -177,7 +177,7 @@ fn lookup_references_are_given_back_when_not_handed_over() -> Result<()> {
 #[test]
 fn lseek_answers_only_data_and_hole() -> Result<()> {
     let f = fixture(&[("a", "some data")])?;
-    let fh = f.ov.open(f.ino("a")?, libc::O_RDONLY)?;
+    let fh = f.ov.open(f.ino("a")?, libc::O_RDONLY, false)?;
     assert_eq!(f.ov.lseek(fh, 0, libc::SEEK_DATA)?, 0);
     assert_eq!(f.ov.lseek(fh, 0, libc::SEEK_HOLE)?, 9);
     assert_eq!(f.ov.lseek(fh, 20, libc::SEEK_DATA), Err(Errno::NXIO));
