@@ -168,6 +168,8 @@ impl Overlay {
                     ov.perm = m & 0o7777;
                 }
                 xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
+                // The override may be new (and clients see it).
+                node.forget_xattrs();
             }
             _ => {
                 if uid.is_some() || gid.is_some() {
@@ -348,7 +350,7 @@ impl Overlay {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
-        if node.lower_xattr_free() {
+        if self.xattr_free(&node) {
             return Err(Errno::NODATA);
         }
         self.with_top(&node, |layer, top| {
@@ -356,10 +358,33 @@ impl Overlay {
         })
     }
 
+    /// Whether `node`'s top object carries no xattr clients can see:
+    /// listed once, then remembered (`Node::known_xattrs`), so the
+    /// questions the kernel asks of nearly every file (`security.selinux`
+    /// for `ls -l`, `security.capability` before a write or chown, the
+    /// POSIX ACLs) are answered without a system call.
+    fn xattr_free(&self, node: &Node) -> bool {
+        let seen = match node.known_xattrs() {
+            Ok(none) => return none,
+            Err(seen) => seen,
+        };
+        let listed = self.with_top(node, |layer, top| {
+            let shown = xattr_names::shown_names(self.containers_mode(layer), &top.list_xattr()?);
+            Ok((shown.is_empty(), self.stack.is_upper(layer)))
+        });
+        match listed {
+            Ok((none, upper)) => {
+                node.note_xattrs(seen, none, upper);
+                none
+            }
+            Err(_) => false,
+        }
+    }
+
     /// `listxattr`.
     pub(crate) fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        if node.lower_xattr_free() {
+        if self.xattr_free(&node) {
             return Ok(Vec::new());
         }
         match self.with_top(&node, |layer, top| {
@@ -384,12 +409,14 @@ impl Overlay {
         if stored.len() > 255 {
             return Err(Errno::RANGE);
         }
-        xattr::set(
+        let r = xattr::set(
             &*up,
             &stored,
             value,
             XattrFlags::from_bits_retain(flags as _),
-        )
+        );
+        node.forget_xattrs();
+        r
     }
 
     /// `removexattr`: copy up, then remove.
@@ -404,10 +431,12 @@ impl Overlay {
             top.get_xattr(&xattr_names::stored_name(self.containers_mode(layer), name))
         })?;
         let up = self.copy_up_for_xattr(&node)?;
-        match xattr::remove(
+        let r = xattr::remove(
             &*up,
             &xattr_names::stored_name(self.containers_mode(0), name),
-        ) {
+        );
+        node.forget_xattrs();
+        match r {
             // It was there before the copy-up, whose chown of the copy
             // took a capability away already.
             Err(Errno::NODATA) => Ok(()),

@@ -186,3 +186,36 @@ fn lseek_answers_only_data_and_hole() -> Result<()> {
     f.ov.release(fh);
     Ok(())
 }
+
+#[test]
+fn a_node_remembers_its_xattrs_until_they_change() -> Result<()> {
+    let f = fixture(&[("a", "x")])?;
+    let ino = f.ino("a")?;
+    let node = f.ov.node(ino)?;
+    assert!(node.known_xattrs().is_err(), "unknown at first");
+    assert_eq!(f.ov.getxattr(ino, b"user.x"), Err(Errno::NODATA));
+    assert_eq!(
+        node.known_xattrs().ok(),
+        Some(true),
+        "the lower file has none"
+    );
+    // A listing under way while the xattrs change is not remembered.
+    node.forget_xattrs();
+    let seen = node.known_xattrs().err().ok_or(Errno::IO)?;
+    node.forget_xattrs();
+    node.note_xattrs(seen, true, false);
+    assert!(node.known_xattrs().is_err());
+    // What was known of the lower file says nothing of its upper copy.
+    assert_eq!(f.ov.getxattr(ino, b"user.x"), Err(Errno::NODATA));
+    let fh = f.ov.open(ino, libc::O_WRONLY, false)?;
+    f.ov.release(fh);
+    assert!(node.known_xattrs().is_err(), "copied up");
+    assert_eq!(f.ov.listxattr(ino)?, b"");
+    assert_eq!(node.known_xattrs().ok(), Some(true), "the copy has none");
+    f.ov.setxattr(ino, b"user.x", b"1", 0)?;
+    assert_eq!(f.ov.getxattr(ino, b"user.x")?, b"1");
+    assert_eq!(node.known_xattrs().ok(), Some(false));
+    f.ov.removexattr(ino, b"user.x")?;
+    assert_eq!(f.ov.getxattr(ino, b"user.x"), Err(Errno::NODATA));
+    Ok(())
+}
