@@ -55,6 +55,9 @@ pub(crate) struct Stack {
     /// fsync copied-up data before publishing it.
     pub(crate) fsync: bool,
     tmp_counter: AtomicU64,
+    /// The daemon's process id, part of every temporary name (read once:
+    /// each read is a system call).
+    pid: u32,
 }
 
 /// Name of the private subdirectory of the work dir (same as the kernel's).
@@ -291,6 +294,7 @@ impl Stack {
             formats,
             fsync: opts.fsync,
             tmp_counter: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -318,7 +322,7 @@ impl Stack {
     /// A fresh, unique name for a temporary object in the work dir.
     pub(crate) fn tmp_name(&self) -> Vec<u8> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        format!("#{}.{}", std::process::id(), n).into_bytes()
+        format!("#{}.{}", self.pid, n).into_bytes()
     }
 }
 
