@@ -164,6 +164,12 @@ impl Overlay {
         }
     }
 
+    /// The mount has ended: remove what the work directory holds only
+    /// while mounted (the whiteout template).
+    pub(crate) fn unmounted(&self) {
+        self.stack.formats.drop_template();
+    }
+
     /// Hand work to the background thread (dropped when there is none).
     pub(crate) fn invalidate(&self, what: Invalidate) {
         if let Some(tx) = self.background.get() {
