@@ -744,7 +744,7 @@ fn make_object(
     let finish = || -> Result<OwnedFd> {
         let obj = fd::open_path(at, name)?;
         let before = rustix::fs::fstat(&obj)?;
-        fd::give_to(&obj, m.uid, m.gid, &before)?;
+        fd::give_to(&obj, m.uid, m.gid, (before.st_uid, before.st_gid))?;
         if !is_symlink {
             // The filesystem applied a default ACL, if any, to the mode;
             // keep that, but restore setuid/setgid bits the chown cleared.
@@ -859,7 +859,7 @@ fn empty_upper_dir(stack: &Stack, pup: &OwnedFd, name: &[u8], st: &Stat) -> Resu
     let staged = (|| {
         let fresh = fd::open_path(work, &tmp)?;
         stack.formats.set_opaque(&fresh)?;
-        fd::give_to(&fresh, st.st_uid, st.st_gid, &rustix::fs::fstat(&fresh)?)?;
+        fd::give_to(&fresh, st.st_uid, st.st_gid, stack.fresh_owner(&fresh)?)?;
         fd::set_mode(&fresh, st.st_mode & 0o7777)?;
         rustix::fs::renameat_with(work, tmp.as_slice(), pup, name, RenameFlags::EXCHANGE)
     })();

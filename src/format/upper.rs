@@ -45,8 +45,8 @@ pub(crate) struct Formats {
 /// whiteouts on their own, and it is removed at unmount.
 #[derive(Debug)]
 struct SharedWhiteout {
-    /// The work directory.
-    work: OwnedFd,
+    /// The work directory (the stack's descriptor of it).
+    work: Arc<OwnedFd>,
     /// The current template, once made. Held only to read or replace it,
     /// never across a system call.
     current: Mutex<Option<Arc<Template>>>,
@@ -71,7 +71,7 @@ struct Template {
 }
 
 impl SharedWhiteout {
-    fn new(work: OwnedFd, link_max: u64) -> SharedWhiteout {
+    fn new(work: Arc<OwnedFd>, link_max: u64) -> SharedWhiteout {
         SharedWhiteout {
             work,
             current: Mutex::new(None),
@@ -182,14 +182,14 @@ impl Drop for SharedWhiteout {
 impl Formats {
     /// Probe in the work directory: try the kernel formats and remove the
     /// probes again.
-    pub(crate) fn probe(work: impl AsFd, tmp: &[u8]) -> Formats {
+    pub(crate) fn probe(work: &Arc<OwnedFd>, tmp: &[u8]) -> Formats {
         Formats::probe_with_link_max(work, tmp, u64::MAX)
     }
 
     /// `probe`, with whiteout templates that count as full after
     /// `link_max` links (tests reach the refill path so).
-    fn probe_with_link_max(work: impl AsFd, tmp: &[u8], link_max: u64) -> Formats {
-        let work = work.as_fd();
+    fn probe_with_link_max(work_fd: &Arc<OwnedFd>, tmp: &[u8], link_max: u64) -> Formats {
+        let work = work_fd.as_fd();
         let char_whiteout =
             match rustix::fs::mknodat(work, tmp, FileType::CharacterDevice, Mode::empty(), 0) {
                 Ok(()) => {
@@ -220,10 +220,7 @@ impl Formats {
             }
             Err(_) => false,
         };
-        let shared = char_whiteout
-            .then(|| work.try_clone_to_owned().ok())
-            .flatten()
-            .map(|w| SharedWhiteout::new(w, link_max));
+        let shared = char_whiteout.then(|| SharedWhiteout::new(work_fd.clone(), link_max));
         Formats {
             char_whiteout: AtomicBool::new(char_whiteout),
             trusted_xattr: AtomicBool::new(trusted_xattr),
@@ -344,7 +341,7 @@ mod tests {
     #[test]
     fn writers_fall_back_to_the_forms_accepted() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let fd = rustix::fs::open(dir.path(), OFlags::RDONLY, Mode::empty())?;
+        let fd = Arc::new(rustix::fs::open(dir.path(), OFlags::RDONLY, Mode::empty())?);
         let f = Formats::probe(&fd, b"#probe");
         assert!(
             std::fs::read_dir(dir.path())?.next().is_none(),
@@ -375,7 +372,7 @@ mod tests {
         std::fs::create_dir(t.path().join("work"))?;
         std::fs::create_dir(t.path().join("upper"))?;
         let work = rustix::fs::open(t.path().join("work"), OFlags::RDONLY, Mode::empty())?;
-        let f = Formats::probe_with_link_max(&work, b"#probe", link_max);
+        let f = Formats::probe_with_link_max(&Arc::new(work), b"#probe", link_max);
         if !f.char_whiteouts() {
             return Ok(None);
         }
