@@ -1,6 +1,7 @@
 //! Attributes and extended attributes: getattr, setattr, readlink, statfs,
 //! and the xattr calls. Every change copies the object up first.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use rustix::fs::{FileType, OFlags, Stat, Timespec, Timestamps, XattrFlags};
@@ -42,6 +43,57 @@ pub(crate) struct SetAttr {
     pub(crate) fh: Option<u64>,
 }
 
+/// An upper object a `setattr` changes: a descriptor of it, or its name in
+/// its parent directory.
+#[derive(Clone, Copy)]
+enum Upper<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a [u8]),
+}
+
+impl Upper<'_> {
+    fn set_owner_and_mode(
+        self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        if uid.is_some() || gid.is_some() {
+            match self {
+                Upper::Fd(f) => fd::set_owner(f, uid, gid)?,
+                Upper::At(d, n) => fd::set_owner_at(d, n, uid, gid)?,
+            }
+        }
+        if let Some(m) = mode {
+            match self {
+                Upper::Fd(f) => fd::set_mode(f, m)?,
+                Upper::At(d, n) => fd::set_mode_at(d, n, m)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn truncate(self, len: u64) -> Result<()> {
+        let f = match self {
+            Upper::Fd(f) => fd::reopen(f, OFlags::WRONLY)?,
+            Upper::At(d, n) => rustix::fs::openat(
+                d,
+                n,
+                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+                rustix::fs::Mode::empty(),
+            )?,
+        };
+        rustix::fs::ftruncate(&f, len)
+    }
+
+    fn set_times(self, ts: &Timestamps) -> Result<()> {
+        match self {
+            Upper::Fd(f) => fd::set_times(f, ts),
+            Upper::At(d, n) => fd::set_times_at(d, n, ts),
+        }
+    }
+}
+
 fn timespec(t: Option<SetTime>) -> Timespec {
     match t {
         None => Timespec {
@@ -68,7 +120,10 @@ impl Overlay {
         Ok((node, st))
     }
 
-    /// `setattr`: copy up, then apply owner, mode, size and times.
+    /// `setattr`: copy up, then apply owner, mode, size and times: through
+    /// the open file the change comes with (`fchown`, `futimens`, ...),
+    /// else by name in the upper parent. The attributes returned are read
+    /// the same way.
     pub(crate) fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
         self.writable()?;
         let node = self.node(ino)?;
@@ -86,47 +141,45 @@ impl Overlay {
         } else {
             Data::All
         };
-        let up = self.copy_up(&node, data)?;
+        self.ensure_upper(&node, data)?;
         if set.mode.is_some() && node.kind == FileType::Symlink {
             return Err(Errno::OPNOTSUPP);
         }
-        let real = rustix::fs::fstat(&*up)?;
-        match self
-            .stack
-            .override_xattr(0)
-            .filter(|_| override_stat::applies_to(&real))
-        {
-            Some(name) if uid.is_some() || gid.is_some() || set.mode.is_some() => {
-                // Owner and mode live in the xattr; the inode keeps its own.
-                let mut ov = self
-                    .recorded_override(0, &Obj::Fd(up.clone()), &real)
-                    .unwrap_or_else(|| Override::of_stat(&real));
-                ov.uid = uid.unwrap_or(ov.uid);
-                ov.gid = gid.unwrap_or(ov.gid);
-                if let Some(m) = set.mode {
-                    ov.perm = m & 0o7777;
-                }
-                xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
-            }
-            _ => {
-                if uid.is_some() || gid.is_some() {
-                    fd::set_owner(&*up, uid, gid)?;
-                }
-                if let Some(m) = set.mode {
-                    fd::set_mode(&*up, m)?;
+        let file = set.fh.and_then(|h| self.file_of(h, &node));
+        let file = file.as_deref();
+        let owner_or_mode = uid.is_some() || gid.is_some() || set.mode.is_some();
+        match self.stack.override_xattr(0).filter(|_| owner_or_mode) {
+            Some(name) => {
+                let up = self.upper_fd(&node)?.ok_or(Errno::IO)?;
+                let real = rustix::fs::fstat(&*up)?;
+                if override_stat::applies_to(&real) {
+                    // Owner and mode live in the xattr; the inode keeps its
+                    // own.
+                    let mut ov = self
+                        .recorded_override(0, &Obj::Fd(up.clone()), &real)
+                        .unwrap_or_else(|| Override::of_stat(&real));
+                    ov.uid = uid.unwrap_or(ov.uid);
+                    ov.gid = gid.unwrap_or(ov.gid);
+                    if let Some(m) = set.mode {
+                        ov.perm = m & 0o7777;
+                    }
+                    xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
+                } else {
+                    self.on_upper(&node, file, |u| u.set_owner_and_mode(uid, gid, set.mode))?;
                 }
             }
+            None if owner_or_mode => {
+                self.on_upper(&node, file, |u| u.set_owner_and_mode(uid, gid, set.mode))?;
+            }
+            None => {}
         }
         if let Some(len) = set.size {
             if node.is_dir() {
                 return Err(Errno::ISDIR);
             }
-            match set.fh.and_then(|h| self.io_fd(h).ok()) {
-                Some(f) if rustix::fs::ftruncate(&*f, len).is_ok() => {}
-                _ => {
-                    let f = fd::reopen(&*up, OFlags::WRONLY)?;
-                    rustix::fs::ftruncate(&f, len)?;
-                }
+            match file {
+                Some(f) if rustix::fs::ftruncate(f, len).is_ok() => {}
+                _ => self.on_upper(&node, None, |u| u.truncate(len))?,
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
@@ -137,12 +190,53 @@ impl Overlay {
             if node.kind == FileType::Symlink {
                 let (parent, name) = node.location();
                 let pup = self.node(parent)?.upper().ok_or(Errno::IO)?;
-                rustix::fs::utimensat(&*pup, &*name, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+                fd::set_times_at(&*pup, &name, &ts)?;
             } else {
-                fd::set_times(&*up, &ts)?;
+                self.on_upper(&node, file, |u| u.set_times(&ts))?;
             }
         }
-        self.stat_node(&node)
+        match file {
+            Some(f) => {
+                let mut st = rustix::fs::fstat(f)?;
+                let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
+                self.present_node(&node, layer, &obj, &mut st);
+                Ok(st)
+            }
+            None => self.stat_node(&node),
+        }
+    }
+
+    /// The descriptor of open file `fh` if it is a file of `node` (after a
+    /// copy-up, the upper copy's).
+    fn file_of(&self, fh: u64, node: &Node) -> Option<Arc<OwnedFd>> {
+        let f = self.handles.file(fh).ok()?;
+        if f.node.ino != node.ino {
+            return None;
+        }
+        self.io_fd(fh).ok()
+    }
+
+    /// Run `f` on `node`'s upper object: through `file` where given, else
+    /// by name in its upper parent (under that directory's read lock, see
+    /// `with_top`) or through the descriptor the node holds.
+    fn on_upper<T>(
+        &self,
+        node: &Node,
+        file: Option<&OwnedFd>,
+        f: impl Fn(Upper<'_>) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(fd) = file {
+            return f(Upper::Fd(fd.as_fd()));
+        }
+        self.with_top(node, |layer, obj| {
+            if !self.stack.is_upper(layer) {
+                return Err(Errno::IO);
+            }
+            match obj {
+                Obj::Fd(fd) => f(Upper::Fd(fd.as_fd())),
+                Obj::At { dir, name } => f(Upper::At(dir.as_fd(), name)),
+            }
+        })
     }
 
     /// Target of a symlink.

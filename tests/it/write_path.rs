@@ -1121,3 +1121,79 @@ fn changes_survive_a_remount() {
     assert_eq!(list_dir(&st.m("")).unwrap(), ["c", "d", "n"]);
     assert_eq!(read_string(&st.m("d/x")), "changed");
 }
+
+/// Owner, mode, times and size changed through open descriptors
+/// (`fchown`, `fchmod`, `futimens`, `ftruncate`): the first copies a lower
+/// file up although the descriptor was opened on the lower file; each
+/// change shows through the descriptor, the name and the upper, as in the
+/// kernel overlay. A second name (a hard link) sees the same.
+#[test]
+fn attribute_changes_through_open_descriptors() {
+    let spec = stack(
+        vec![Layer::new().file("low", "lower data")],
+        Layer::new().file("up", "upper data"),
+    );
+    let p = Pair::new(&spec);
+    let o = other_id();
+    let shown = |s: &libc::stat| {
+        format!(
+            "mode={:o} owner={}:{} size={} mtime={}.{} atime={}.{} nlink={}",
+            s.st_mode & 0o7777,
+            s.st_uid,
+            s.st_gid,
+            s.st_size,
+            s.st_mtime,
+            s.st_mtime_nsec,
+            s.st_atime,
+            s.st_atime_nsec,
+            s.st_nlink
+        )
+    };
+    let run = |r: &Path| -> Vec<Result<String, i32>> {
+        let mut out = Vec::new();
+        for name in ["low", "up"] {
+            let f = r.join(name);
+            let fd = sys::open(&f, libc::O_RDONLY, 0).unwrap();
+            let raw = fd.as_raw_fd();
+            out.push(cvt(unsafe { libc::fchmod(raw, 0o640) }).map(|_| String::new()));
+            out.push(cvt(unsafe { libc::fchown(raw, o, o) }).map(|_| String::new()));
+            let ts = [
+                libc::timespec {
+                    tv_sec: 1_500_000_000,
+                    tv_nsec: 7,
+                },
+                libc::timespec {
+                    tv_sec: 1_600_000_000,
+                    tv_nsec: 9,
+                },
+            ];
+            out.push(cvt(unsafe { libc::futimens(raw, ts.as_ptr()) }).map(|_| String::new()));
+            out.push(sys::fstat(&fd).map(|s| shown(&s)));
+            let wfd = sys::open(&f, libc::O_WRONLY, 0).unwrap();
+            out.push(cvt(unsafe { libc::ftruncate(wfd.as_raw_fd(), 4) }).map(|_| String::new()));
+            out.push(sys::fstat(&wfd).map(|s| format!("size={}", s.st_size)));
+            out.push(ok(sys::link(&f, &r.join(format!("{name}.2")))));
+            out.push(cvt(unsafe { libc::fchmod(raw, 0o604) }).map(|_| String::new()));
+            out.push(sys::fstat(&fd).map(|s| format!("mode={:o}", s.st_mode & 0o7777)));
+            for n in [name.to_string(), format!("{name}.2")] {
+                out.push(sys::lstat(&r.join(&n)).map(|s| {
+                    format!(
+                        "{n}: mode={:o} size={} owner={}:{} nlink={}",
+                        s.st_mode & 0o7777,
+                        s.st_size,
+                        s.st_uid,
+                        s.st_gid,
+                        s.st_nlink
+                    )
+                }));
+            }
+            out.push(sys::read_all(&f).map(|v| String::from_utf8_lossy(&v).into_owned()));
+        }
+        out
+    };
+    let (a, b) = p.both(run);
+    assert!(b.iter().all(Result::is_ok), "kernel overlay: {b:?}");
+    assert_eq!(a, b, "stratafs (left), kernel overlay (right)");
+    p.assert_same_upper();
+    p.assert_same_view();
+}
