@@ -1,7 +1,7 @@
 //! Attributes and extended attributes: getattr, setattr, readlink, statfs,
 //! and the xattr calls. Every change copies the object up first.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use rustix::fs::{FileType, OFlags, Stat, Timespec, Timestamps, XattrFlags};
@@ -41,56 +41,53 @@ pub(crate) struct SetAttr {
     pub(crate) mtime: Option<SetTime>,
     /// The open file the change comes through (ftruncate, futimens).
     pub(crate) fh: Option<u64>,
+    /// Clear setuid and setgid (see `Overlay::drop_privileges`): a
+    /// truncate by a caller without `CAP_FSETID`, or a chown.
+    pub(crate) kill_suidgid: bool,
+    /// The caller's user and group, as the kernel knows them.
+    pub(crate) caller: (u32, u32),
 }
 
-/// An upper object a `setattr` changes: a descriptor of it, or its name in
-/// its parent directory.
-#[derive(Clone, Copy)]
-enum Upper<'a> {
-    Fd(BorrowedFd<'a>),
-    At(BorrowedFd<'a>, &'a [u8]),
+/// The permission bits left once a write, truncate or chown takes the
+/// privileges away: no setuid, no setgid where group execute is set (a
+/// setgid without it marks mandatory locking and stays), as the kernel
+/// does (`setattr_should_drop_sgid`, and the FUSE protocol's rule for
+/// `FUSE_HANDLE_KILLPRIV_V2`).
+pub(crate) fn unprivileged(perm: u32) -> u32 {
+    let mut p = perm & !libc::S_ISUID;
+    if p & libc::S_IXGRP != 0 {
+        p &= !libc::S_ISGID;
+    }
+    p
 }
 
-impl Upper<'_> {
-    fn set_owner_and_mode(
-        self,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        mode: Option<u32>,
-    ) -> Result<()> {
-        if uid.is_some() || gid.is_some() {
-            match self {
-                Upper::Fd(f) => fd::set_owner(f, uid, gid)?,
-                Upper::At(d, n) => fd::set_owner_at(d, n, uid, gid)?,
-            }
-        }
-        if let Some(m) = mode {
-            match self {
-                Upper::Fd(f) => fd::set_mode(f, m)?,
-                Upper::At(d, n) => fd::set_mode_at(d, n, m)?,
-            }
-        }
-        Ok(())
-    }
+/// The capability xattr, removed by a write, truncate or chown.
+const CAPABILITY: &[u8] = b"security.capability";
 
-    fn truncate(self, len: u64) -> Result<()> {
-        let f = match self {
-            Upper::Fd(f) => fd::reopen(f, OFlags::WRONLY)?,
-            Upper::At(d, n) => rustix::fs::openat(
-                d,
-                n,
-                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
-                rustix::fs::Mode::empty(),
-            )?,
-        };
-        rustix::fs::ftruncate(&f, len)
-    }
+/// What `Overlay::drop_privileges` did and found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dropped {
+    /// Something was taken away (the kernel's cached mode may be stale).
+    pub(crate) changed: bool,
+    /// The file carries none of the privileges any more (as far as they
+    /// are this daemon's to take away).
+    pub(crate) clean: bool,
+}
 
-    fn set_times(self, ts: &Timestamps) -> Result<()> {
-        match self {
-            Upper::Fd(f) => fd::set_times(f, ts),
-            Upper::At(d, n) => fd::set_times_at(d, n, ts),
-        }
+impl SetAttr {
+    /// Whether the request sets no attribute at all: the kernel's way,
+    /// with `FUSE_HANDLE_KILLPRIV_V2`, of passing on a change that only
+    /// takes privileges away (`file_remove_privs` before a write,
+    /// fallocate or copy_file_range of a caller without `CAP_FSETID`, or
+    /// `chown(-1, -1)`). The attributes in the reply are the kernel's from
+    /// then on; fallocate and copy_file_range tell nothing else.
+    pub(crate) fn only_takes_privileges(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
     }
 }
 
@@ -120,10 +117,7 @@ impl Overlay {
         Ok((node, st))
     }
 
-    /// `setattr`: copy up, then apply owner, mode, size and times: through
-    /// the open file the change comes with (`fchown`, `futimens`, ...),
-    /// else by name in the upper parent. The attributes returned are read
-    /// the same way.
+    /// `setattr`: copy up, then apply owner, mode, size and times.
     pub(crate) fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Stat> {
         self.writable()?;
         let node = self.node(ino)?;
@@ -141,45 +135,67 @@ impl Overlay {
         } else {
             Data::All
         };
-        self.ensure_upper(&node, data)?;
+        let up = self.copy_up(&node, data)?;
         if set.mode.is_some() && node.kind == FileType::Symlink {
             return Err(Errno::OPNOTSUPP);
         }
-        let file = set.fh.and_then(|h| self.file_of(h, &node));
-        let file = file.as_deref();
-        let owner_or_mode = uid.is_some() || gid.is_some() || set.mode.is_some();
-        match self.stack.override_xattr(0).filter(|_| owner_or_mode) {
-            Some(name) => {
-                let up = self.upper_fd(&node)?.ok_or(Errno::IO)?;
-                let real = rustix::fs::fstat(&*up)?;
-                if override_stat::applies_to(&real) {
-                    // Owner and mode live in the xattr; the inode keeps its
-                    // own.
-                    let mut ov = self
-                        .recorded_override(0, &Obj::Fd(up.clone()), &real)
-                        .unwrap_or_else(|| Override::of_stat(&real));
-                    ov.uid = uid.unwrap_or(ov.uid);
-                    ov.gid = gid.unwrap_or(ov.gid);
-                    if let Some(m) = set.mode {
-                        ov.perm = m & 0o7777;
-                    }
-                    xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
-                } else {
-                    self.on_upper(&node, file, |u| u.set_owner_and_mode(uid, gid, set.mode))?;
+        let chown = set.uid.is_some() || set.gid.is_some();
+        if chown || set.mode.is_some() {
+            self.handles.privileges_may_have_changed();
+        }
+        let real = rustix::fs::fstat(&*up)?;
+        // Whether the privileges a chown or truncate takes away are left
+        // to this daemon (the upper's kernel takes them away only where
+        // the change reaches the upper file itself, and clears setuid and
+        // setgid only for a daemon without CAP_FSETID).
+        let overrides = self.stack.override_xattr(0).is_some();
+        let kill = set.kill_suidgid
+            || (set.only_takes_privileges() && self.may_write(&node, set.caller)?);
+        let mut drop = kill || (overrides && (chown || set.size.is_some()));
+        match self
+            .stack
+            .override_xattr(0)
+            .filter(|_| override_stat::applies_to(&real))
+        {
+            Some(name) if chown || set.mode.is_some() => {
+                // Owner and mode live in the xattr; the inode keeps its own.
+                let mut ov = self
+                    .recorded_override(0, &Obj::Fd(up.clone()), &real)
+                    .unwrap_or_else(|| Override::of_stat(&real));
+                ov.uid = uid.unwrap_or(ov.uid);
+                ov.gid = gid.unwrap_or(ov.gid);
+                if let Some(m) = set.mode {
+                    ov.perm = m & 0o7777;
+                }
+                xattr::set(&*up, name, ov.format().as_bytes(), XattrFlags::empty())?;
+                // The override may be new (and clients see it).
+                node.forget_xattrs();
+            }
+            _ => {
+                if uid.is_some() || gid.is_some() {
+                    fd::set_owner(&*up, uid, gid)?;
+                    // The upper's own chown cleared setuid, setgid and the
+                    // capability (its kernel does so also for root).
+                    drop = set.size.is_some() && (kill || overrides);
+                }
+                if let Some(m) = set.mode {
+                    fd::set_mode(&*up, m)?;
                 }
             }
-            None if owner_or_mode => {
-                self.on_upper(&node, file, |u| u.set_owner_and_mode(uid, gid, set.mode))?;
-            }
-            None => {}
+        }
+        if drop && node.kind == FileType::RegularFile {
+            self.drop_privileges(&up, kill)?;
         }
         if let Some(len) = set.size {
             if node.is_dir() {
                 return Err(Errno::ISDIR);
             }
-            match file {
-                Some(f) if rustix::fs::ftruncate(f, len).is_ok() => {}
-                _ => self.on_upper(&node, None, |u| u.truncate(len))?,
+            match set.fh.and_then(|h| self.io_fd(h).ok()) {
+                Some(f) if rustix::fs::ftruncate(&*f, len).is_ok() => {}
+                _ => {
+                    let f = fd::reopen(&*up, OFlags::WRONLY)?;
+                    rustix::fs::ftruncate(&f, len)?;
+                }
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
@@ -190,53 +206,103 @@ impl Overlay {
             if node.kind == FileType::Symlink {
                 let (parent, name) = node.location();
                 let pup = self.node(parent)?.upper().ok_or(Errno::IO)?;
-                fd::set_times_at(&*pup, &name, &ts)?;
+                rustix::fs::utimensat(&*pup, &*name, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
             } else {
-                self.on_upper(&node, file, |u| u.set_times(&ts))?;
+                fd::set_times(&*up, &ts)?;
             }
         }
-        match file {
-            Some(f) => {
-                let mut st = rustix::fs::fstat(f)?;
-                let (layer, obj) = node.top_layer_obj().ok_or(Errno::STALE)?;
-                self.present_node(&node, layer, &obj, &mut st);
-                Ok(st)
-            }
-            None => self.stat_node(&node),
-        }
+        self.stat_node(&node)
     }
 
-    /// The descriptor of open file `fh` if it is a file of `node` (after a
-    /// copy-up, the upper copy's).
-    fn file_of(&self, fh: u64, node: &Node) -> Option<Arc<OwnedFd>> {
-        let f = self.handles.file(fh).ok()?;
-        if f.node.ino != node.ino {
-            return None;
-        }
-        self.io_fd(fh).ok()
+    /// Whether `caller` (user, group) may write `node` by its owner and
+    /// permission bits (supplementary groups and ACLs are not known here;
+    /// root may). An attribute-less setattr takes privileges away only
+    /// for such a caller: it is then the kernel's request before a write,
+    /// fallocate or copy_file_range, or the owner's `chown(-1, -1)`; from
+    /// anyone else it is a `chown(-1, -1)`, which on a plain filesystem
+    /// fails for a setuid file (the kernel no longer sends the mode that
+    /// would fail it) and must change nothing.
+    fn may_write(&self, node: &Node, caller: (u32, u32)) -> Result<bool> {
+        let st = self.stat_node(node)?;
+        let ids = &self.config.ids;
+        let (uid, gid) = (ids.uid.show(st.st_uid), ids.gid.show(st.st_gid));
+        let bits = if caller.0 == 0 || caller.0 == uid {
+            return Ok(true);
+        } else if caller.1 == gid {
+            libc::S_IWGRP
+        } else {
+            libc::S_IWOTH
+        };
+        Ok(st.st_mode & bits != 0)
     }
 
-    /// Run `f` on `node`'s upper object: through `file` where given, else
-    /// by name in its upper parent (under that directory's read lock, see
-    /// `with_top`) or through the descriptor the node holds.
-    fn on_upper<T>(
-        &self,
-        node: &Node,
-        file: Option<&OwnedFd>,
-        f: impl Fn(Upper<'_>) -> Result<T>,
-    ) -> Result<T> {
-        if let Some(fd) = file {
-            return f(Upper::Fd(fd.as_fd()));
+    /// Whether a write, truncate or chown of `node` leaves privileges for
+    /// this daemon to take away (see `drop_privileges`): setuid and setgid
+    /// when the caller lacks `CAP_FSETID` (the upper's kernel clears them
+    /// only where this daemon lacks it too), and anything kept in an
+    /// override xattr or under another name.
+    pub(crate) fn privileges_left_to_us(&self, node: &Node, kill_suidgid: bool) -> bool {
+        node.kind == FileType::RegularFile
+            && (kill_suidgid || self.stack.override_xattr(0).is_some())
+    }
+
+    /// What the kernel leaves to the filesystem with
+    /// `FUSE_HANDLE_KILLPRIV_V2`, done on the upper copy `up` of a regular
+    /// file at a write, truncate or chown: with `kill_suidgid` (a caller
+    /// without `CAP_FSETID`, or a chown), setuid and setgid go as in
+    /// [`unprivileged`]; the file capability goes too where the upper's
+    /// kernel does not see it go (its own write, truncate or chown of the
+    /// file removes `security.capability`; kept under another name in the
+    /// containers override mode, it is removed here). Owner and mode kept
+    /// in an override xattr change there.
+    pub(crate) fn drop_privileges(&self, up: &Arc<OwnedFd>, kill_suidgid: bool) -> Result<Dropped> {
+        let real = rustix::fs::fstat(&**up)?;
+        let containers = self.containers_mode(0);
+        let overridden = self
+            .stack
+            .override_xattr(0)
+            .filter(|_| override_stat::applies_to(&real));
+        let mut out = Dropped {
+            changed: false,
+            clean: true,
+        };
+        let perm = match overridden {
+            Some(name) => {
+                let obj = Obj::Fd(up.clone());
+                match self.recorded_override(0, &obj, &real) {
+                    Some(ov) if ov.kind.is_none_or(|(t, _)| t == libc::S_IFREG) => {
+                        Some((ov.perm, Some((name, ov))))
+                    }
+                    // Shown as another type.
+                    Some(_) => None,
+                    None => Some((real.st_mode & 0o7777, None)),
+                }
+            }
+            None => Some((real.st_mode & 0o7777, None)),
+        };
+        if let Some((perm, ov)) = perm {
+            let left = unprivileged(perm);
+            if left != perm && kill_suidgid {
+                match ov {
+                    Some((name, mut ov)) => {
+                        ov.perm = left;
+                        xattr::set(&**up, name, ov.format().as_bytes(), XattrFlags::empty())?;
+                    }
+                    None => fd::set_mode(&**up, left)?,
+                }
+                out.changed = true;
+            } else if left != perm {
+                out.clean = false;
+            }
         }
-        self.with_top(node, |layer, obj| {
-            if !self.stack.is_upper(layer) {
-                return Err(Errno::IO);
+        if containers || overridden.is_some() {
+            match xattr::remove(&**up, &xattr_names::stored_name(containers, CAPABILITY)) {
+                Ok(()) => out.changed = true,
+                Err(Errno::NODATA) => {}
+                Err(e) => return Err(e),
             }
-            match obj {
-                Obj::Fd(fd) => f(Upper::Fd(fd.as_fd())),
-                Obj::At { dir, name } => f(Upper::At(dir.as_fd(), name)),
-            }
-        })
+        }
+        Ok(out)
     }
 
     /// Target of a symlink.
@@ -284,7 +350,7 @@ impl Overlay {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
-        if node.lower_xattr_free() {
+        if self.xattr_free(&node) {
             return Err(Errno::NODATA);
         }
         self.with_top(&node, |layer, top| {
@@ -292,10 +358,33 @@ impl Overlay {
         })
     }
 
+    /// Whether `node`'s top object carries no xattr clients can see:
+    /// listed once, then remembered (`Node::known_xattrs`), so the
+    /// questions the kernel asks of nearly every file (`security.selinux`
+    /// for `ls -l`, `security.capability` before a write or chown, the
+    /// POSIX ACLs) are answered without a system call.
+    fn xattr_free(&self, node: &Node) -> bool {
+        let seen = match node.known_xattrs() {
+            Ok(none) => return none,
+            Err(seen) => seen,
+        };
+        let listed = self.with_top(node, |layer, top| {
+            let shown = xattr_names::shown_names(self.containers_mode(layer), &top.list_xattr()?);
+            Ok((shown.is_empty(), self.stack.is_upper(layer)))
+        });
+        match listed {
+            Ok((none, upper)) => {
+                node.note_xattrs(seen, none, upper);
+                none
+            }
+            Err(_) => false,
+        }
+    }
+
     /// `listxattr`.
     pub(crate) fn listxattr(&self, ino: u64) -> Result<Vec<u8>> {
         let node = self.node(ino)?;
-        if node.lower_xattr_free() {
+        if self.xattr_free(&node) {
             return Ok(Vec::new());
         }
         match self.with_top(&node, |layer, top| {
@@ -315,16 +404,19 @@ impl Overlay {
         self.writable()?;
         let node = self.node(ino)?;
         let up = self.copy_up_for_xattr(&node)?;
+        self.handles.privileges_may_have_changed();
         let stored = xattr_names::stored_name(self.containers_mode(0), name);
         if stored.len() > 255 {
             return Err(Errno::RANGE);
         }
-        xattr::set(
+        let r = xattr::set(
             &*up,
             &stored,
             value,
             XattrFlags::from_bits_retain(flags as _),
-        )
+        );
+        node.forget_xattrs();
+        r
     }
 
     /// `removexattr`: copy up, then remove.
@@ -339,16 +431,23 @@ impl Overlay {
             top.get_xattr(&xattr_names::stored_name(self.containers_mode(layer), name))
         })?;
         let up = self.copy_up_for_xattr(&node)?;
-        xattr::remove(
+        let r = xattr::remove(
             &*up,
             &xattr_names::stored_name(self.containers_mode(0), name),
-        )
+        );
+        node.forget_xattrs();
+        match r {
+            // It was there before the copy-up, whose chown of the copy
+            // took a capability away already.
+            Err(Errno::NODATA) => Ok(()),
+            r => r,
+        }
     }
 
     /// The upper object an xattr change goes to: a node that has one (a
     /// hard-linked file's copy in the index included) is changed there, no
     /// name is linked up (as the kernel overlay does); else a copy-up.
-    fn copy_up_for_xattr(&self, node: &Arc<Node>) -> Result<Arc<std::os::fd::OwnedFd>> {
+    fn copy_up_for_xattr(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
         match self.upper_fd(node)? {
             Some(u) => Ok(u),
             None => self.copy_up(node, Data::All),

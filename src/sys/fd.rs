@@ -125,39 +125,6 @@ pub(crate) fn set_owner(fd: impl AsFd, uid: Option<u32>, gid: Option<u32>) -> Re
     )
 }
 
-/// chmod `name` in `dir` (not for symlinks: it would follow one).
-pub(crate) fn set_mode_at(dir: impl AsFd, name: &[u8], mode: u32) -> Result<()> {
-    rustix::fs::chmodat(
-        dir,
-        name,
-        Mode::from_raw_mode(mode & 0o7777),
-        AtFlags::empty(),
-    )
-}
-
-/// chown `name` in `dir` (symlinks themselves included).
-pub(crate) fn set_owner_at(
-    dir: impl AsFd,
-    name: &[u8],
-    uid: Option<u32>,
-    gid: Option<u32>,
-) -> Result<()> {
-    rustix::fs::chownat(
-        dir,
-        name,
-        uid.filter(|u| *u != u32::MAX)
-            .map(rustix::fs::Uid::from_raw),
-        gid.filter(|g| *g != u32::MAX)
-            .map(rustix::fs::Gid::from_raw),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-}
-
-/// Set times on `name` in `dir` (symlinks themselves included).
-pub(crate) fn set_times_at(dir: impl AsFd, name: &[u8], times: &Timestamps) -> Result<()> {
-    rustix::fs::utimensat(dir, name, times, AtFlags::SYMLINK_NOFOLLOW)
-}
-
 /// Give a new object (owned by `now`, uid and gid) the caller's ownership,
 /// as far as we are permitted. Without privilege (rootless) the object
 /// simply stays ours.

@@ -15,11 +15,12 @@ use rustix::fs::XattrFlags;
 use super::raw::proc_fd_path;
 use crate::error::{Errno, Result};
 
-/// Set once an `f*xattr` call refused a descriptor (`EBADF`: an `O_PATH`
-/// one on this kernel). From then on every call takes the path form at
-/// once: `/proc/self/fd/N` names exactly the object behind any descriptor,
-/// so it is right for the others too, and one system call instead of two
-/// for the `O_PATH` descriptors that almost every caller holds.
+/// Set once an `fsetxattr`/`fremovexattr` call refused a descriptor
+/// (`EBADF`: an `O_PATH` one on this kernel). From then on every change
+/// takes the path form at once: `/proc/self/fd/N` names exactly the
+/// object behind any descriptor, so it is right for the others too, and one
+/// system call instead of two for the `O_PATH` descriptors that almost
+/// every caller holds.
 static FD_FORM_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// Run the descriptor form `by_fd`, or the path form `by_path` where the
@@ -39,22 +40,16 @@ fn either<T>(
     by_path(proc_fd_path(fd).as_c_str(), buf)
 }
 
+// Reads go through `/proc/self/fd/N` directly: nearly every descriptor
+// read from is an `O_PATH` one, which `fgetxattr` would refuse first (one
+// system call more per read). The path works for any descriptor.
+
 fn getx(fd: BorrowedFd<'_>, name: &[u8], buf: &mut [u8]) -> Result<usize> {
-    either(
-        fd,
-        buf,
-        |b| rustix::fs::fgetxattr(fd, name, b),
-        |p, b| rustix::fs::getxattr(p, name, b),
-    )
+    rustix::fs::getxattr(proc_fd_path(fd).as_c_str(), name, buf)
 }
 
 fn listx(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize> {
-    either(
-        fd,
-        buf,
-        |b| rustix::fs::flistxattr(fd, b),
-        |p, b| rustix::fs::listxattr(p, b),
-    )
+    rustix::fs::listxattr(proc_fd_path(fd).as_c_str(), buf)
 }
 
 /// Call `f` with a growing buffer until the value fits.
