@@ -2,7 +2,8 @@
 # Benchmark stratafs against the kernel overlay and fuse-overlayfs.
 #
 # Usage: bash scripts/bench.sh [--smoke] [--runs N] [--only WORKLOAD[,WORKLOAD...]]
-#                              [--harness] [--baseline BIN] [--no-doc] [--list]
+#                              [--harness] [--counts] [--baseline BIN]
+#                              [--no-fuse-overlayfs] [--no-doc] [--list]
 #                              [--render-doc]
 #
 #   (no options)  full run: cached ~70k-entry 5-layer stack, 3 runs per
@@ -13,8 +14,15 @@
 #   --harness     also stratafs with metrics=0 and with one unrelated fault
 #                 rule, without fuse-overlayfs: the cost of the test-harness
 #                 mode (does not touch the doc)
+#   --counts      count instead of timing: FUSE requests (stratafs's
+#                 counters; fuse-overlayfs's -d log) and daemon system calls
+#                 (strace -c) per operation, for untar, create, rmrf, copyup,
+#                 find and lslr (or --only); a markdown table in the results
+#                 dir (does not touch the doc)
 #   --baseline BIN  also another stratafs binary (a build of an older commit),
-#                 as stratafs-baseline (does not touch the doc)
+#                 as stratafs-baseline; with --counts, before/after columns
+#                 (does not touch the doc)
+#   --no-fuse-overlayfs  leave fuse-overlayfs out
 #   --render-doc  rewrite docs/PERFORMANCE.md from the stored results only
 #
 # Needs root (kernel overlay mounts, drop_caches). The generated stack is
@@ -71,7 +79,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 echo "bench: checking dependencies"
-bash scripts/install-deps.sh gcc make git tar python3 e2fsprogs
+bash scripts/install-deps.sh gcc make git tar python3 e2fsprogs strace
 
 echo "bench: cargo build --release"
 for attempt in 1 2 3 4 5 6; do
@@ -87,7 +95,7 @@ for attempt in 1 2 3 4 5 6; do
 done
 # Run a private copy so that a concurrent rebuild cannot swap the binary mid-run.
 mkdir -p "$BENCH_DIR/bin"
-install -m 0755 target/release/stratafs "$BENCH_DIR/bin/stratafs"
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/stratafs" "$BENCH_DIR/bin/stratafs"
 
 gcc -O2 -Wall -Werror -o "$BENCH_DIR/bin/benchhelper" scripts/bench/benchhelper.c
 
