@@ -1,5 +1,6 @@
-//! The background thread of a mount: sends the kernel the invalidations
-//! the overlay asks for (never from a request's own thread, see `notify`),
+//! The background thread of a mount: sends the kernel the name
+//! invalidations the overlay asks for (never from a request's own thread,
+//! see `notify`),
 //! gives memory back once a burst of forgets pauses, and keeps the
 //! descriptor budget (see `fdbudget`).
 
@@ -22,10 +23,12 @@ pub(crate) fn start(overlay: &Arc<Overlay>, cache: impl KernelCache) {
     if overlay.background.set(tx).is_err() {
         return;
     }
+    let cache = Arc::new(cache);
+    let _ = overlay.kernel.set(cache.clone());
     let me = Arc::downgrade(overlay);
     let spawned = std::thread::Builder::new()
         .name("stratafs-bg".into())
-        .spawn(move || serve(&me, &rx, &cache));
+        .spawn(move || serve(&me, &rx, &*cache));
     if let Err(e) = spawned {
         log::warn!("no background thread (kernel cache invalidation): {e}");
     }

@@ -11,7 +11,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use rustix::fs::Stat;
+use rustix::fs::{FileType, Stat};
 
 use super::obj::Obj;
 use crate::format::origin::{self, legacy, Origin};
@@ -104,6 +104,18 @@ pub(crate) fn source(
         }
     }
     legacy_source(upper)
+}
+
+/// Whether a copy of stat `st` is numbered by its own inode although its
+/// origin is known: where handles cannot be opened (rootless), only the
+/// name that is also the lower object's can tell the origin of a copy, so
+/// a file with several upper names (or an index entry) would get another
+/// number through each of its other names. Every name gives the copy's own
+/// inode number then, as the kernel overlay numbers every copy rootless.
+pub(crate) fn numbered_by_copy(stack: &Stack, st: &Stat) -> bool {
+    !stack.open_handles
+        && FileType::from_raw_mode(st.st_mode) != FileType::Directory
+        && st.st_nlink > 1
 }
 
 fn legacy_source(upper: &Obj) -> Source {

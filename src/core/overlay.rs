@@ -21,7 +21,7 @@ use super::inodes::{InodeTable, LookupRef, ROOT_INO};
 use super::listing::{self, DirEntry};
 use super::names::Name;
 use super::node::{Node, NodeState};
-use super::notify::Invalidate;
+use super::notify::{Invalidate, KernelCache};
 use super::obj::{LayerFd, LayerObj, Obj};
 use super::origin::{self, Source};
 use super::resolve::{self, Found};
@@ -83,6 +83,8 @@ pub(crate) struct Overlay {
     pub(crate) fd_budget: usize,
     /// Work for the background thread (see `background`), once started.
     pub(crate) background: OnceLock<Sender<Invalidate>>,
+    /// The kernel's caches, for what is dropped at once (see `notify`).
+    pub(crate) kernel: OnceLock<Arc<dyn KernelCache>>,
     /// What the overlay did, counted (copy-ups, whiteouts, name map).
     pub(crate) events: Events,
 }
@@ -137,6 +139,7 @@ impl Overlay {
             egid: rustix::process::getegid().as_raw(),
             fd_budget,
             background: OnceLock::new(),
+            kernel: OnceLock::new(),
             events: Events::default(),
         })
     }
@@ -164,8 +167,12 @@ impl Overlay {
         }
     }
 
-    /// Hand work to the background thread (dropped when there is none).
+    /// Tell the kernel to drop what it cached: attributes at once, the rest
+    /// through the background thread (dropped when there is none).
     pub(crate) fn invalidate(&self, what: Invalidate) {
+        if let (Invalidate::Attr(ino), Some(k)) = (&what, self.kernel.get()) {
+            return k.drop_attrs(*ino);
+        }
         if let Some(tx) = self.background.get() {
             let _ = tx.send(what);
         }
@@ -310,7 +317,11 @@ impl Overlay {
             ),
             Some(u) => match self.source_of(parent, name, u, &lowers) {
                 Source::Lower(l) => (
-                    self.inodes.ino_for(l.st_dev, l.st_ino),
+                    if origin::numbered_by_copy(&self.stack, &stat) {
+                        self.copy_ino(&stat, Some((l.st_dev, l.st_ino)))
+                    } else {
+                        self.inodes.ino_for(l.st_dev, l.st_ino)
+                    },
                     (!is_dir).then_some((l.st_dev, l.st_ino)),
                     !is_dir && l.st_nlink > 1,
                 ),
@@ -335,6 +346,9 @@ impl Overlay {
                 lowers.clear();
                 stat = st;
                 indexed = true;
+                if origin::numbered_by_copy(&self.stack, &stat) {
+                    ino = self.copy_ino(&stat, origin);
+                }
             }
         }
         if indexed {
@@ -381,6 +395,20 @@ impl Overlay {
             // reference on the other node is given back with `node`).
             ino = self.inodes.fresh_ino();
         }
+    }
+
+    /// The id of a copy numbered by itself (`origin::numbered_by_copy`):
+    /// the live node of its lower original `lower` if there is one (it keeps
+    /// its number while the kernel knows it), else the copy's own number.
+    fn copy_ino(&self, copy: &Stat, lower: Option<(u64, u64)>) -> u64 {
+        if let Some((dev, ino)) = lower {
+            let id = self.inodes.ino_for(dev, ino);
+            let live = self.inodes.get(id);
+            if live.is_some_and(|n| n.state.read().origin == Some((dev, ino))) {
+                return id;
+            }
+        }
+        self.inodes.ino_for(copy.st_dev, copy.st_ino)
     }
 
     /// A node for an object just created in the upper layer.
@@ -452,6 +480,14 @@ impl Overlay {
                 };
                 let candidates = || lower_candidates(&lower, s.name);
                 match origin::source(&self.stack, &upper, candidates) {
+                    Source::Lower(_)
+                        if !self.stack.open_handles
+                            && upper
+                                .stat()
+                                .is_ok_and(|st| origin::numbered_by_copy(&self.stack, &st)) =>
+                    {
+                        own()
+                    }
                     Source::Lower(l) => self.inodes.ino_for(l.st_dev, l.st_ino),
                     Source::LegacyId(id) => self.legacy_ino(id).unwrap_or_else(own),
                     Source::Unknown => own(),

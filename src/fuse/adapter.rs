@@ -43,6 +43,7 @@ pub(crate) struct FuseOverlay {
 }
 
 /// The kernel's caches, reached through the session's notifier.
+#[derive(Debug)]
 pub(crate) struct Notify(pub(crate) fuser::Notifier);
 
 impl KernelCache for Notify {

@@ -54,6 +54,9 @@ pub(crate) struct Stack {
     pub(crate) formats: Formats,
     /// fsync copied-up data before publishing it.
     pub(crate) fsync: bool,
+    /// Whether file handles can be opened (`open_by_handle_at(2)` needs
+    /// `CAP_DAC_READ_SEARCH` in the initial namespace: not rootless).
+    pub(crate) open_handles: bool,
     tmp_counter: AtomicU64,
 }
 
@@ -283,6 +286,11 @@ impl Stack {
             work = Some(wd);
             index = open_index(&wfd, &w, &layers, &formats)?.map(Arc::new);
         }
+        let open_handles = layers.iter().any(|l| {
+            raw::name_to_handle(l.root.as_fd(), b"")
+                .and_then(|h| raw::open_by_handle(l.root.as_fd(), &h))
+                .is_ok()
+        });
         Ok(Stack {
             has_upper: opts.upperdir.is_some(),
             layers,
@@ -290,6 +298,7 @@ impl Stack {
             index,
             formats,
             fsync: opts.fsync,
+            open_handles,
             tmp_counter: AtomicU64::new(0),
         })
     }

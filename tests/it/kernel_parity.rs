@@ -5,6 +5,7 @@
 
 use crate::common::*;
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The overlay records on every object below `upper` (and on it), by
@@ -341,4 +342,75 @@ fn a_copy_up_keeps_its_parents_times() {
     // Rootless the kernel breaks the lower hard link on copy-up (no index):
     // the link counts differ then, by design.
     same_as_kernel(&p);
+}
+
+/// All names of one file show one inode number, before and after a
+/// remount, in `stat` and in listings: a lower file linked through the
+/// mount (`file1`, `link1`), a lower hard link changed through one name,
+/// renamed and linked again (`c`, `f`, `g`, `h`). As root the number is the
+/// lower file's, as the kernel overlay reports it; rootless (where file
+/// handles cannot be opened) it may become the copy's after the remount.
+#[test]
+fn every_name_of_a_file_shows_one_inode_number_after_a_remount() {
+    let spec = stack(
+        vec![Layer::new()
+            .file("file1", "one")
+            .file("c", "shared")
+            .hard_link("f", "c")],
+        Layer::new(),
+    );
+    let st = spec.build(Markers::Kernel);
+    let lower_ino =
+        |n: &str| std::os::unix::fs::MetadataExt::ino(&fs::metadata(st.l(0, n)).unwrap());
+    let groups: [&[&str]; 2] = [&["file1", "link1"], &["c", "h", "g"]];
+    let inos = |m: &Path| -> Vec<Vec<u64>> {
+        let listed: BTreeMap<String, u64> = fs::read_dir(m)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::os::unix::fs::DirEntryExt::ino(&e),
+                )
+            })
+            .collect();
+        groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .flat_map(|n| {
+                        let stat = sys::lstat(&m.join(n)).unwrap().st_ino;
+                        [stat, listed[*n]]
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let before = {
+        let _m = st.mount_strata();
+        sys::link(&st.m("file1"), &st.m("link1")).unwrap();
+        fs::write(st.m("c"), "changed").unwrap();
+        sys::rename(&st.m("f"), &st.m("g")).unwrap();
+        sys::link(&st.m("c"), &st.m("h")).unwrap();
+        inos(&st.mnt)
+    };
+    let after = {
+        let _m = st.mount_strata();
+        inos(&st.mnt)
+    };
+    for (i, g) in after.iter().enumerate() {
+        assert!(
+            g.iter().all(|x| *x == g[0]),
+            "names {:?}: stat/listing numbers {g:?} after the remount",
+            groups[i]
+        );
+        assert!(before[i].iter().all(|x| *x == before[i][0]), "{before:?}");
+    }
+    if !is_rootless() {
+        assert_eq!(after, before, "numbers changed by the remount");
+        assert_eq!(after[0][0], lower_ino("file1"));
+        assert_eq!(after[1][0], lower_ino("c"));
+        let _k = st.mount_kernel();
+        assert_eq!(inos(&st.mnt), after, "the kernel overlay's numbers");
+    }
 }

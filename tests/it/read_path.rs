@@ -1146,13 +1146,23 @@ fn lower_hard_links_stay_linked_across_copy_up_and_remount() {
     let Pair { sm, km, s, k } = p;
     drop((sm, km, k));
     let _m = s.mount_strata();
+    // As root the lower file's number stays; rootless (no file handles to
+    // open) the copy in the index is numbered by itself after a remount,
+    // the same through every name (docs/COMPAT.md, item 4).
+    let want = if is_rootless() {
+        let copy = ino(&s.m("d1/a"));
+        assert_ne!(copy, before, "rootless: the copy's own number");
+        copy
+    } else {
+        before
+    };
     for name in ["d1/a", "d2/b", "c"] {
         assert_eq!(
             read_string(&s.m(name)),
             "original+more",
             "{name} after remount"
         );
-        assert_eq!(ino(&s.m(name)), before, "{name} inode after remount");
+        assert_eq!(ino(&s.m(name)), want, "{name} inode after remount");
         assert_eq!(
             sys::lstat(&s.m(name)).unwrap().st_nlink,
             3,

@@ -1121,3 +1121,47 @@ fn changes_survive_a_remount() {
     assert_eq!(list_dir(&st.m("")).unwrap(), ["c", "d", "n"]);
     assert_eq!(read_string(&st.m("d/x")), "changed");
 }
+
+/// A merged directory's link count changes when its upper part is made (a
+/// lower directory with subdirectories reports their count, a merged one
+/// 1, as on the kernel overlay); the change is seen at once by the next
+/// `stat`, also when the old count was cached a moment before.
+#[test]
+fn a_directory_copied_up_shows_its_new_link_count_at_once() {
+    const ROUNDS: usize = 40;
+    let mut lower = Layer::new();
+    for i in 0..ROUNDS {
+        lower = lower
+            .file(&format!("d{i}/f"), "f")
+            .dir(&format!("d{i}/s1"))
+            .dir(&format!("d{i}/s2"));
+    }
+    let st = stack(vec![lower], Layer::new()).build(Markers::Kernel);
+    let mut seen = Vec::new();
+    for kernel in [true, false] {
+        let _m = if kernel {
+            st.mount_kernel()
+        } else {
+            st.mount_strata()
+        };
+        let mut counts = Vec::new();
+        for i in 0..ROUNDS {
+            let d = st.m(&format!("d{i}"));
+            let before =
+                std::os::unix::fs::MetadataExt::nlink(&std::fs::symlink_metadata(&d).unwrap());
+            sys::lutimes(&d.join("f"), (1_500_000_000, 0), (1_400_000_000, 0)).unwrap();
+            let after =
+                std::os::unix::fs::MetadataExt::nlink(&std::fs::symlink_metadata(&d).unwrap());
+            counts.push((before, after));
+        }
+        seen.push(counts);
+        drop(_m);
+        // The next mount starts from the same lower-only state.
+        std::fs::remove_dir_all(st.upper()).unwrap();
+        std::fs::create_dir(st.upper()).unwrap();
+        std::fs::remove_dir_all(st.work()).unwrap();
+        std::fs::create_dir(st.work()).unwrap();
+    }
+    assert_eq!(seen[1], seen[0], "stratafs (right) vs kernel (left)");
+    assert!(seen[0].iter().all(|c| *c == (4, 1)), "{:?}", seen[0]);
+}
