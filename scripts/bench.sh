@@ -4,11 +4,13 @@
 # Usage: bash scripts/bench.sh [--smoke] [--runs N] [--only WORKLOAD[,WORKLOAD...]]
 #                              [--harness] [--counts] [--baseline BIN]
 #                              [--no-fuse-overlayfs] [--no-doc] [--list]
-#                              [--render-doc]
+#                              [--render-doc [--from RESULT.json ...] [--doc FILE]]
 #
 #   (no options)  full run: cached ~70k-entry 5-layer stack, 3 runs per
-#                 workload, results written to docs/PERFORMANCE.md
-#   --smoke       tiny stack, every workload once (about a minute; for CI)
+#                 workload, then one --counts pass (untimed), results
+#                 written to docs/PERFORMANCE.md
+#   --smoke       tiny stack, every workload once, then the --counts pass
+#                 (about two minutes; for CI)
 #   --runs N      repetitions per workload (median is reported)
 #   --only W      only these workloads (see --list); does not touch the doc
 #   --harness     also stratafs with metrics=0 and with one unrelated fault
@@ -24,6 +26,10 @@
 #                 (does not touch the doc)
 #   --no-fuse-overlayfs  leave fuse-overlayfs out
 #   --render-doc  rewrite docs/PERFORMANCE.md from the stored results only
+#                 (the last two full runs and the counts of the newest);
+#                 --from RESULT.json (repeatable) renders those stored results
+#                 of any kind instead (e.g. a smoke run's, to check the
+#                 rendering), --doc FILE writes to another file
 #
 # Needs root (kernel overlay mounts, drop_caches). The generated stack is
 # cached in $STRATAFS_BENCH_DIR (default /var/tmp/stratafs-bench); results

@@ -1351,30 +1351,64 @@ def render_counts(result, title):
     return "\n".join(L)
 
 
-def update_doc(results_dir, stack_version):
+def counts_result(r):
+    """The counts pass of a timing run (its "counts"), as a result of its own
+    for render_counts."""
+    return {"meta": dict(r["meta"], runs=r["counts"]["runs"]), "manifest": r["manifest"],
+            "measurements": r["counts"]["measurements"]}
+
+
+def update_doc(results_dir, stack_version, files=None, doc_path=DOC):
+    """Rewrites the results section of doc_path: the last two full runs of
+    results_dir, or the stored results `files` (any kind, newest last), and
+    the counts of the newest one that has them."""
     runs = []
-    for fn in sorted(os.listdir(results_dir)):
-        if fn.endswith(".json"):
-            with open(os.path.join(results_dir, fn)) as f:
-                r = json.load(f)
-            if r["meta"].get("full") and r["manifest"].get("version") == stack_version:
-                runs.append(r)
-    runs = runs[-2:]
+    if files:
+        for fn in files:
+            with open(fn) as f:
+                runs.append(json.load(f))
+    else:
+        for fn in sorted(os.listdir(results_dir)):
+            if fn.endswith(".json"):
+                with open(os.path.join(results_dir, fn)) as f:
+                    r = json.load(f)
+                if r["meta"].get("full") and r["manifest"].get("version") == stack_version:
+                    runs.append(r)
+        runs = runs[-2:]
     if not runs:
+        log(f"no stored full run in {results_dir}: {doc_path} left as it is")
         return
     body = [BEGIN_MARK, ""]
-    if len(runs) > 1:
+    if files:
+        body.append(f"Numbers below are from {len(runs)} stored run{'s' if len(runs) > 1 else ''} "
+                    "(`bash scripts/bench.sh --render-doc --from ...`)" + (", newest first." if len(runs) > 1 else "."))
+    elif len(runs) > 1:
         body.append(f"Numbers below are from the last {len(runs)} full runs "
                     "(`bash scripts/bench.sh`, default settings), newest first.")
     else:
         body.append("Numbers below are from one full run (`bash scripts/bench.sh`, default settings).")
     body.append("")
+
+    def kind(r):
+        m = r["meta"]
+        return "Full run" if m.get("full") else "Smoke run" if m.get("smoke") else "Partial run"
     for i, r in enumerate(reversed(runs)):
-        body.append(render(r, f"Full run {len(runs) - i} ({r['meta']['date']})"))
-    body.append(END_MARK)
+        if r["meta"].get("counts"):
+            body.append(render_counts(r, f"Requests and system calls per operation ({r['meta']['date']})"))
+        else:
+            body.append(render(r, f"{kind(r)} {len(runs) - i} ({r['meta']['date']})"))
+        body.append("")
+    # The counts of the newest run that has them (they change with the code,
+    # not with the machine's load: one table is enough).
+    with_counts = [r for r in runs if "counts" in r]
+    if with_counts:
+        r = with_counts[-1]
+        body.append(render_counts(counts_result(r), f"Requests and system calls per operation ({kind(r).lower()}, "
+                                                     f"{r['meta']['date']})"))
+        body.append("")
     text = "\n".join(body)
-    if os.path.exists(DOC):
-        with open(DOC) as f:
+    if os.path.exists(doc_path):
+        with open(doc_path) as f:
             doc = f.read()
     else:
         doc = "# Performance\n\n" + BEGIN_MARK + "\n" + END_MARK + "\n"
@@ -1384,9 +1418,9 @@ def update_doc(results_dir, stack_version):
         doc = doc[:a] + text + doc[b:]
     else:
         doc = doc.rstrip("\n") + "\n\n## Results\n\n" + text + "\n"
-    with open(DOC, "w") as f:
+    with open(doc_path, "w") as f:
         f.write(doc)
-    log(f"updated {DOC}")
+    log(f"updated {doc_path}")
 
 
 def machine_meta():
@@ -1413,6 +1447,49 @@ def machine_meta():
 # Main
 # --------------------------------------------------------------------------
 
+def run_pass(ctx, a, only, runs, counts):
+    """Runs the selected workloads `runs` times on each of their file
+    systems; with `counts`, counting instead of timing (see Counter).
+    Returns the measurements."""
+    ctx.counts = counts
+    out = []
+    selected = [w for w in WORKLOADS if (w[0] in only if only else (w[0] in COUNT_WORKLOADS or not counts))]
+    if counts:
+        # Only daemons have something to count.
+        selected = [(n, fn, ["stratafs"] + (["fuse-overlayfs", "fuse-overlayfs-debug"] if "fuse-overlayfs" in fss else []))
+                    for n, fn, fss in selected if "stratafs" in fss]
+    if a.no_fuse_overlayfs:
+        selected = [(n, fn, [f for f in fss if not f.startswith("fuse-overlayfs")]) for n, fn, fss in selected]
+    if a.harness:
+        # The question is what stratafs pays for the harness: fuse-overlayfs
+        # is left out, the kernel stays for the ratios of the main table.
+        selected = [(n, fn, [f for f in fss if f != "fuse-overlayfs"] + (HARNESS_FS if "stratafs" in fss else []))
+                    for n, fn, fss in selected]
+    if a.baseline:
+        selected = [(n, fn, fss + (["stratafs-baseline"] if "stratafs" in fss else [])) for n, fn, fss in selected]
+    walk_lower = None
+    if any(n in OTHER_STACK for n, _, _ in selected):
+        ctx.walk_stack, ctx.walk_manifest = ensure_walk_stack(a.dir, a.smoke)
+        walk_lower = ":".join(os.path.join(ctx.walk_stack, "layers", l) for l in ("w1", "w0"))
+    what = "counts" if counts else "timing"
+    for wname, fn, fss in selected:
+        lower = walk_lower if OTHER_STACK.get(wname) == "walk" else None
+        for rep in range(runs):
+            order = fss[rep % len(fss):] + fss[:rep % len(fss)]
+            for fs in order:
+                with Mount(ctx, fs, lower) as m:
+                    drop_caches()
+                    res = fn(ctx, m)
+                for r in res:
+                    r.update(workload=wname, rep=rep)
+                    out.append(r)
+                log(f"{what}: {wname} rep {rep + 1}/{runs} {fs:16s} " +
+                    "  ".join(f"{r['variant']}={fmt_t(r['seconds'])}" +
+                              (f" cpu={r['cpu']:.2f}s" if r.get("cpu") is not None else "") for r in res))
+    return out
+
+
+
 class Ctx:
     pass
 
@@ -1437,7 +1514,12 @@ def main():
     ap.add_argument("--no-fuse-overlayfs", action="store_true", help="leave fuse-overlayfs out")
     ap.add_argument("--list", action="store_true", help="list workloads and exit")
     ap.add_argument("--render-doc", action="store_true",
-                    help="only rewrite docs/PERFORMANCE.md from the stored results of the last two full runs")
+                    help="only rewrite docs/PERFORMANCE.md from the stored results of the last two full runs "
+                         "(or of --from)")
+    ap.add_argument("--from", dest="from_files", action="append", default=[], metavar="RESULT.json",
+                    help="with --render-doc: render these stored results (any kind) instead")
+    ap.add_argument("--doc", default=DOC, metavar="FILE",
+                    help="with --render-doc: the markdown file to rewrite (default docs/PERFORMANCE.md)")
     ap.add_argument("--dir", default=os.environ.get("STRATAFS_BENCH_DIR", "/var/tmp/stratafs-bench"))
     ap.add_argument("--stratafs", default=os.path.join(REPO, "target/release/stratafs"))
     ap.add_argument("--helper", required=True)
@@ -1446,8 +1528,10 @@ def main():
         for w in WORKLOADS:
             print(w[0] + ("  (--counts default)" if w[0] in COUNT_WORKLOADS else ""))
         return
+    if (a.from_files or a.doc != DOC) and not a.render_doc:
+        die("--from and --doc go with --render-doc")
     if a.render_doc:
-        update_doc(os.path.join(a.dir, "results"), STACK_VERSION)
+        update_doc(os.path.join(a.dir, "results"), STACK_VERSION, a.from_files, a.doc)
         return
     only = [x for o in a.only for x in o.split(",") if x]
     names = [w[0] for w in WORKLOADS]
@@ -1466,7 +1550,6 @@ def main():
     ctx.stratafs = a.stratafs
     ctx.baseline = os.path.abspath(a.baseline) if a.baseline else None
     ctx.counter = 0
-    ctx.counts = a.counts
     os.makedirs(a.dir, exist_ok=True)
     ctx.stack, ctx.manifest = ensure_stack(a.dir, a.smoke)
     ctx.lower = ":".join(os.path.join(ctx.stack, "layers", l) for l in ("l4", "l3", "l2", "l1", "l0"))
@@ -1486,38 +1569,14 @@ def main():
     meta["fs_underneath"] = f"layers and upper dirs on {df[0] if df else '?'}"
     result = {"meta": meta, "manifest": ctx.manifest, "measurements": []}
     t_start = time.time()
-    selected = [w for w in WORKLOADS if (w[0] in only if only else (w[0] in COUNT_WORKLOADS or not a.counts))]
-    if a.counts:
-        # Only daemons have something to count.
-        selected = [(n, fn, ["stratafs"] + (["fuse-overlayfs", "fuse-overlayfs-debug"] if "fuse-overlayfs" in fss else []))
-                    for n, fn, fss in selected if "stratafs" in fss]
-    if a.no_fuse_overlayfs:
-        selected = [(n, fn, [f for f in fss if not f.startswith("fuse-overlayfs")]) for n, fn, fss in selected]
-    if a.harness:
-        # The question is what stratafs pays for the harness: fuse-overlayfs
-        # is left out, the kernel stays for the ratios of the main table.
-        selected = [(n, fn, [f for f in fss if f != "fuse-overlayfs"] + (HARNESS_FS if "stratafs" in fss else []))
-                    for n, fn, fss in selected]
-    if a.baseline:
-        selected = [(n, fn, fss + (["stratafs-baseline"] if "stratafs" in fss else [])) for n, fn, fss in selected]
-    if any(n in OTHER_STACK for n, _, _ in selected):
-        ctx.walk_stack, ctx.walk_manifest = ensure_walk_stack(a.dir, a.smoke)
-        walk_lower = ":".join(os.path.join(ctx.walk_stack, "layers", l) for l in ("w1", "w0"))
-    for wname, fn, fss in selected:
-        lower = walk_lower if OTHER_STACK.get(wname) == "walk" else None
-        for rep in range(runs):
-            order = fss[rep % len(fss):] + fss[:rep % len(fss)]
-            for fs in order:
-                with Mount(ctx, fs, lower) as m:
-                    drop_caches()
-                    res = fn(ctx, m)
-                for r in res:
-                    r.update(workload=wname, rep=rep)
-                    result["measurements"].append(r)
-                log(f"{wname} rep {rep + 1}/{runs} {fs:16s} " +
-                    "  ".join(f"{r['variant']}={fmt_t(r['seconds'])}" +
-                              (f" cpu={r['cpu']:.2f}s" if r.get("cpu") is not None else "") for r in res))
+    result["measurements"] = run_pass(ctx, a, only, runs, a.counts)
     meta["wall_seconds"] = time.time() - t_start
+    if (meta["full"] or (a.smoke and not only and not a.harness)) and not a.counts:
+        # The counts of the doc: one untimed pass over the counted workloads
+        # after the timings, on the same stack.
+        t0 = time.time()
+        result["counts"] = {"runs": 1, "measurements": run_pass(ctx, a, [], 1, True),
+                            "wall_seconds": time.time() - t0}
     results_dir = os.path.join(a.dir, "results")
     os.makedirs(results_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -1533,12 +1592,15 @@ def main():
         md = render_counts(result, f"Requests and system calls per operation ({meta['date']})")
     else:
         md = render(result, f"{kind} run ({meta['date']})")
+        if "counts" in result:
+            md += "\n\n" + render_counts(counts_result(result), f"Requests and system calls per operation, {kind} run ({meta['date']})")
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
     print()
     print(md)
     print()
-    log(f"results: {base}.json / .md; wall time {meta['wall_seconds'] / 60:.1f} min")
+    log(f"results: {base}.json / .md; wall time {meta['wall_seconds'] / 60:.1f} min"
+        + (f" (and {result['counts']['wall_seconds'] / 60:.1f} min of counts)" if "counts" in result else ""))
     if meta["full"] and not a.no_doc:
         update_doc(results_dir, STACK_VERSION)
 
