@@ -365,15 +365,22 @@ def gen_git(g, path, commits, initial):
     sh(["git", "-C", path, "gc", "-q"], env=env)
 
 
+def cached_manifest(stack, version):
+    """The manifest of a stack generated earlier with this version, or None."""
+    mf = os.path.join(stack, "manifest.json")
+    if not os.path.exists(mf):
+        return None
+    with open(mf) as f:
+        m = json.load(f)
+    return m if m.get("version") == version else None
+
+
 def ensure_stack(base, smoke):
     stack = os.path.join(base, ("stack-smoke-" if smoke else "stack-") + STACK_VERSION)
-    mf = os.path.join(stack, "manifest.json")
-    if os.path.exists(mf):
-        with open(mf) as f:
-            m = json.load(f)
-        if m.get("version") == STACK_VERSION:
-            log(f"using cached stack {stack} ({m['merged_entries']} merged entries)")
-            return stack, m
+    m = cached_manifest(stack, STACK_VERSION)
+    if m:
+        log(f"using cached stack {stack} ({m['merged_entries']} merged entries)")
+        return stack, m
     return stack, gen_stack(stack, smoke)
 
 
@@ -382,13 +389,10 @@ def ensure_walk_stack(base, smoke):
     files in each leaf directory, 80 of them in w0 and 20 in w1, so that
     every leaf directory is merged from both layers."""
     stack = os.path.join(base, ("walk-smoke-" if smoke else "walk-") + WALK_VERSION)
-    mf = os.path.join(stack, "manifest.json")
-    if os.path.exists(mf):
-        with open(mf) as f:
-            m = json.load(f)
-        if m.get("version") == WALK_VERSION:
-            log(f"using cached stat-walk stack {stack} ({m['files']} files)")
-            return stack, m
+    m = cached_manifest(stack, WALK_VERSION)
+    if m:
+        log(f"using cached stat-walk stack {stack} ({m['files']} files)")
+        return stack, m
     tmp = stack + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
