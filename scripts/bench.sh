@@ -3,7 +3,7 @@
 #
 # Usage: bash scripts/bench.sh [--smoke] [--runs N] [--only WORKLOAD[,WORKLOAD...]]
 #                              [--harness] [--counts] [--baseline BIN]
-#                              [--no-fuse-overlayfs] [--no-doc] [--list]
+#                              [--no-fuse-overlayfs] [--no-counts] [--no-doc] [--list]
 #                              [--render-doc [--from RESULT.json ...] [--doc FILE]]
 #
 #   (no options)  full run: cached ~70k-entry 5-layer stack, 3 runs per
@@ -25,6 +25,7 @@
 #                 as stratafs-baseline; with --counts, before/after columns
 #                 (does not touch the doc)
 #   --no-fuse-overlayfs  leave fuse-overlayfs out
+#   --no-counts   a full run or --smoke without the counts pass
 #   --render-doc  rewrite docs/PERFORMANCE.md from the stored results only
 #                 (the last two full runs and the counts of the newest);
 #                 --from RESULT.json (repeatable) renders those stored results

@@ -1365,7 +1365,7 @@ def counts_result(r):
 def update_doc(results_dir, stack_version, files=None, doc_path=DOC):
     """Rewrites the results section of doc_path: the last two full runs of
     results_dir, or the stored results `files` (any kind, newest last), and
-    the counts of the newest one that has them."""
+    the counts of the newest full run (or file) that has them."""
     runs = []
     if files:
         for fn in files:
@@ -1378,7 +1378,8 @@ def update_doc(results_dir, stack_version, files=None, doc_path=DOC):
                     r = json.load(f)
                 if r["meta"].get("full") and r["manifest"].get("version") == stack_version:
                     runs.append(r)
-        runs = runs[-2:]
+    candidates = runs  # for the counts: every stored run considered
+    runs = runs if files else runs[-2:]
     if not runs:
         log(f"no stored full run in {results_dir}: {doc_path} left as it is")
         return
@@ -1404,7 +1405,7 @@ def update_doc(results_dir, stack_version, files=None, doc_path=DOC):
         body.append("")
     # The counts of the newest run that has them (they change with the code,
     # not with the machine's load: one table is enough).
-    with_counts = [r for r in runs if "counts" in r]
+    with_counts = [r for r in candidates if "counts" in r]
     if with_counts:
         r = with_counts[-1]
         body.append(render_counts(counts_result(r), f"Requests and system calls per operation ({kind(r).lower()}, "
@@ -1500,7 +1501,7 @@ class Ctx:
 
 def main():
     ap = argparse.ArgumentParser(prog="scripts/bench.sh")
-    ap.add_argument("--smoke", action="store_true", help="tiny stack, every workload once (CI)")
+    ap.add_argument("--smoke", action="store_true", help="tiny stack, every workload once, then the counts pass (CI)")
     ap.add_argument("--runs", type=int, default=None, help="repetitions per workload (default 3, smoke 1)")
     ap.add_argument("--only", action="append", default=[],
                     help="run only this workload (repeatable or comma-separated): " + ",".join(w[0] for w in WORKLOADS))
@@ -1516,6 +1517,9 @@ def main():
                          f"(workloads {','.join(COUNT_WORKLOADS)} unless --only; stratafs, --baseline and "
                          "fuse-overlayfs; one run each unless --runs; does not touch the doc)")
     ap.add_argument("--no-fuse-overlayfs", action="store_true", help="leave fuse-overlayfs out")
+    ap.add_argument("--no-counts", action="store_true",
+                    help="a full run or --smoke without its counts pass (the doc keeps the counts of the newest "
+                         "stored full run that has them)")
     ap.add_argument("--list", action="store_true", help="list workloads and exit")
     ap.add_argument("--render-doc", action="store_true",
                     help="only rewrite docs/PERFORMANCE.md from the stored results of the last two full runs "
@@ -1575,7 +1579,7 @@ def main():
     t_start = time.time()
     result["measurements"] = run_pass(ctx, a, only, runs, a.counts)
     meta["wall_seconds"] = time.time() - t_start
-    if (meta["full"] or (a.smoke and not only and not a.harness)) and not a.counts:
+    if (meta["full"] or (a.smoke and not only and not a.harness)) and not a.counts and not a.no_counts:
         # The counts of the doc: one untimed pass over the counted workloads
         # after the timings, on the same stack.
         t0 = time.time()
