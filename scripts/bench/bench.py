@@ -680,6 +680,9 @@ class Counter:
 
     def start(self):
         m = self.m
+        # What came before (the FORGETs a drop_caches sends, a RELEASE after
+        # the last close) is not the command's.
+        settle(m.pid)
         if m.fs in STATS_FS:
             self.req0 = stratafs_requests(m)
         if m.fs == "fuse-overlayfs-debug":
