@@ -29,6 +29,11 @@ pub(crate) struct OpenFile {
     pub(crate) on_upper: AtomicBool,
     /// The open flags (without `O_TRUNC`), for reopening the upper copy.
     pub(crate) flags: OFlags,
+    /// The privilege epoch (`HandleTable::privilege_epoch`) at which the
+    /// file was last seen without setuid, setgid-with-group-execute and
+    /// file capabilities; 0: not seen yet. While the epoch stays, writes
+    /// need not look again.
+    pub(crate) unprivileged_at: AtomicU64,
 }
 
 /// An open directory: its listing snapshot, taken at the first read from
@@ -48,11 +53,26 @@ pub(crate) struct HandleTable {
     files: DashMap<u64, Arc<OpenFile>>,
     dirs: DashMap<u64, Arc<OpenDir>>,
     next: AtomicU64,
+    /// Counts the changes that may have given some file setuid, setgid or
+    /// a capability (chmod, chown, setxattr): one for all files, changes
+    /// are rare next to writes.
+    privileges: AtomicU64,
 }
 
 impl HandleTable {
     fn id(&self) -> u64 {
         self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The current privilege epoch (never 0).
+    pub(crate) fn privilege_epoch(&self) -> u64 {
+        self.privileges.load(Ordering::Acquire) + 1
+    }
+
+    /// Some file may have gained setuid, setgid or a capability: open
+    /// files are to look again at their next write.
+    pub(crate) fn privileges_may_have_changed(&self) {
+        self.privileges.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Register an open file; returns its handle.
@@ -69,6 +89,7 @@ impl HandleTable {
             fd: RwLock::new(Arc::new(fd)),
             on_upper: AtomicBool::new(on_upper),
             flags: flags & !OFlags::TRUNC,
+            unprivileged_at: AtomicU64::new(0),
         };
         self.files.insert(id, Arc::new(f));
         id

@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use rustix::fs::{FallocateFlags, FileType, OFlags, SeekFrom, Stat};
 
+use super::attrs::unprivileged;
 use super::copyup::Data;
+use super::handles::OpenFile;
 use super::listing::{self, DirEntry};
 use super::node::Node;
+use super::notify::Invalidate;
 use super::overlay::Overlay;
 use crate::error::{Errno, Result};
 use crate::sys::fd;
@@ -38,8 +41,10 @@ fn wants_write(flags: OFlags) -> bool {
 }
 
 impl Overlay {
-    /// `open`: copy up first when the file is opened for writing.
-    pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+    /// `open`: copy up first when the file is opened for writing. An
+    /// `O_TRUNC` takes privileges away as a truncate does
+    /// (`drop_privileges`; `kill_suidgid`: the caller lacks `CAP_FSETID`).
+    pub(crate) fn open(&self, ino: u64, flags: i32, kill_suidgid: bool) -> Result<u64> {
         let node = self.node(ino)?;
         if node.is_dir() {
             return Err(Errno::ISDIR);
@@ -59,13 +64,43 @@ impl Overlay {
         let (fd, on_upper) = self.with_top(&node, |layer, top| {
             Ok((top.open(flags)?, self.stack.is_upper(layer)))
         })?;
+        if flags.contains(OFlags::TRUNC) && self.privileges_left_to_us(&node, kill_suidgid) {
+            if let Some(up) = self.upper_fd(&node)? {
+                if self.drop_privileges(&up, kill_suidgid)?.changed {
+                    // The kernel keeps the mode it had before the open.
+                    self.invalidate(Invalidate::Attr(node.ino));
+                }
+            }
+        }
         Ok(self.handles.add_file(node, fd, flags, on_upper))
+    }
+
+    /// Register the file `create` just made (attributes `st`, open as
+    /// `fd`): one made without setuid and setgid has no privileges for its
+    /// writes to take away.
+    pub(crate) fn add_created(&self, node: Arc<Node>, fd: OwnedFd, flags: i32, st: &Stat) -> u64 {
+        let epoch = self.handles.privilege_epoch();
+        let fh = self
+            .handles
+            .add_file(node, fd, OFlags::from_bits_retain(flags as _), true);
+        let perm = st.st_mode & 0o7777;
+        if unprivileged(perm) == perm {
+            if let Ok(f) = self.handles.file(fh) {
+                f.unprivileged_at.store(epoch, Ordering::Release);
+            }
+        }
+        fh
     }
 
     /// The fd to use for I/O on handle `fh` (switched to the upper copy
     /// once there is one).
     pub(crate) fn io_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
         let f = self.handles.file(fh)?;
+        self.file_fd(&f)
+    }
+
+    /// The fd to use for I/O on the open file `f`.
+    fn file_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
         if !f.on_upper.load(Ordering::Acquire) && f.node.has_upper() {
             let mut cur = f.fd.write();
             if !f.on_upper.load(Ordering::Acquire) {
@@ -108,9 +143,34 @@ impl Overlay {
         Ok(buf)
     }
 
-    /// `write`.
-    pub(crate) fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        let fd = self.io_fd(fh)?;
+    /// `write`, after taking away the privileges a write takes away
+    /// (`drop_privileges`; `kill_suidgid`: the caller lacks `CAP_FSETID`),
+    /// looked at once per open file while no chmod, chown or setxattr
+    /// happens.
+    pub(crate) fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> Result<u32> {
+        let f = self.handles.file(fh)?;
+        let fd = self.file_fd(&f)?;
+        if self.privileges_left_to_us(&f.node, kill_suidgid) {
+            let epoch = self.handles.privilege_epoch();
+            if f.unprivileged_at.load(Ordering::Acquire) != epoch {
+                let dropped = self.drop_privileges(&fd, kill_suidgid)?;
+                if dropped.changed {
+                    // Only a direct-I/O write comes without the kernel's
+                    // own request to drop them first (an attribute-less
+                    // setattr, whose reply updates its cached mode).
+                    self.invalidate(Invalidate::Attr(f.node.ino));
+                }
+                if dropped.clean {
+                    f.unprivileged_at.store(epoch, Ordering::Release);
+                }
+            }
+        }
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {

@@ -73,10 +73,20 @@ impl NodeState {
     }
 }
 
-/// Whether a node's lower object carries xattrs (`Node::lower_xattrs`).
+/// What a node knows of the xattrs clients can see on its top object
+/// (`Node::xattrs`): the state in the low bits, a stamp above them that
+/// every `forget_xattrs` moves on.
 const XATTRS_UNKNOWN: u8 = 0;
 const XATTRS_NONE: u8 = 1;
 const XATTRS_SOME: u8 = 2;
+/// Set when the state is that of the upper copy (else of the lower object).
+const XATTRS_OF_UPPER: u8 = 4;
+const XATTRS_STATE: u8 = 7;
+const XATTRS_STAMP: u8 = 8;
+
+/// What `Node::known_xattrs` saw, for `Node::note_xattrs`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct XattrsSeen(u8);
 
 /// One node of the merged tree.
 #[derive(Debug)]
@@ -94,10 +104,10 @@ pub(crate) struct Node {
     pub(crate) copy_lock: CopyLock,
     /// For directories: readers resolve names, writers change entries.
     pub(crate) dir_lock: DirLock,
-    /// Whether the top object carries xattrs, known once asked;
-    /// meaningful only while the node has no upper copy (lower layers never
-    /// change under a mount).
-    lower_xattrs: AtomicU8,
+    /// Whether the top object carries xattrs clients can see, known once
+    /// asked (lower layers never change under a mount; the upper copy
+    /// changes only through it, see `forget_xattrs`).
+    xattrs: AtomicU8,
     /// For directories: an entry was added, removed or renamed through
     /// this mount (see `Node::change_listing`).
     listing_changed: AtomicBool,
@@ -115,7 +125,7 @@ impl Node {
             state: StateLock::new(state),
             copy_lock: CopyLock::default(),
             dir_lock: DirLock::default(),
-            lower_xattrs: AtomicU8::new(XATTRS_UNKNOWN),
+            xattrs: AtomicU8::new(XATTRS_UNKNOWN),
             listing_changed: AtomicBool::new(false),
             used: AtomicU32::new(now_ms()),
         }
@@ -152,36 +162,42 @@ impl Node {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Whether the node's object is known to carry no xattrs: true only
-    /// while it has no upper copy and its lower object has none. The first
-    /// call lists the lower object's xattrs once.
-    pub(crate) fn lower_xattr_free(&self) -> bool {
-        let obj = {
-            let st = self.state.read();
-            if st.upper.is_some() {
-                return false;
-            }
-            match self.lower_xattrs.load(Ordering::Relaxed) {
-                XATTRS_NONE => return true,
-                XATTRS_SOME => return false,
-                _ => match st.lowers.first() {
-                    Some(l) => l.obj.clone(),
-                    None => return false,
-                },
-            }
-        };
-        match obj.list_xattr() {
-            Ok(names) => {
-                let known = if names.is_empty() {
-                    XATTRS_NONE
-                } else {
-                    XATTRS_SOME
-                };
-                self.lower_xattrs.store(known, Ordering::Relaxed);
-                names.is_empty()
-            }
-            Err(_) => false,
+    /// Whether the top object is known to carry no xattr clients can see
+    /// (`Ok(true)`) or some (`Ok(false)`); else what to pass to
+    /// `note_xattrs` once its xattrs were listed.
+    pub(crate) fn known_xattrs(&self) -> std::result::Result<bool, XattrsSeen> {
+        let v = self.xattrs.load(Ordering::Acquire);
+        let of_upper = v & XATTRS_OF_UPPER != 0;
+        match v & !XATTRS_OF_UPPER & XATTRS_STATE {
+            XATTRS_UNKNOWN => Err(XattrsSeen(v)),
+            // Known of the object that is on top now: a copy-up replaces
+            // the lower object's answer.
+            state if of_upper == self.has_upper() => Ok(state == XATTRS_NONE),
+            _ => Err(XattrsSeen(v)),
         }
+    }
+
+    /// Remember what a listing of the top object (the upper copy when
+    /// `upper`) found, unless `forget_xattrs` was called since `seen`.
+    pub(crate) fn note_xattrs(&self, seen: XattrsSeen, none: bool, upper: bool) {
+        let state = if none { XATTRS_NONE } else { XATTRS_SOME };
+        let tag = if upper { XATTRS_OF_UPPER } else { 0 };
+        let _ = self.xattrs.compare_exchange(
+            seen.0,
+            (seen.0 & !XATTRS_STATE) | state | tag,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The upper copy's xattrs changed (or may have): forget what was
+    /// known, also for listings under way.
+    pub(crate) fn forget_xattrs(&self) {
+        let _ = self
+            .xattrs
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some((v & !XATTRS_STATE).wrapping_add(XATTRS_STAMP))
+            });
     }
 
     /// Whether this is a directory.

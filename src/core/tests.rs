@@ -68,7 +68,7 @@ impl Fixture {
     }
 
     fn read(&self, ino: u64) -> Result<Vec<u8>> {
-        let fh = self.ov.open(ino, libc::O_RDONLY)?;
+        let fh = self.ov.open(ino, libc::O_RDONLY, false)?;
         let data = self.ov.read(fh, 0, 1 << 16);
         self.ov.release(fh);
         data
@@ -88,8 +88,8 @@ fn write_copies_up_and_keeps_the_inode_number() -> Result<()> {
     let ino = f.ino("d/file")?;
     assert_eq!(f.read(ino)?, b"lower data");
     assert!(!f.upper("d").exists());
-    let fh = f.ov.open(ino, libc::O_WRONLY)?;
-    assert_eq!(f.ov.write(fh, 0, b"UPPER")?, 5);
+    let fh = f.ov.open(ino, libc::O_WRONLY, false)?;
+    assert_eq!(f.ov.write(fh, 0, b"UPPER", false)?, 5);
     f.ov.release(fh);
     assert_eq!(std::fs::read(f.upper("d/file")).map_err(io)?, b"UPPER data");
     assert_eq!(f.ov.getattr(ino, None)?.1.st_size, 10);
@@ -177,12 +177,45 @@ fn lookup_references_are_given_back_when_not_handed_over() -> Result<()> {
 #[test]
 fn lseek_answers_only_data_and_hole() -> Result<()> {
     let f = fixture(&[("a", "some data")])?;
-    let fh = f.ov.open(f.ino("a")?, libc::O_RDONLY)?;
+    let fh = f.ov.open(f.ino("a")?, libc::O_RDONLY, false)?;
     assert_eq!(f.ov.lseek(fh, 0, libc::SEEK_DATA)?, 0);
     assert_eq!(f.ov.lseek(fh, 0, libc::SEEK_HOLE)?, 9);
     assert_eq!(f.ov.lseek(fh, 20, libc::SEEK_DATA), Err(Errno::NXIO));
     assert_eq!(f.ov.lseek(fh, 3, libc::SEEK_CUR), Err(Errno::INVAL));
     assert_eq!(f.ov.lseek(fh, 3, libc::SEEK_SET), Err(Errno::INVAL));
     f.ov.release(fh);
+    Ok(())
+}
+
+#[test]
+fn a_node_remembers_its_xattrs_until_they_change() -> Result<()> {
+    let f = fixture(&[("a", "x")])?;
+    let ino = f.ino("a")?;
+    let node = f.ov.node(ino)?;
+    assert!(node.known_xattrs().is_err(), "unknown at first");
+    assert_eq!(f.ov.getxattr(ino, b"user.x"), Err(Errno::NODATA));
+    assert_eq!(
+        node.known_xattrs().ok(),
+        Some(true),
+        "the lower file has none"
+    );
+    // A listing under way while the xattrs change is not remembered.
+    node.forget_xattrs();
+    let seen = node.known_xattrs().err().ok_or(Errno::IO)?;
+    node.forget_xattrs();
+    node.note_xattrs(seen, true, false);
+    assert!(node.known_xattrs().is_err());
+    // What was known of the lower file says nothing of its upper copy.
+    assert_eq!(f.ov.getxattr(ino, b"user.x"), Err(Errno::NODATA));
+    let fh = f.ov.open(ino, libc::O_WRONLY, false)?;
+    f.ov.release(fh);
+    assert!(node.known_xattrs().is_err(), "copied up");
+    assert_eq!(f.ov.listxattr(ino)?, b"");
+    assert_eq!(node.known_xattrs().ok(), Some(true), "the copy has none");
+    f.ov.setxattr(ino, b"user.x", b"1", 0)?;
+    assert_eq!(f.ov.getxattr(ino, b"user.x")?, b"1");
+    assert_eq!(node.known_xattrs().ok(), Some(false));
+    f.ov.removexattr(ino, b"user.x")?;
+    assert_eq!(f.ov.getxattr(ino, b"user.x"), Err(Errno::NODATA));
     Ok(())
 }

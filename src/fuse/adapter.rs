@@ -241,12 +241,18 @@ impl FuseOverlay {
 
     /// `create` without `O_EXCL` of a name another process created since
     /// the kernel looked it up: open what is there, as open(O_CREAT) does.
-    fn create_existing(&self, parent: u64, name: &[u8], flags: i32) -> Result<(Entry<'_>, u64)> {
+    fn create_existing(
+        &self,
+        parent: u64,
+        name: &[u8],
+        flags: i32,
+        kill_suidgid: bool,
+    ) -> Result<(Entry<'_>, u64)> {
         self.fs
             .lookup(parent, name)
             .and_then(|e| e.ok_or(Errno::NOENT))
             .and_then(|e| {
-                let fh = self.fs.open(e.node.ino, flags)?;
+                let fh = self.fs.open(e.node.ino, flags, kill_suidgid)?;
                 let stat = self.fs.stat_node(&e.node)?;
                 Ok((Entry { stat, ..e }, fh))
             })
@@ -311,6 +317,11 @@ impl Filesystem for FuseOverlay {
             // Shared mmap of files opened with direct I/O (files a fault
             // rule on reads or writes is about).
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
+            // Setuid, setgid and capabilities are taken away by the daemon
+            // (`Overlay::drop_privileges`), as the requests tell it: the
+            // kernel then no longer asks for `security.capability` before
+            // every write.
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks capability {cap:?}");
@@ -385,6 +396,7 @@ impl Filesystem for FuseOverlay {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         let call = self.begin(req, Op::Setattr, Target::Node(ino.0));
@@ -396,6 +408,8 @@ impl Filesystem for FuseOverlay {
             atime: set_time(atime),
             mtime: set_time(mtime),
             fh: fh.map(|h| h.0),
+            kill_suidgid,
+            caller: (req.uid(), req.gid()),
         };
         let r = call.run_or_noop(
             || self.fs.getattr(ino.0, set.fh).map(|(_, st)| st),
@@ -513,10 +527,17 @@ impl Filesystem for FuseOverlay {
         self.entry_reply(call, r, reply);
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        flags: OpenFlags,
+        kill_suidgid: bool,
+        reply: ReplyOpen,
+    ) {
         let target = Target::Node(ino.0);
         let call = self.begin(req, Op::Open, target);
-        let r = call.run(|| self.fs.open(ino.0, flags.0));
+        let r = call.run(|| self.fs.open(ino.0, flags.0, kill_suidgid));
         match call.end(r) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(self.h.direct_io(target))),
             Err(e) => reply.error(err(e)),
@@ -560,7 +581,7 @@ impl Filesystem for FuseOverlay {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -575,7 +596,10 @@ impl Filesystem for FuseOverlay {
         };
         let r = call.run_or_noop(
             || Ok(data.len() as u32),
-            || self.fs.write(fh.0, offset, data),
+            || {
+                let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+                self.fs.write(fh.0, offset, data, kill)
+            },
         );
         if let Ok(n) = &r {
             call.bytes(u64::from(*n));
@@ -848,6 +872,7 @@ impl Filesystem for FuseOverlay {
         mode: u32,
         umask: u32,
         flags: i32,
+        kill_suidgid: bool,
         reply: ReplyCreate,
     ) {
         let target = Target::Name(parent.0, name.as_bytes());
@@ -859,17 +884,15 @@ impl Filesystem for FuseOverlay {
                 .create_file(caller, parent.0, name.as_bytes(), umask, mode, flags)
             {
                 Ok((e, fd)) => {
-                    let of = rustix::fs::OFlags::from_bits_retain(flags as _);
                     let fh = self
                         .fs
-                        .handles
-                        .add_file(e.node.node().clone(), fd, of, true);
+                        .add_created(e.node.node().clone(), fd, flags, &e.stat);
                     Ok((e, fh))
                 }
                 // Another process created the name since the kernel looked
                 // it up: without O_EXCL, open(O_CREAT) opens what is there.
                 Err(e) if e == Errno::EXIST && flags & libc::O_EXCL == 0 => {
-                    self.create_existing(parent.0, name.as_bytes(), flags)
+                    self.create_existing(parent.0, name.as_bytes(), flags, kill_suidgid)
                 }
                 Err(e) => Err(e),
             }

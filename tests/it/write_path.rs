@@ -801,6 +801,56 @@ fn xattr_get_set_list_remove_match_the_kernel_overlay() {
             |r| sys::lgetxattr(&r.join("bared"), "user.y").map(|v| String::from_utf8(v).unwrap()),
             Ok("yv"),
         ),
+        // A file made through the mount: its upper copy's xattrs are
+        // remembered once asked, and forgotten at every change.
+        (
+            "get on a new file",
+            |r| {
+                sys::write_file(&r.join("new"), b"n", 0o644)?;
+                sys::lgetxattr(&r.join("new"), "security.capability").map(|_| String::new())
+            },
+            Err(libc::ENODATA),
+        ),
+        (
+            "list a new file",
+            |r| sys::llistxattr(&r.join("new")).map(|v| v.join(",")),
+            Ok(""),
+        ),
+        (
+            "set on the new file",
+            |r| ok(sys::lsetxattr(&r.join("new"), "user.n", b"nv", 0)),
+            Ok(""),
+        ),
+        (
+            "get it back",
+            |r| sys::lgetxattr(&r.join("new"), "user.n").map(|v| String::from_utf8(v).unwrap()),
+            Ok("nv"),
+        ),
+        (
+            "list it",
+            |r| sys::llistxattr(&r.join("new")).map(|v| v.join(",")),
+            Ok("user.n"),
+        ),
+        (
+            "remove it",
+            |r| ok(sys::lremovexattr(&r.join("new"), "user.n")),
+            Ok(""),
+        ),
+        (
+            "get after remove",
+            |r| sys::lgetxattr(&r.join("new"), "user.n").map(|_| String::new()),
+            Err(libc::ENODATA),
+        ),
+        (
+            "set once more",
+            |r| ok(sys::lsetxattr(&r.join("new"), "user.m", b"mv", 0)),
+            Ok(""),
+        ),
+        (
+            "get that",
+            |r| sys::lgetxattr(&r.join("new"), "user.m").map(|v| String::from_utf8(v).unwrap()),
+            Ok("mv"),
+        ),
         (
             "create existing",
             |r| {
