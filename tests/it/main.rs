@@ -18,6 +18,7 @@ mod library;
 mod lifecycle;
 mod ownership;
 mod read_path;
+mod redirect;
 mod store;
 mod stress;
 mod write_path;
