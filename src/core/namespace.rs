@@ -473,12 +473,17 @@ impl Overlay {
         }
         if let Some(dn) = &dst_node {
             if !exchange && dn.is_dir() && !self.is_empty_dir(&dn.dir_layers())? {
-                // The kernel marks a pure upper directory that moves into a
-                // merged directory opaque before the upper rename finds a
-                // non-empty pure upper target; keep the upper identical.
-                if !dn.has_lowers() && src_node.is_dir() && src_node.has_upper() && d2.has_lowers()
-                {
-                    make_opaque(&self.stack.formats, &src_node)?;
+                // The kernel copies the source up and marks it (opaque, or
+                // its redirect) before the upper rename finds a non-empty
+                // pure upper target; keep the upper identical.
+                if !dn.has_lowers() && src_node.is_dir() {
+                    if src_node.has_lowers() {
+                        self.copy_up(&src_node, Data::All)?;
+                    }
+                    if src_node.has_upper() {
+                        let samedir = parent == newparent;
+                        self.mark_moved_dir(&src_node, (parent, name), samedir, &d2)?;
+                    }
                 }
                 return Err(Errno::NOTEMPTY);
             }

@@ -90,6 +90,7 @@ pub(crate) fn resolve_in(
     let mut target = Target::Name(name.to_vec());
     let bottom = stack.map_or(0, |s| s.layers.len().saturating_sub(1));
     let mut next = 0;
+    let mut stop_after = false;
     loop {
         let (hit, more_below, layer) = match &mut target {
             Target::Name(n) => {
@@ -106,7 +107,11 @@ pub(crate) fn resolve_in(
                     break;
                 }
                 *after = layer;
-                (walk(s, layer, parts)?, layer < bottom, layer)
+                let (hit, opaque_on_path) = walk(s, layer, parts)?;
+                // An opaque directory on the path: no layer below counts,
+                // unless the directory found redirects again.
+                stop_after = opaque_on_path;
+                (hit, layer < bottom && !opaque_on_path, layer)
             }
         };
         let (st, here) = match hit {
@@ -149,8 +154,14 @@ pub(crate) fn resolve_in(
             break;
         }
         let Some((r, s)) = redirect.zip(stack) else {
+            if stop_after {
+                break;
+            }
             continue;
         };
+        if stop_after && !matches!(r, Redirect::Absolute(_)) {
+            break;
+        }
         if !s.redirect.follow() {
             log::warn!(
                 "refusing to follow the redirect of directory {} (redirect_dir=nofollow)",
@@ -218,22 +229,25 @@ fn hit_in(l: &LayerFd, name: &[u8], more_below: bool) -> Result<Hit> {
 }
 
 /// Walk `parts` from the root of layer `layer`, one name at a time. A
-/// missing name means the layer has nothing there; a whiteout, a
-/// non-directory or an opaque directory on the way ends the search.
-fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<Hit> {
+/// missing name means the layer has nothing there; a whiteout or a
+/// non-directory on the way ends the search. Also says whether a directory
+/// on the way is opaque (the walk goes on in this layer, as the kernel's
+/// does, but no layer below counts).
+fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
     let Some(root) = stack.layers.get(layer) else {
-        return Ok(Hit::End);
+        return Ok((Hit::End, false));
     };
+    let mut opaque_on_path = false;
     let mut dir = Arc::new(fd::dup_path(&root.root)?);
     let last = parts.len().saturating_sub(1);
     for (i, p) in parts.iter().enumerate() {
         let st = match fd::stat_at(&*dir, p) {
             Ok(st) => st,
-            Err(Errno::NOENT) => return Ok(Hit::Missing),
+            Err(Errno::NOENT) => return Ok((Hit::Missing, opaque_on_path)),
             Err(e) => return Err(e),
         };
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-            return Ok(Hit::End);
+            return Ok((Hit::End, opaque_on_path));
         }
         dir = Arc::new(fd::open_dir_path(&*dir, p)?);
         if i == last {
@@ -242,13 +256,13 @@ fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<Hit> {
                 fd: dir,
                 index: Some(Arc::default()),
             };
-            return Ok(Hit::Dir(st, here));
+            return Ok((Hit::Dir(st, here), opaque_on_path));
         }
-        if layer + 1 < stack.layers.len() && opaque::is_opaque(&*dir)? {
-            return Ok(Hit::End);
+        if !opaque_on_path && layer + 1 < stack.layers.len() && opaque::is_opaque(&*dir)? {
+            opaque_on_path = true;
         }
     }
-    Ok(Hit::Missing)
+    Ok((Hit::Missing, opaque_on_path))
 }
 
 /// The redirect recorded on the directory `here` (named `name`), checked.
