@@ -329,3 +329,82 @@ fn a_redirect_written_before_the_rename_shows_the_old_state() {
     );
     drop(sm);
 }
+
+/// Directory renames (within a directory, into one and back out) while the
+/// daemon is killed with SIGKILL at a random moment: after a remount every
+/// directory shows up exactly once, at its name before or after the
+/// rename that was under way, with its lower content.
+#[test]
+fn sigkill_during_directory_renames_shows_the_old_or_the_new_name() {
+    const IDS: [&str; 4] = ["d0", "d1", "d2", "d3"];
+    let mut lower = Layer::new().file("Q/keep", "k");
+    for id in IDS {
+        lower = lower.file(&format!("{id}/id"), id);
+    }
+    let s = stack(vec![lower], Layer::new()).build(Markers::AsWritten);
+    let mut at: std::collections::BTreeMap<&str, String> =
+        IDS.iter().map(|id| (*id, id.to_string())).collect();
+    let mut rng = Rng::new(env_u64("STRATAFS_REDIRECT_CRASH_SEED", 0x5244_4952));
+    for round in 0..8 {
+        let m = s.mount_strata_with("redirect_dir=on");
+        let pid = m.daemon_pid().expect("daemon pid");
+        let delay = std::time::Duration::from_millis(1 + rng.below(30) as u64);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: a plain kill(2) of the daemon this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let mut under_way = None;
+        for n in 0.. {
+            let id = *rng.pick(&IDS);
+            let from = at[id].clone();
+            let to = if from.starts_with("Q/") || rng.chance(50) {
+                format!("{id}-{round}-{n}")
+            } else {
+                format!("Q/{id}-{round}-{n}")
+            };
+            under_way = Some((id, to.clone()));
+            if sys::rename(&s.m(&from), &s.m(&to)).is_err() {
+                break;
+            }
+            at.insert(id, to);
+            under_way = None;
+        }
+        let _ = killer.join();
+        drop(m);
+        let m = s.mount_strata();
+        for id in IDS {
+            let shows = |p: &str| std::fs::read_to_string(s.m(&format!("{p}/id"))).ok();
+            let old = shows(&at[id]);
+            let new = match &under_way {
+                Some((u, to)) if *u == id => shows(to),
+                _ => None,
+            };
+            match (old.as_deref(), new.as_deref()) {
+                (Some(v), None) => assert_eq!(v, id),
+                (None, Some(v)) => {
+                    assert_eq!(v, id);
+                    let to = under_way.as_ref().map(|(_, t)| t.clone());
+                    at.insert(id, to.unwrap_or_default());
+                }
+                other => panic!(
+                    "round {round}: {id} at {} / {under_way:?}: {other:?}",
+                    at[id]
+                ),
+            }
+        }
+        let mut want_top: Vec<String> = vec!["Q".to_string()];
+        let mut want_q: Vec<String> = vec!["keep".to_string()];
+        for p in at.values() {
+            match p.strip_prefix("Q/") {
+                Some(n) => want_q.push(n.to_string()),
+                None => want_top.push(p.clone()),
+            }
+        }
+        want_top.sort();
+        want_q.sort();
+        assert_eq!(list_dir(&s.mnt), Ok(want_top), "round {round}");
+        assert_eq!(list_dir(&s.m("Q")), Ok(want_q), "round {round}");
+        drop(m);
+    }
+}
