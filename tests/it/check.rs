@@ -1097,11 +1097,7 @@ fn redirects_are_checked_and_followed_below_renamed_directories() {
     // A whiteout inside a renamed directory hides its lower content.
     assert_ok(sys::unlink(&st.m("C2/g")), "rm C2/g");
     drop(m);
-    let key = if OpaqueForm::kernel() == OpaqueForm::Trusted {
-        "trusted.overlay.redirect"
-    } else {
-        "user.overlay.redirect"
-    };
+    let key = crate::redirect::redirect_key();
     assert_ok(lsetxattr(&st.u("bad"), key, b"/../x", 0), "bad");
     assert_ok(lsetxattr(&st.u("ghost"), key, b"/nothing", 0), "ghost");
     let r = run(&opts(&st, true, false));

@@ -111,6 +111,15 @@ fn tree(m: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The redirect record's name in the namespace the tests' stacks use.
+pub(crate) fn redirect_key() -> &'static str {
+    if OpaqueForm::kernel() == OpaqueForm::Trusted {
+        "trusted.overlay.redirect"
+    } else {
+        "user.overlay.redirect"
+    }
+}
+
 /// The overlay's redirect and opaque records below `upper`, by path.
 fn records(upper: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -271,11 +280,7 @@ fn hostile_redirects_are_refused() {
             .dir("long"),
     )
     .build(Markers::AsWritten);
-    let key = if OpaqueForm::kernel() == OpaqueForm::Trusted {
-        "trusted.overlay.redirect"
-    } else {
-        "user.overlay.redirect"
-    };
+    let key = redirect_key();
     let long = format!("/{}", "a".repeat(300));
     for (dir, v) in [
         ("dotdot", "/../../etc"),
@@ -314,11 +319,7 @@ fn a_redirect_written_before_the_rename_shows_the_old_state() {
     assert_ok(sys::chmod(&s.m("C"), 0o755), "copy-up C");
     assert_ok(sys::mkdir(&s.m("A/new"), 0o755), "copy-up A");
     drop(sm);
-    let key = if OpaqueForm::kernel() == OpaqueForm::Trusted {
-        "trusted.overlay.redirect"
-    } else {
-        "user.overlay.redirect"
-    };
+    let key = redirect_key();
     assert_ok(sys::lsetxattr(&s.u("C"), key, b"C", 0), "relative");
     assert_ok(sys::lsetxattr(&s.u("A"), key, b"/A", 0), "absolute");
     let sm = s.mount_strata();
