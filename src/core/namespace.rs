@@ -473,15 +473,20 @@ impl Overlay {
         }
         if let Some(dn) = &dst_node {
             if !exchange && dn.is_dir() && !self.is_empty_dir(&dn.dir_layers())? {
-                // The kernel copies the source up and marks it (opaque, or
-                // its redirect) before the upper rename finds a non-empty
-                // pure upper target; keep the upper identical.
+                // The kernel copies the source up, marks the new parent
+                // impure and the source (opaque, or its redirect) before
+                // the upper rename finds a non-empty pure upper target;
+                // keep the upper identical.
                 if !dn.has_lowers() && src_node.is_dir() {
                     if src_node.has_lowers() {
                         self.copy_up(&src_node, Data::All)?;
                     }
                     if src_node.has_upper() {
                         let samedir = parent == newparent;
+                        if !samedir {
+                            let p2 = self.copy_up(&d2, Data::All)?;
+                            self.impure_if_origin(&src_node, &p2);
+                        }
                         self.mark_moved_dir(&src_node, (parent, name), samedir, &d2)?;
                     }
                 }
