@@ -229,10 +229,10 @@ fn hit_in(l: &LayerFd, name: &[u8], more_below: bool) -> Result<Hit> {
 }
 
 /// Walk `parts` from the root of layer `layer`, one name at a time. A
-/// missing name means the layer has nothing there; a whiteout or a
-/// non-directory on the way ends the search. Also says whether a directory
-/// on the way is opaque (the walk goes on in this layer, as the kernel's
-/// does, but no layer below counts).
+/// missing name means the layer has nothing there; a whiteout (of either
+/// form) or a non-directory on the way ends the search. Also says whether
+/// a directory on the way is opaque (the walk goes on in this layer, as
+/// the kernel's does, but no layer below counts).
 fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
     let Some(root) = stack.layers.get(layer) else {
         return Ok((Hit::End, false));
@@ -243,6 +243,11 @@ fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
     for (i, p) in parts.iter().enumerate() {
         let st = match fd::stat_at(&*dir, p) {
             Ok(st) => st,
+            // A `.wh.` file is a whiteout too (in the bottom layer it
+            // hides nothing, and nothing is searched below it anyway).
+            Err(Errno::NOENT) if whiteout::has_wh_file(&*dir, p) => {
+                return Ok((Hit::End, opaque_on_path))
+            }
             Err(Errno::NOENT) => return Ok((Hit::Missing, opaque_on_path)),
             Err(e) => return Err(e),
         };
