@@ -409,3 +409,35 @@ fn sigkill_during_directory_renames_shows_the_old_or_the_new_name() {
         drop(m);
     }
 }
+
+/// A whiteout of either form on the path an absolute redirect names ends
+/// the search there: nothing of a lower layer below it shows through.
+#[test]
+fn a_whiteout_on_a_redirect_path_hides_the_layers_below() {
+    for form in WhiteoutForm::ALL {
+        let s = stack(
+            vec![
+                Layer::new().file("c/g", "g"),
+                Layer::new().whiteout_as("c", form),
+                Layer::new().file("c/hidden", "h"),
+            ],
+            Layer::new().dir("P"),
+        )
+        .build(Markers::AsWritten);
+        let m = s.mount_strata_with("redirect_dir=on");
+        assert_ok(sys::rename(&s.m("c"), &s.m("P/moved")), "rename");
+        assert_eq!(
+            list_dir(&s.m("P/moved")),
+            Ok(vec!["g".to_string()]),
+            "{form:?}"
+        );
+        drop(m);
+        let m = s.mount_strata();
+        assert_eq!(
+            list_dir(&s.m("P/moved")),
+            Ok(vec!["g".to_string()]),
+            "{form:?} after a remount"
+        );
+        drop(m);
+    }
+}
