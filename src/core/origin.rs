@@ -25,6 +25,9 @@ use crate::sys::xattr;
 pub(crate) enum Source {
     /// This lower object (its attributes).
     Lower(Stat),
+    /// The lower inode (device, inode number) the record's handle names,
+    /// read from the handle where it could not be opened (rootless).
+    Handle(u64, u64),
     /// An id recorded by an earlier version, in its numbering.
     LegacyId(u64),
     /// Nothing is known.
@@ -103,7 +106,49 @@ pub(crate) fn source(
             Err(_) => {}
         }
     }
+    if !stack.open_handles {
+        if let Some((dev, ino)) = handle_identity(stack, &r) {
+            return Source::Handle(dev, ino);
+        }
+    }
     legacy_source(upper)
+}
+
+/// `FILEID_INO32_GEN` and `FILEID_INO32_GEN_PARENT`: the inode number and
+/// generation first (then the parent's).
+const FILEID_INO32_GEN: u8 = 1;
+const FILEID_INO32_GEN_PARENT: u8 = 2;
+
+/// The lower inode an origin record names, read from the handle itself:
+/// where the lower layers of the record's filesystem write handles as
+/// (inode number, generation) and share one device. Only for numbering (a
+/// renamed copy keeps its lower original's number, as in the kernel
+/// overlay, which opens the handle); the object is not reached so.
+fn handle_identity(stack: &Stack, r: &origin::Record) -> Option<(u64, u64)> {
+    if !matches!(r.handle.kind, FILEID_INO32_GEN | FILEID_INO32_GEN_PARENT) {
+        return None;
+    }
+    let mut layers = stack
+        .layers
+        .iter()
+        .skip(usize::from(stack.has_upper))
+        .filter(|l| l.uuid == r.uuid);
+    let first = layers.next()?;
+    if !first.ino_handles || layers.any(|l| l.dev != first.dev || !l.ino_handles) {
+        return None;
+    }
+    let ino = u32::from_ne_bytes(r.handle.bytes.get(..4)?.try_into().ok()?);
+    Some((first.dev, u64::from(ino)))
+}
+
+/// Whether every origin record can be read without opening its handle
+/// (`handle_identity`): all lower layers write inode-number handles.
+fn handles_name_inodes(stack: &Stack) -> bool {
+    stack
+        .layers
+        .iter()
+        .skip(usize::from(stack.has_upper))
+        .all(|l| l.ino_handles)
 }
 
 /// Whether a copy of stat `st` is numbered by its own inode although its
@@ -112,8 +157,11 @@ pub(crate) fn source(
 /// a file with several upper names (or an index entry) would get another
 /// number through each of its other names. Every name gives the copy's own
 /// inode number then, as the kernel overlay numbers every copy rootless.
+/// Not where the records can be read without opening them
+/// (`handle_identity`): every name tells the same origin then.
 pub(crate) fn numbered_by_copy(stack: &Stack, st: &Stat) -> bool {
     !stack.open_handles
+        && !handles_name_inodes(stack)
         && FileType::from_raw_mode(st.st_mode) != FileType::Directory
         && st.st_nlink > 1
 }

@@ -331,6 +331,15 @@ impl Overlay {
                     (!is_dir).then_some((l.st_dev, l.st_ino)),
                     !is_dir && l.st_nlink > 1,
                 ),
+                Source::Handle(dev, ino) => (
+                    if origin::numbered_by_copy(&self.stack, &stat) {
+                        self.copy_ino(&stat, Some((dev, ino)))
+                    } else {
+                        self.inodes.ino_for(dev, ino)
+                    },
+                    (!is_dir).then_some((dev, ino)),
+                    false,
+                ),
                 Source::LegacyId(id) => (
                     self.legacy_ino(id)
                         .unwrap_or_else(|| self.inodes.ino_for(stat.st_dev, stat.st_ino)),
@@ -486,7 +495,7 @@ impl Overlay {
                 };
                 let candidates = || lower_candidates(&lower, s.name);
                 match origin::source(&self.stack, &upper, candidates) {
-                    Source::Lower(_)
+                    Source::Lower(_) | Source::Handle(..)
                         if !self.stack.open_handles
                             && upper
                                 .stat()
@@ -495,6 +504,7 @@ impl Overlay {
                         own()
                     }
                     Source::Lower(l) => self.inodes.ino_for(l.st_dev, l.st_ino),
+                    Source::Handle(dev, ino) => self.inodes.ino_for(dev, ino),
                     Source::LegacyId(id) => self.legacy_ino(id).unwrap_or_else(own),
                     Source::Unknown => own(),
                 }

@@ -38,6 +38,21 @@ pub(crate) struct Layer {
     /// Set once cloning data from this layer into the upper was refused
     /// in a way that holds for every file (no clone is tried again).
     pub(crate) clone_refused: AtomicBool,
+    /// Whether the layer's filesystem writes file handles of the generic
+    /// `FILEID_INO32_GEN` kinds with the inode number first (ext2/3/4,
+    /// XFS): an origin record then names its lower inode without being
+    /// opened (`core::origin`).
+    pub(crate) ino_handles: bool,
+}
+
+/// Whether the filesystem of `fd` writes `FILEID_INO32_GEN` handles as
+/// (inode number, generation): ext2/3/4 and XFS do; others (tmpfs, btrfs,
+/// ...) put other things first or use kinds of their own.
+fn writes_ino_handles(fd: &OwnedFd) -> bool {
+    const EXT4_SUPER_MAGIC: u64 = 0xEF53;
+    const XFS_SUPER_MAGIC: u64 = 0x5846_5342;
+    rustix::fs::fstatfs(fd)
+        .is_ok_and(|s| matches!(s.f_type as u64, EXT4_SUPER_MAGIC | XFS_SUPER_MAGIC))
 }
 
 /// All layers, the work directory and what the upper filesystem supports.
@@ -146,6 +161,7 @@ impl Stack {
                 })?;
             ids.push(((st.st_dev, st.st_ino), "upperdir", u.clone()));
             let uuid = raw::fs_uuid(fd.as_fd()).unwrap_or_default();
+            let ino_handles = writes_ino_handles(&fd);
             layers.push(Layer {
                 idx: 0,
                 root: fd,
@@ -154,6 +170,7 @@ impl Stack {
                 override_xattr: None,
                 uuid,
                 clone_refused: AtomicBool::new(false),
+                ino_handles,
             });
         }
         for l in &opts.lowerdirs {
@@ -164,6 +181,7 @@ impl Stack {
                 idx: layers.len(),
                 override_xattr: override_stat::probe_root(&fd),
                 uuid,
+                ino_handles: writes_ino_handles(&fd),
                 root: fd,
                 dev: st.st_dev,
                 path: l.clone(),

@@ -20,6 +20,21 @@ pub fn stat(p: &Path) -> Result<libc::stat, i32> {
     Ok(st)
 }
 
+/// The `f_type` of the filesystem `p` is on.
+pub fn fs_type(p: &Path) -> Result<i64, i32> {
+    let c = cpath(p);
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
+/// Whether the filesystem `p` is on writes file handles that start with the
+/// inode number (ext2/3/4, XFS): stratafs reads origin records of such
+/// layers without opening them (rootless).
+pub fn handles_name_inodes(p: &Path) -> bool {
+    matches!(fs_type(p), Ok(0xEF53) | Ok(0x5846_5342))
+}
+
 pub fn fstat(fd: &OwnedFd) -> Result<libc::stat, i32> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
