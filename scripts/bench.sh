@@ -2,20 +2,35 @@
 # Benchmark stratafs against the kernel overlay and fuse-overlayfs.
 #
 # Usage: bash scripts/bench.sh [--smoke] [--runs N] [--only WORKLOAD[,WORKLOAD...]]
-#                              [--harness] [--baseline BIN] [--no-doc] [--list]
-#                              [--render-doc]
+#                              [--harness] [--counts] [--baseline BIN]
+#                              [--no-fuse-overlayfs] [--no-counts] [--no-doc] [--list]
+#                              [--render-doc [--from RESULT.json ...] [--doc FILE]]
 #
 #   (no options)  full run: cached ~70k-entry 5-layer stack, 3 runs per
-#                 workload, results written to docs/PERFORMANCE.md
-#   --smoke       tiny stack, every workload once (about a minute; for CI)
+#                 workload, then one --counts pass (untimed), results
+#                 written to docs/PERFORMANCE.md
+#   --smoke       tiny stack, every workload once, then the --counts pass
+#                 (about two minutes; for CI)
 #   --runs N      repetitions per workload (median is reported)
 #   --only W      only these workloads (see --list); does not touch the doc
 #   --harness     also stratafs with metrics=0 and with one unrelated fault
 #                 rule, without fuse-overlayfs: the cost of the test-harness
 #                 mode (does not touch the doc)
+#   --counts      count instead of timing: FUSE requests (stratafs's
+#                 counters; fuse-overlayfs's -d log) and daemon system calls
+#                 (strace -c) per operation, for untar, create, rmrf, copyup,
+#                 find and lslr (or --only); a markdown table in the results
+#                 dir (does not touch the doc)
 #   --baseline BIN  also another stratafs binary (a build of an older commit),
-#                 as stratafs-baseline (does not touch the doc)
+#                 as stratafs-baseline; with --counts, before/after columns
+#                 (does not touch the doc)
+#   --no-fuse-overlayfs  leave fuse-overlayfs out
+#   --no-counts   a full run or --smoke without the counts pass
 #   --render-doc  rewrite docs/PERFORMANCE.md from the stored results only
+#                 (the last two full runs and the counts of the newest);
+#                 --from RESULT.json (repeatable) renders those stored results
+#                 of any kind instead (e.g. a smoke run's, to check the
+#                 rendering), --doc FILE writes to another file
 #
 # Needs root (kernel overlay mounts, drop_caches). The generated stack is
 # cached in $STRATAFS_BENCH_DIR (default /var/tmp/stratafs-bench); results
@@ -71,7 +86,7 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 echo "bench: checking dependencies"
-bash scripts/install-deps.sh gcc make git tar python3 e2fsprogs
+bash scripts/install-deps.sh gcc make git tar python3 e2fsprogs strace
 
 echo "bench: cargo build --release"
 for attempt in 1 2 3 4 5 6; do
@@ -87,7 +102,7 @@ for attempt in 1 2 3 4 5 6; do
 done
 # Run a private copy so that a concurrent rebuild cannot swap the binary mid-run.
 mkdir -p "$BENCH_DIR/bin"
-install -m 0755 target/release/stratafs "$BENCH_DIR/bin/stratafs"
+install -m 0755 "${CARGO_TARGET_DIR:-target}/release/stratafs" "$BENCH_DIR/bin/stratafs"
 
 gcc -O2 -Wall -Werror -o "$BENCH_DIR/bin/benchhelper" scripts/bench/benchhelper.c
 

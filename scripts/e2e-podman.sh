@@ -4,6 +4,7 @@
 # as an unprivileged user (rootless podman).
 #
 # Usage: bash scripts/e2e-podman.sh [--root-only | --rootless-only] [--keep]
+#                                   [--timing [--update-doc] | --no-timing]
 #
 # Everything lives in a private temp dir: storage.conf, containers.conf,
 # registries.conf and policy.json are private files handed to the engines
@@ -17,6 +18,18 @@
 #
 # No registry is needed: the base image is imported from a busybox-static
 # rootfs, a second layer is built with `podman build`.
+#
+# Build timings (root): each build scenario is built with podman twice, in two
+# fresh stores side by side, one with stratafs as mount_program and one with
+# podman's native overlay driver (the kernel overlay), and printed as a table
+# with a breakdown of the build step: the same step done by hand with buildah
+# (from, mount, COPY, RUN), the naive-diff walk alone (`podman diff` of the
+# working container) and the commit, and for the mount program the number and
+# time of its mounts (the wrapper logs when each call returns). Scenarios:
+# `layered` (the RUN of the layered image), `untar` (COPY of a tarball of small
+# files, RUN tar -x); with --timing also `dpkg` (a Debian base image and perl's
+# .debs made from the host's installed packages by scripts/e2e/debroot.py,
+# COPY of the .debs, RUN dpkg -i), more files in `untar`, and 3 runs each.
 #
 # The mount_program is a wrapper that logs its argv (one line per call) and
 # execs stratafs; the checks also look for `fuse.stratafs` as the container's
@@ -39,6 +52,16 @@
 #                       log is otherwise lost); the wrapper exits 0 once the
 #                       mount shows up.  Use with --keep.
 #   E2E_KEEP=1          keep the temp dir (same as --keep)
+#   E2E_TIMING          basic (default: layered and a 500-file untar, one
+#                       run), full (same as --timing), 0 (same as --no-timing)
+#   E2E_TIMING_RUNS     runs per scenario and driver (basic 1, full 3)
+#   E2E_TIMING_FILES    files in the untar scenario (basic 500, full 10000)
+#   E2E_TIMING_OUT      also write the timing tables (markdown) to this file
+#
+# --update-doc (with --timing, on an otherwise idle machine): also write the
+# timing table into docs/PERFORMANCE.md, between its "E2E BUILD TIMES"
+# markers, if every timed build with stratafs passed (E2E_TIMING_DOC=FILE:
+# into FILE instead).
 #
 # Output: a PASS/FAIL/SKIP line per check and `e2e: N passed, M failed`.
 # (Container-side scripts are single-quoted on purpose.)
@@ -51,11 +74,15 @@ helpers=$repo/scripts/e2e
 do_root=1
 do_rootless=1
 keep=${E2E_KEEP:-0}
+update_doc=0
 for arg in "$@"; do
     case $arg in
         --root-only) do_rootless=0 ;;
         --rootless-only) do_root=0 ;;
         --keep) keep=1 ;;
+        --timing) E2E_TIMING=full ;;
+        --no-timing) E2E_TIMING=0 ;;
+        --update-doc) update_doc=1 ;;
         -h | --help)
             sed -n '2,/^set -uo/{/^#/p}' "${BASH_SOURCE[0]}" | sed '/on purpose\|shellcheck/d; s/^# \{0,1\}//'
             exit 0
@@ -68,6 +95,18 @@ for arg in "$@"; do
 done
 
 e2e_user=${E2E_USER:-stratafs-e2e}
+timing=${E2E_TIMING:-basic}
+case $timing in
+    basic | full | 0) ;;
+    *)
+        echo "e2e: E2E_TIMING must be basic, full or 0" >&2
+        exit 2
+        ;;
+esac
+if ((update_doc)) && [[ $timing != full || $do_root == 0 ]]; then
+    echo "e2e: --update-doc needs --timing and the root part" >&2
+    exit 2
+fi
 cmd_timeout=${E2E_TIMEOUT:-180}
 start_time=$(date +%s)
 
@@ -148,7 +187,7 @@ if [[ -z "$stratafs_src" && -z "${E2E_MOUNT_PROGRAM:-}" ]]; then
         . "$HOME/.cargo/env"
     fi
     (cd "$repo" && cargo build --release --quiet) || die "cargo build --release failed"
-    stratafs_src=$repo/target/release/stratafs
+    stratafs_src=${CARGO_TARGET_DIR:-$repo/target}/release/stratafs
 fi
 [[ -n "${E2E_MOUNT_PROGRAM:-}" || -x "$stratafs_src" ]] || die "stratafs binary not found: $stratafs_src"
 
@@ -202,10 +241,13 @@ cleanup() {
             pp=$(cat "$T/rootless/run/libpod/tmp/pause.pid" 2>/dev/null)
             [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
         fi
-        if [[ -f $T/root/ready ]]; then
-            root_eng podman rm -a -f -t 0 >/dev/null 2>&1
-            root_eng buildah rm --all >/dev/null 2>&1
-        fi
+        local s
+        for s in root tm-mp tm-k; do
+            if [[ -f $T/$s/ready ]]; then
+                root_eng_in "$T/$s" podman rm -a -f -t 0 >/dev/null 2>&1
+                root_eng_in "$T/$s" buildah rm --all >/dev/null 2>&1
+            fi
+        done
         # Whatever is still mounted under $T in the namespace, deepest first.
         inns awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r |
             while read -r m; do inns umount -l "$m" 2>/dev/null; done
@@ -275,9 +317,18 @@ fstype=fuse.$prog_name
 install -m 0755 "$stratafs_src" "$T/bin/$prog_name"
 info "mount program: $stratafs_src (mounts of type $fstype)"
 
-# The mount program: logs argv, then runs stratafs.  $1 = log directory.
+# The mount program: logs argv, then runs stratafs.  $1 = log directory;
+# $2 = timed: instead of exec'ing stratafs, wait for it (it returns once the
+# mount is live) and append "START_NS END_NS STATUS" to mount-times.log.
 make_wrapper() {
-    local dir=$1 w=$1/mount-program
+    local dir=$1 w=$1/mount-program run="exec $T/bin/$prog_name \"\$@\""
+    if [[ ${2:-} == timed ]]; then
+        run="t0=\$(date +%s%N)
+$T/bin/$prog_name \"\$@\"
+rc=\$?
+echo \"\$t0 \$(date +%s%N) \$rc\" >>$dir/mount-times.log
+exit \$rc"
+    fi
     cat >"$w" <<EOF
 #!/bin/sh
 # mount_program wrapper written by scripts/e2e-podman.sh
@@ -303,7 +354,7 @@ if [ "\${E2E_STRATAFS_LOG:-$E2E_LOG_DEFAULT}" = 1 ]; then
     echo "stratafs: mount did not appear within 10s" >&2
     exit 1
 fi
-exec $T/bin/$prog_name "\$@"
+$run
 EOF
     chmod 0755 "$w"
 }
@@ -360,13 +411,15 @@ RUN sh /e2e/layer2.sh
 EOF
 chmod -R a+rX "$T/buildctx"
 
-# Per-mode configuration.  $1 = mode dir, $2 = root|rootless.
+# Per-mode configuration.  $1 = mode dir, $2 = root|rootless, $3 = timed
+# (the mount program logs how long each mount took) or native (no mount
+# program: podman's own overlay driver, i.e. the kernel overlay).
 write_configs() {
     local d=$1 mode=$2 home=$1/home
     mkdir -p "$home/.config/containers"
     echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$home/.config/containers/policy.json"
     printf 'unqualified-search-registries = []\n' >"$d/registries.conf"
-    make_wrapper "$d"
+    make_wrapper "$d" "${3:-}"
     {
         echo '[storage]'
         echo 'driver = "overlay"'
@@ -374,8 +427,12 @@ write_configs() {
         echo "runroot = \"$d/runroot\""
         [[ $mode == rootless ]] && echo "rootless_storage_path = \"$d/storage\""
         echo '[storage.options.overlay]'
-        echo "mount_program = \"$d/mount-program\""
-        echo 'mountopt = "nodev,fsync=0"'
+        if [[ ${3:-} == native ]]; then
+            echo 'mountopt = "nodev"'
+        else
+            echo "mount_program = \"$d/mount-program\""
+            echo 'mountopt = "nodev,fsync=0"'
+        fi
     } >"$d/storage.conf"
     {
         echo '[containers]'
@@ -410,11 +467,14 @@ eng_env() {
     echo "E2E_STRATAFS_LOG=$E2E_LOG_DEFAULT"
 }
 
-root_eng() {
-    local d=$T/root
+# root_eng_in DIR CMD...: CMD as root with the engine configuration of DIR.
+root_eng_in() {
+    local d=$1
+    shift
     # shellcheck disable=SC2046
     (cd "$d" && timeout -k 10 "$cmd_timeout" nsenter --mount="$NS/mnt" env -i $(eng_env "$d") "$@")
 }
+root_eng() { root_eng_in "$T/root" "$@"; }
 rl_eng() {
     local d=$T/rootless
     # shellcheck disable=SC2046
@@ -932,6 +992,288 @@ if ((do_rootless)); then
     else
         skip "rootless: all checks" "$reason"
     fi
+fi
+
+# ------------------------------------------------------------ build timings
+# Seconds (millisecond precision) since $1, a `date +%s%N`.
+secs_since() {
+    local now
+    now=$(date +%s%N)
+    printf '%d.%03d' $(((now - $1) / 1000000000)) $((((now - $1) / 1000000) % 1000))
+}
+# The median of the arguments, "–" if there are none.
+median() {
+    (($#)) || { echo "–"; return; }
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+declare -A TMV=()        # "scenario|driver|phase" -> seconds of each run
+declare -A TM_FROM=() TM_COPY=() TM_RUN=() TM_CHECK=() TM_WANT=() TM_ERR=()
+tm_names=()
+tm_add() { TMV[$1]+="${TMV[$1]:+ }$2"; }
+# tm_eng mp|k CMD...: CMD with the store of the mount program or the kernel.
+tm_eng() {
+    local s=$1
+    shift
+    root_eng_in "$T/tm-$s" "$@"
+}
+# tm_step KEY CMD...: runs CMD and adds its time to KEY if it succeeds;
+# its output is left in $tm_out.
+tm_step() {
+    local key=$1 t0 rc
+    shift
+    t0=$(date +%s%N)
+    tm_out=$("$@" 2>&1)
+    rc=$?
+    ((rc == 0)) && tm_add "$key" "$(secs_since "$t0")"
+    return $rc
+}
+# A step failed: with the mount program a FAIL, with the kernel overlay the
+# scenario's kernel column is dropped (that is the engine's or the
+# machine's problem, not what this script tests).
+tm_failed() {
+    local dr=$1 sc=$2 what=$3
+    if [[ $dr == mp ]]; then
+        fail "timing: $sc: $what with $prog_name" "$tm_out"
+    else
+        info "timing: $sc: $what with the kernel overlay failed; no kernel column: $(tail -n 3 <<<"$tm_out" | tr '\n' ' ')"
+    fi
+    TM_ERR[$sc|$dr]=1
+}
+mt_lines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
+
+# tm_scenario NAME FROM COPY RUN CHECK WANT: a build step (COPY may be
+# empty: "SRC DST" relative to the context $T/tm-ctx/NAME) and a command
+# whose output in the built image must be WANT.
+tm_scenario() {
+    local ctx=$T/tm-ctx/$1
+    mkdir -p "$ctx"
+    tm_names+=("$1")
+    TM_FROM[$1]=$2 TM_COPY[$1]=$3 TM_RUN[$1]=$4 TM_CHECK[$1]=$5 TM_WANT[$1]=$6
+    {
+        echo "FROM $2"
+        [[ -n $3 ]] && echo "COPY $3"
+        echo "RUN $4"
+    } >"$ctx/Containerfile"
+    chmod -R a+rX "$ctx"
+}
+
+# One podman build and its step-by-step replica with buildah, in store $2.
+tm_build() {
+    local sc=$1 dr=$2 r=$3 ctx=$T/tm-ctx/$1 key="$1|$2" c="tm-$1-$3" n0
+    local mlog=$T/tm-mp/mount-times.log
+    [[ -n ${TM_ERR[$sc|$dr]:-} ]] && return
+    sync
+    n0=$(mt_lines "$mlog")
+    if ! tm_step "$key|build" tm_eng "$dr" podman build --no-cache --network none --pull=never \
+        -t "localhost/tm-$sc" -f "$ctx/Containerfile" "$ctx"; then
+        tm_failed "$dr" "$sc" "podman build"
+        return
+    fi
+    if [[ $dr == mp ]]; then
+        tm_add "$key|mounts" "$(awk -v f="$n0" 'NR > f { n++ } END { print n + 0 }' "$mlog" 2>/dev/null || echo 0)"
+        tm_add "$key|mount_s" "$(awk -v f="$n0" 'NR > f { s += ($2 - $1) / 1e9 } END { printf "%.3f\n", s }' "$mlog" 2>/dev/null || echo 0)"
+    fi
+    sync
+    tm_step "$key|from" tm_eng "$dr" buildah from --pull-never --name "$c" "${TM_FROM[$sc]}" ||
+        { tm_failed "$dr" "$sc" "buildah from"; return; }
+    tm_step "$key|mount" tm_eng "$dr" buildah mount "$c" ||
+        { tm_failed "$dr" "$sc" "buildah mount"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
+    if [[ -n ${TM_COPY[$sc]} ]]; then
+        local src dst
+        read -r src dst <<<"${TM_COPY[$sc]}"
+        tm_step "$key|copy" tm_eng "$dr" buildah copy "$c" "$ctx/$src" "$dst" ||
+            { tm_failed "$dr" "$sc" "buildah copy"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
+    fi
+    tm_step "$key|run" tm_eng "$dr" buildah run --network none "$c" -- /bin/sh -c "${TM_RUN[$sc]}" ||
+        { tm_failed "$dr" "$sc" "buildah run"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
+    tm_eng "$dr" buildah umount "$c" >/dev/null 2>&1
+    # The naive diff alone (mount program: both trees mounted and walked).
+    tm_step "$key|diff" tm_eng "$dr" podman diff "$c" ||
+        info "timing: $sc: podman diff of a buildah container failed: $(tail -n 1 <<<"$tm_out")"
+    tm_step "$key|commit" tm_eng "$dr" buildah commit --quiet "$c" "localhost/tm-$sc-buildah" ||
+        tm_failed "$dr" "$sc" "buildah commit"
+    tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1
+}
+
+tm_table() {
+    local sc dr label b bk ratio cols p
+    echo "| scenario | driver | podman build | × kernel | mount program calls in the build (n, s) | buildah from | mount | COPY | RUN | diff walk | commit |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for sc in "${tm_names[@]}"; do
+        # shellcheck disable=SC2086
+        bk=$(median ${TMV[$sc|k|build]:-})
+        for dr in mp k; do
+            [[ $dr == mp ]] && label=$prog_name || label="kernel overlay"
+            # shellcheck disable=SC2086
+            b=$(median ${TMV[$sc|$dr|build]:-})
+            ratio=–
+            if [[ $dr == mp && $b != – && $bk != – ]]; then
+                ratio=$(awk -v a="$b" -v k="$bk" 'BEGIN { if (k > 0) printf "%.2f×", a / k; else print "–" }')
+            fi
+            cols="| $sc | $label | $b | $ratio | "
+            if [[ $dr == mp ]]; then
+                # shellcheck disable=SC2086
+                cols+="$(median ${TMV[$sc|mp|mounts]:-}), $(median ${TMV[$sc|mp|mount_s]:-}) |"
+            else
+                cols+="– |"
+            fi
+            for p in from mount copy run diff commit; do
+                # shellcheck disable=SC2086
+                cols+=" $(median ${TMV[$sc|$dr|$p]:-}) |"
+            done
+            echo "$cols"
+        done
+    done
+}
+
+# doc_timings DOC TABLE: replaces what is between the E2E BUILD TIMES markers
+# of DOC with TABLE under a line naming the date, the commit and the machine.
+doc_timings() {
+    local commit
+    commit=$(git -C "$repo" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+    python3 - "$1" "$2" "$commit" "$(uname -r)" "$(podman --version 2>/dev/null)" <<'PY'
+import datetime, sys
+doc, table, commit, kernel, podman = sys.argv[1:6]
+begin = "<!-- BEGIN E2E BUILD TIMES (generated by scripts/e2e-podman.sh --timing --update-doc) -->"
+end = "<!-- END E2E BUILD TIMES -->"
+with open(doc) as f:
+    text = f.read()
+if begin not in text or end not in text:
+    sys.exit(f"{doc}: no E2E BUILD TIMES markers")
+with open(table) as f:
+    body = f.read().strip()
+head = (f"Run of {datetime.datetime.now():%Y-%m-%d %H:%M} (`bash scripts/e2e-podman.sh --root-only --timing "
+        f"--update-doc`), stratafs commit `{commit}`, kernel {kernel}, {podman}.")
+a, b = text.index(begin) + len(begin), text.index(end)
+with open(doc, "w") as f:
+    f.write(text[:a] + "\n\n" + head + "\n\n" + body + "\n\n" + text[b:])
+PY
+}
+
+timing_suite() {
+    M=timing
+    local nfail0=$nfail
+    local runs files s sc dr r out load0 load1 t_suite
+    t_suite=$(date +%s%N)
+    if [[ $timing == full ]]; then
+        runs=${E2E_TIMING_RUNS:-3}
+        files=${E2E_TIMING_FILES:-10000}
+    else
+        runs=${E2E_TIMING_RUNS:-1}
+        files=${E2E_TIMING_FILES:-500}
+    fi
+    say "==== build timings ($timing: $runs run(s); $prog_name as mount_program and podman's native overlay driver, root) ===="
+    for s in tm-mp tm-k; do
+        mkdir -p "$T/$s"/{tmp,home,storage,runroot}
+        touch "$T/$s/ready"
+    done
+    write_configs "$T/tm-mp" root timed
+    write_configs "$T/tm-k" root native
+    out=$(tm_eng k podman info --format '{{.Store.GraphDriverName}} {{json .Store.GraphStatus}}' 2>&1)
+    info "timing: native store: $(tr -d '\n' <<<"$out" | cut -c1-300)"
+    local k_ok=1
+    tm_in() { tm_eng "$1" podman import --change 'CMD ["/bin/sh"]' - localhost/base:latest <"$T/rootfs.tar"; }
+    check "podman import localhost/base into the timing store ($prog_name)" tm_in mp || return
+    if ! out=$(tm_in k 2>&1); then
+        info "timing: podman import with the native overlay driver failed; no kernel column: $out"
+        k_ok=0
+    fi
+
+    tm_scenario layered localhost/base:latest "" "sh /e2e/layer2.sh" "cat /data/l2file /data/l1dir/new1" "l2"$'\n'"new1"
+    mkdir -p "$T/tm-ctx/untar"
+    python3 - "$T/tm-ctx/untar/files.tar" "$files" <<'PY' || die "cannot write the untar scenario's tarball"
+import io, sys, tarfile
+path, n = sys.argv[1], int(sys.argv[2])
+with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+    for d in sorted({i // 100 for i in range(n)}):
+        ti = tarfile.TarInfo(f"d{d:03d}")
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1700000000
+        tf.addfile(ti)
+    for i in range(n):
+        data = (b"%d " % i) * (1 + i % 400)
+        ti = tarfile.TarInfo(f"d{i // 100:03d}/f{i:05d}.txt")
+        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1700000000
+        tf.addfile(ti, io.BytesIO(data))
+PY
+    tm_scenario untar localhost/base:latest "files.tar /tmp/files.tar" \
+        "mkdir -p /usr/share/bulk && tar -xf /tmp/files.tar -C /usr/share/bulk && rm /tmp/files.tar" \
+        "find /usr/share/bulk -type f | wc -l" "$files"
+    if [[ $timing == full ]]; then
+        mkdir -p "$T/tm-ctx/dpkg"
+        if out=$(python3 "$helpers/debroot.py" "$T/tm-ctx/debroot" "$T/tm-ctx/dpkg/debs" 2>&1); then
+            info "timing: Debian base image and perl's .debs from the host's packages: $out"
+            tar -C "$T/tm-ctx/debroot" -cf "$T/tm-ctx/debbase.tar" . || die "cannot tar the Debian root"
+            rm -rf "$T/tm-ctx/debroot"
+            deb_in() { tm_eng "$1" podman import --change 'CMD ["/bin/bash"]' - localhost/debbase:latest <"$T/tm-ctx/debbase.tar"; }
+            if check "podman import localhost/debbase into the timing store ($prog_name)" deb_in mp; then
+                ((k_ok)) && { deb_in k >/dev/null 2>&1 || TM_ERR[dpkg|k]=1; }
+                tm_scenario dpkg localhost/debbase:latest "debs /tmp/debs/" \
+                    "dpkg -i /tmp/debs/*.deb && rm -rf /tmp/debs" \
+                    "perl -MList::Util=sum -e 'print sum(1, 2)' && dpkg-query -W -f=' \${Status}' perl" "3 install ok installed"
+            fi
+        else
+            skip "timing: dpkg scenario" "$out"
+        fi
+    fi
+    ((k_ok)) || for sc in "${tm_names[@]}"; do TM_ERR[$sc|k]=1; done
+
+    read -r load0 _ </proc/loadavg
+    for ((r = 1; r <= runs; r++)); do
+        for sc in "${tm_names[@]}"; do
+            # The order of the two stores alternates from run to run.
+            for dr in $( ((r % 2)) && echo mp k || echo k mp); do
+                tm_build "$sc" "$dr" "$r"
+            done
+        done
+    done
+    read -r load1 _ </proc/loadavg
+    for sc in "${tm_names[@]}"; do
+        for dr in mp k; do
+            [[ -n ${TM_ERR[$sc|$dr]:-} ]] && continue
+            out=$(tm_eng "$dr" podman run --rm --network none --pull never "localhost/tm-$sc" /bin/sh -c "${TM_CHECK[$sc]}" 2>&1)
+            if [[ $dr == mp ]]; then
+                if [[ $out == "${TM_WANT[$sc]}" ]]; then
+                    pass "timing: $sc: built $runs time(s) with $prog_name, image checked"
+                else
+                    fail "timing: $sc: image built with $prog_name" "want: ${TM_WANT[$sc]}"$'\n'"got:  $out"
+                fi
+            elif [[ $out != "${TM_WANT[$sc]}" ]]; then
+                info "timing: $sc: image built with the kernel overlay: want ${TM_WANT[$sc]}, got $out"
+            fi
+        done
+    done
+    for s in mp k; do
+        tm_eng "$s" podman rm -a -f -t 0 >/dev/null 2>&1
+        tm_eng "$s" buildah rm --all >/dev/null 2>&1
+    done
+
+    {
+        echo "Build times in seconds (median of $runs run(s), root, $(nproc) CPUs, 1-minute load average $load0 before, $load1 after)."
+        echo "podman build: the whole build, a commit after every instruction. Then the same step by hand: buildah from,"
+        echo "buildah mount, buildah copy (COPY), buildah run (RUN), podman diff of the working container (the walk of the"
+        echo "naive diff alone, both trees mounted: the mount program's way; the kernel driver reads the upper dir), buildah commit."
+        echo
+        tm_table
+    } >"$T/timings.md"
+    echo
+    cat "$T/timings.md"
+    echo
+    if [[ -n ${E2E_TIMING_OUT:-} ]]; then
+        cp "$T/timings.md" "$E2E_TIMING_OUT" || info "timing: cannot write $E2E_TIMING_OUT"
+    fi
+    if ((update_doc)); then
+        if ((nfail > nfail0)); then
+            info "timing: a timed build with $prog_name failed; docs/PERFORMANCE.md left as it is"
+        elif doc_timings "${E2E_TIMING_DOC:-$repo/docs/PERFORMANCE.md}" "$T/timings.md"; then
+            info "timing: table written to ${E2E_TIMING_DOC:-docs/PERFORMANCE.md}"
+        else
+            fail "timing: cannot write the table into ${E2E_TIMING_DOC:-docs/PERFORMANCE.md}"
+        fi
+    fi
+    info "timing: the timings took $(secs_since "$t_suite") s"
+}
+if ((do_root)) && [[ $timing != 0 ]]; then
+    timing_suite
 fi
 
 # ------------------------------------------------------------ host state

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import stat
@@ -26,6 +27,9 @@ import tarfile
 import time
 
 STACK_VERSION = "v1"
+# The stat-walk stack (two layers of small files in shared directories) is
+# separate from the main one, so that adding it changed no other workload.
+WALK_VERSION = "v1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOC = os.path.join(REPO, "docs", "PERFORMANCE.md")
@@ -40,6 +44,7 @@ FSTYPES = {
     "stratafs-nometrics": "fuse.stratafs",
     "stratafs-fault": "fuse.stratafs",
     "stratafs-baseline": "fuse.stratafs",
+    "fuse-overlayfs-debug": "fuse.fuse-overlayfs",
 }
 MAIN_FS = ["kernel", "stratafs", "fuse-overlayfs"]
 # With --harness: stratafs also without metrics (metrics=0, the baseline) and
@@ -360,16 +365,62 @@ def gen_git(g, path, commits, initial):
     sh(["git", "-C", path, "gc", "-q"], env=env)
 
 
+def cached_manifest(stack, version):
+    """The manifest of a stack generated earlier with this version, or None."""
+    mf = os.path.join(stack, "manifest.json")
+    if not os.path.exists(mf):
+        return None
+    with open(mf) as f:
+        m = json.load(f)
+    return m if m.get("version") == version else None
+
+
 def ensure_stack(base, smoke):
     stack = os.path.join(base, ("stack-smoke-" if smoke else "stack-") + STACK_VERSION)
-    mf = os.path.join(stack, "manifest.json")
-    if os.path.exists(mf):
-        with open(mf) as f:
-            m = json.load(f)
-        if m.get("version") == STACK_VERSION:
-            log(f"using cached stack {stack} ({m['merged_entries']} merged entries)")
-            return stack, m
+    m = cached_manifest(stack, STACK_VERSION)
+    if m:
+        log(f"using cached stack {stack} ({m['merged_entries']} merged entries)")
+        return stack, m
     return stack, gen_stack(stack, smoke)
+
+
+def ensure_walk_stack(base, smoke):
+    """Two lower layers (w1 over w0) of small files for the stat walk: 100
+    files in each leaf directory, 80 of them in w0 and 20 in w1, so that
+    every leaf directory is merged from both layers."""
+    stack = os.path.join(base, ("walk-smoke-" if smoke else "walk-") + WALK_VERSION)
+    m = cached_manifest(stack, WALK_VERSION)
+    if m:
+        log(f"using cached stat-walk stack {stack} ({m['files']} files)")
+        return stack, m
+    tmp = stack + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    files = 4000 if smoke else 100000
+    per_dir, in_top = 100, 20
+    leaves = files // per_dir
+    groups = max(1, leaves // 20)
+    log(f"generating stat-walk stack in {tmp} ({files} files)")
+    data = b"x" * 200
+    for leaf in range(leaves):
+        rel = f"tree/a{leaf % groups:02d}/b{leaf // groups:03d}"
+        for layer in ("w0", "w1"):
+            os.makedirs(os.path.join(tmp, "layers", layer, rel))
+        for i in range(per_dir):
+            layer = "w1" if i < in_top else "w0"
+            with open(os.path.join(tmp, "layers", layer, rel, f"f{i:03d}"), "wb") as f:
+                f.write(data[: (leaf + i) % len(data)])
+    dirs = 1 + groups + leaves  # tree, tree/aNN, tree/aNN/bNNN
+    manifest = {"version": WALK_VERSION, "smoke": smoke, "files": files, "dirs": dirs,
+                "entries": files + dirs, "layers": 2,
+                "generation_seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    sh(["sync"])
+    shutil.rmtree(stack, ignore_errors=True)
+    os.rename(tmp, stack)
+    log(f"stat-walk stack ready: {files} files in {dirs} directories, {manifest['generation_seconds']} s")
+    return stack, manifest
 
 
 # --------------------------------------------------------------------------
@@ -428,8 +479,10 @@ def pid_alive(pid):
 class Mount:
     active = []  # for cleanup
 
-    def __init__(self, ctx, fs):
+    def __init__(self, ctx, fs, lower=None):
         self.ctx, self.fs = ctx, fs
+        self.lower = lower or ctx.lower
+        self.proc = None  # a daemon running in the foreground (fuse-overlayfs -d)
         ctx.counter += 1
         self.dir = os.path.join(ctx.rundir, f"{ctx.counter:05d}-{fs}")
         self.upper = os.path.join(self.dir, "upper")
@@ -441,7 +494,7 @@ class Mount:
     def __enter__(self):
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d)
-        opts = f"lowerdir={self.ctx.lower},upperdir={self.upper},workdir={self.work}"
+        opts = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
         if self.fs == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt]
         elif self.fs == "kernel-volatile":
@@ -456,17 +509,33 @@ class Mount:
             cmd = [self.ctx.stratafs, "-o", opts + f",faults={self.ctx.faults_file}", self.mnt]
         elif self.fs == "stratafs-baseline":
             cmd = [self.ctx.baseline, "-o", opts, self.mnt]
+        elif self.fs == "fuse-overlayfs-debug":
+            # In the foreground with libfuse's request log (--counts only).
+            cmd = ["fuse-overlayfs", "-d", "-o", opts, self.mnt]
         else:
             die(f"unknown fs {self.fs}")
         Mount.active.append(self)
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if r.returncode != 0:
-            die(f"mount failed for {self.fs} ({r.returncode}): {' '.join(cmd)}\n{r.stdout}{r.stderr}")
+        if self.fs == "fuse-overlayfs-debug":
+            self.log = os.path.join(self.dir, "debug.log")
+            with open(self.log, "wb") as out:
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.time() + 10
+            while mountinfo_fstype(self.mnt) != FSTYPES[self.fs]:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    with open(self.log, errors="replace") as f:
+                        die(f"mount failed for {self.fs}: {' '.join(cmd)}\n{f.read()[-2000:]}")
+                time.sleep(0.05)
+        else:
+            r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if r.returncode != 0:
+                die(f"mount failed for {self.fs} ({r.returncode}): {' '.join(cmd)}\n{r.stdout}{r.stderr}")
         self.mounted = True
         got = mountinfo_fstype(self.mnt)
         if got != FSTYPES[self.fs]:
             die(f"{self.mnt}: expected fstype {FSTYPES[self.fs]}, mountinfo says {got}")
-        if self.fs.startswith("stratafs") or self.fs == "fuse-overlayfs":
+        if self.proc is not None:
+            self.pid = self.proc.pid
+        elif self.fs.startswith("stratafs") or self.fs == "fuse-overlayfs":
             self.pid = find_daemon(self.mnt, os.path.basename(cmd[0]))
             if self.pid is None:
                 die(f"cannot find the {self.fs} daemon serving {self.mnt}")
@@ -501,6 +570,12 @@ class Mount:
                 except OSError:
                     pass
             self.pid = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc = None
         if self in Mount.active:
             Mount.active.remove(self)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -524,18 +599,157 @@ def drop_caches():
         f.write("3\n")
 
 
-def timed(m, variant, cmd, cwd=None, check_out=None):
-    """Time one shell command against mount m; returns a measurement dict."""
+# --------------------------------------------------------------------------
+# Counting (--counts): FUSE requests and daemon system calls per operation
+# --------------------------------------------------------------------------
+
+# Daemons whose system calls are counted with `strace -c -f -p PID`, and
+# those whose requests are counted: stratafs by its request counters
+# (`stratafs stats MNT --json`), fuse-overlayfs from libfuse's request log
+# of a second mount in the foreground with -d (its own counts would include
+# the log writes, so the two are taken on separate mounts).
+STRACE_FS = {"stratafs", "stratafs-baseline", "fuse-overlayfs"}
+STATS_FS = {"stratafs", "stratafs-baseline"}
+# Workloads of --counts when no --only is given.
+COUNT_WORKLOADS = ["untar", "create", "rmrf", "copyup", "find", "lslr"]
+FUSE_OPCODE_LINE = re.compile(r"^unique: \d+, opcode: ([A-Z_0-9]+) \(\d+\)", re.M)
+
+
+def stratafs_requests(m):
+    """The daemon's request counters by operation, or None (a binary
+    without `stats`)."""
+    binary = m.ctx.baseline if m.fs == "stratafs-baseline" else m.ctx.stratafs
+    r = subprocess.run([binary, "stats", m.mnt, "--json"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    try:
+        return {k: int(v) for k, v in json.loads(r.stdout)["requests"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def cpu_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def settle(pid, t_min=0.3, t_max=5.0):
+    """Waits until the daemon has stopped working (its CPU time is unchanged
+    for 0.2 s): requests the kernel sends after the command returned (an
+    asynchronous RELEASE, FORGETs) belong to the command. Reads only /proc,
+    so no system call of the daemon is added."""
+    time.sleep(t_min)
+    deadline = time.time() + t_max
+    prev, still = cpu_ticks(pid), 0
+    while time.time() < deadline and still < 2:
+        time.sleep(0.1)
+        cur = cpu_ticks(pid)
+        still = still + 1 if cur == prev else 0
+        prev = cur
+
+
+def parse_strace_summary(path):
+    """{syscall: calls} from the table `strace -c` writes."""
+    calls = {}
+    with open(path, errors="replace") as f:
+        for line in f:
+            x = line.split()
+            if len(x) < 5 or x[-1] == "total" or not x[0][0].isdigit():
+                continue
+            try:
+                calls[x[-1]] = calls.get(x[-1], 0) + int(x[3])
+            except ValueError:
+                continue
+    return calls
+
+
+class Counter:
+    """Counts what one timed command costs the daemon of mount m: requests
+    by kind and system calls by name (see STRACE_FS, STATS_FS)."""
+
+    def __init__(self, m):
+        self.m = m
+        self.req0 = None
+        self.log_off = None
+        self.strace = None
+
+    def start(self):
+        m = self.m
+        # What came before (the FORGETs a drop_caches sends, a RELEASE after
+        # the last close) is not the command's.
+        settle(m.pid)
+        if m.fs in STATS_FS:
+            self.req0 = stratafs_requests(m)
+        if m.fs == "fuse-overlayfs-debug":
+            self.log_off = os.path.getsize(m.log)
+        if m.fs in STRACE_FS and m.pid is not None:
+            m.ctx.counter += 1
+            self.out = os.path.join(m.dir, f"strace-{m.ctx.counter}.txt")
+            self.err = self.out + ".err"
+            with open(self.err, "w") as errf:
+                self.strace = subprocess.Popen(["strace", "-c", "-f", "-p", str(m.pid), "-o", self.out],
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf)
+            deadline = time.time() + 10
+            while True:
+                with open(self.err, errors="replace") as f:
+                    text = f.read()
+                if "attached" in text:
+                    break
+                if self.strace.poll() is not None or time.time() > deadline:
+                    die(f"strace -p {m.pid} did not attach: {text[-1000:]}")
+                time.sleep(0.02)
+
+    def stop(self):
+        m = self.m
+        settle(m.pid)
+        res = {}
+        if self.strace is not None:
+            self.strace.send_signal(signal.SIGINT)
+            try:
+                self.strace.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.strace.kill()
+                self.strace.wait()
+            res["syscalls"] = parse_strace_summary(self.out)
+        if m.fs in STATS_FS:
+            req1 = stratafs_requests(m)
+            if self.req0 is not None and req1 is not None:
+                res["requests"] = {k: v - self.req0.get(k, 0) for k, v in req1.items() if v - self.req0.get(k, 0)}
+        if self.log_off is not None:
+            with open(m.log, "rb") as f:
+                f.seek(self.log_off)
+                text = f.read().decode(errors="replace")
+            reqs = {}
+            for op in FUSE_OPCODE_LINE.findall(text):
+                reqs[op.lower()] = reqs.get(op.lower(), 0) + 1
+            res["requests"] = reqs
+        return res
+
+
+def timed(m, variant, cmd, cwd=None, check_out=None, ops=None, unit=None):
+    """Time one shell command against mount m; returns a measurement dict.
+    ops/unit: how many operations the command does (per-operation counts)."""
     load = os.getloadavg()[0]
+    counter = Counter(m) if m.ctx.counts and m.pid is not None else None
+    if counter:
+        counter.start()
     cpu0, rss0 = daemon_stats(m.pid)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, shell=True, cwd=cwd, stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t = time.perf_counter() - t0
     cpu1, rss1 = daemon_stats(m.pid)
+    counts = counter.stop() if counter else {}
     if r.returncode != 0:
         die(f"{variant} on {m.fs} failed ({r.returncode}): {cmd}\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
-    res = {"variant": variant, "fs": m.fs, "seconds": t, "out": r.stdout.strip()[-200:], "loadavg": load}
+    res = {"variant": variant, "fs": m.fs, "seconds": t, "out": r.stdout.strip()[-200:], "loadavg": load,
+           "ops": ops, "unit": unit}
+    res.update(counts)
     if cpu0 is not None and cpu1 is not None:
         res.update(cpu=cpu1 - cpu0, rss_before=rss0, rss_after=rss1)
     if check_out is not None and r.stdout.strip() != str(check_out):
@@ -547,18 +761,23 @@ def timed(m, variant, cmd, cwd=None, check_out=None):
 def wl_find(ctx, m):
     exp = ctx.manifest["merged_entries"] + 1
     c = f"find {m.mnt} | wc -l"
-    return [timed(m, "find (cold)", c, check_out=exp), timed(m, "find (warm)", c, check_out=exp)]
+    return [timed(m, "find (cold)", c, check_out=exp, ops=exp, unit="entry"),
+            timed(m, "find (warm)", c, check_out=exp, ops=exp, unit="entry")]
 
 
 def wl_du(ctx, m):
+    n = ctx.manifest["merged_entries"] + 1
     c = f"du -s {m.mnt} >/dev/null"
-    return [timed(m, "du -s (cold)", c), timed(m, "du -s (warm)", c)]
+    return [timed(m, "du -s (cold)", c, ops=n, unit="entry"), timed(m, "du -s (warm)", c, ops=n, unit="entry")]
 
 
 def wl_lslr(ctx, m):
+    n = ctx.manifest["merged_entries"] + 1
     c = f"ls -lR {m.mnt} >/dev/null"
-    timed(m, "warm-up", c)
-    return [timed(m, "ls -lR (warm)", c)]
+    cold = timed(m, "ls -lR (cold)", c, ops=n, unit="entry")
+    warm = timed(m, "ls -lR (warm)", c, ops=n, unit="entry")
+    # The first pass only warms the caches; its counts are worth a row.
+    return [cold, warm] if ctx.counts else [warm]
 
 
 def kn(n):
@@ -573,16 +792,16 @@ def wl_stat(ctx, m):
     n = ctx.manifest["stat_paths"]
     c = helper(ctx, "stat", os.path.join(ctx.stack, "statlist.txt"))
     exp = f"ok={n} missing=0 failed=0"
-    return [timed(m, f"stat {kn(n)} paths (cold)", c, cwd=m.mnt, check_out=exp),
-            timed(m, f"stat {kn(n)} paths (warm)", c, cwd=m.mnt, check_out=exp)]
+    return [timed(m, f"stat {kn(n)} paths (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="path"),
+            timed(m, f"stat {kn(n)} paths (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="path")]
 
 
 def wl_stat_missing(ctx, m):
     n = ctx.manifest["stat_paths"]
     c = helper(ctx, "stat", os.path.join(ctx.stack, "missing.txt"))
     exp = f"ok=0 missing={n} failed=0"
-    return [timed(m, f"stat {kn(n)} missing names (cold)", c, cwd=m.mnt, check_out=exp),
-            timed(m, f"stat {kn(n)} missing names (warm)", c, cwd=m.mnt, check_out=exp)]
+    return [timed(m, f"stat {kn(n)} missing names (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="name"),
+            timed(m, f"stat {kn(n)} missing names (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="name")]
 
 
 MEMORY_SETTLE_SECONDS = 2.0  # after drop_caches: FORGETs arrive, the daemons free their nodes
@@ -604,7 +823,7 @@ def wl_memory(ctx, m):
     fds_idle = fd_count(m.pid)
     # -printf %i needs a stat of every entry, so each one is looked up (not
     # just listed) and its inode stays in the kernel's cache.
-    r = timed(m, "memory", f"find {m.mnt} -printf '%i\\n' | wc -l", check_out=exp)
+    r = timed(m, "memory", f"find {m.mnt} -printf '%i\\n' | wc -l", check_out=exp, ops=exp, unit="entry")
     _, rss_walk = daemon_stats(m.pid)
     fds_walk = fd_count(m.pid)
     drop_caches()
@@ -628,59 +847,193 @@ def wl_memory(ctx, m):
 
 
 def wl_seqread(ctx, m):
+    mib = ctx.manifest["big_file_mib"]
     c = f"dd if={m.mnt}/var/lib/images/big1g.bin of=/dev/null bs=1M status=none"
-    return [timed(m, f"seq read {ctx.manifest['big_file_mib']} MiB (cold)", c), timed(m, f"seq read {ctx.manifest['big_file_mib']} MiB (warm)", c)]
+    return [timed(m, f"seq read {mib} MiB (cold)", c, ops=mib, unit="MiB"),
+            timed(m, f"seq read {mib} MiB (warm)", c, ops=mib, unit="MiB")]
 
 
 def wl_smallread(ctx, m):
     n = ctx.manifest["small_files"]
     c = helper(ctx, "read", os.path.join(ctx.stack, "smallfiles.txt"))
     exp = f"ok={n} missing=0 failed=0"
-    return [timed(m, f"read {kn(n)} small files (cold)", c, cwd=m.mnt, check_out=exp),
-            timed(m, f"read {kn(n)} small files (warm)", c, cwd=m.mnt, check_out=exp)]
+    return [timed(m, f"read {kn(n)} small files (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file"),
+            timed(m, f"read {kn(n)} small files (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
 
 
 def wl_create(ctx, m):
     n = 20000 if not ctx.smoke else 1000
     c = helper(ctx, "create", f"{m.mnt}/tmp/bench-create", n, 4096)
-    return [timed(m, f"create+write+unlink {kn(n)} files", c, check_out=f"ok={n} missing=0 failed=0")]
+    return [timed(m, f"create+write+unlink {kn(n)} files", c, check_out=f"ok={n} missing=0 failed=0",
+                  ops=n, unit="file")]
+
+
+# Several lower trees for the second `rm -rf`: files of the bottom layer
+# with overrides and whiteouts above (zoneinfo, bin), an opaque directory
+# (locale), the toolchain layer's docs and a whole directory of l3.
+RM_TREES = ["usr/share/zoneinfo", "usr/bin", "usr/share/locale", "opt/toolchain/share/doc",
+            "usr/lib/python3/dist-packages/newpkg"]
+
+
+def merged_entries(ctx):
+    """Every merged path of the stack (from the stat list, which holds each
+    one at least once)."""
+    if getattr(ctx, "entries", None) is None:
+        with open(os.path.join(ctx.stack, "statlist.txt")) as f:
+            ctx.entries = {line.rstrip("\n") for line in f if line.strip()}
+        if len(ctx.entries) != ctx.manifest["merged_entries"]:
+            die(f"statlist.txt names {len(ctx.entries)} paths, the stack has {ctx.manifest['merged_entries']} entries")
+    return ctx.entries
+
+
+def tree_entries(ctx, tree):
+    """Entries of `tree` in the merged view, the tree itself included."""
+    return sum(1 for p in merged_entries(ctx) if p == tree or p.startswith(tree + "/"))
 
 
 def wl_rmrf(ctx, m):
     t = f"{m.mnt}/{ctx.manifest['rm_tree']}"
-    return [timed(m, f"rm -rf lower tree ({kn(ctx.manifest['rm_tree_files'])} entries)", f"rm -rf {t} && test ! -e {t}")]
+    n1 = ctx.manifest["rm_tree_files"] + 1
+    res = [timed(m, f"rm -rf lower tree ({kn(ctx.manifest['rm_tree_files'])} entries)", f"rm -rf {t} && test ! -e {t}",
+                 ops=n1, unit="entry")]
+    drop_caches()
+    n = sum(tree_entries(ctx, p) for p in RM_TREES)
+    paths = " ".join(f"{m.mnt}/{p}" for p in RM_TREES)
+    res.append(timed(m, f"rm -rf {len(RM_TREES)} lower trees ({kn(n)} entries)",
+                     f"rm -rf {paths} && for p in {paths}; do test ! -e $p || exit 1; done",
+                     ops=n, unit="entry"))
+    # Their neighbours are still there.
+    for p in ("usr/share/man", "opt/toolchain/bin", "usr/lib/python3/dist-packages"):
+        if not os.path.isdir(os.path.join(m.mnt, p)):
+            res[-1]["mismatch"] = f"{p} gone after rm -rf of its siblings"
+            log(f"WARNING: rm -rf on {m.fs}: {res[-1]['mismatch']}")
+    return res
+
+
+def check_renamed(ctx, m, res, names):
+    """After `rename LIST`: every old name is gone, every new one there."""
+    old = os.path.join(m.dir, "old-names.txt")
+    new = os.path.join(m.dir, "new-names.txt")
+    with open(old, "w") as f:
+        f.write("".join(p + "\n" for p in names))
+    with open(new, "w") as f:
+        f.write("".join(p + ".renamed\n" for p in names))
+    n = len(names)
+    for lst, exp in ((old, f"ok=0 missing={n} failed=0"), (new, f"ok={n} missing=0 failed=0")):
+        r = subprocess.run(helper(ctx, "stat", lst), shell=True, cwd=m.mnt, capture_output=True, text=True)
+        if r.stdout.strip() != exp:
+            res["mismatch"] = f"after the renames, stat of {os.path.basename(lst)}: expected {exp}, got {r.stdout.strip()}"
+            log(f"WARNING: {res['variant']} on {m.fs}: {res['mismatch']}")
 
 
 def wl_rename(ctx, m):
     n = ctx.manifest["rename_files"]
-    c = helper(ctx, "rename", os.path.join(ctx.stack, "renamelist.txt"))
-    return [timed(m, f"rename {kn(n)} lower files", c, cwd=m.mnt, check_out=f"ok={n} missing=0 failed=0")]
+    lst = os.path.join(ctx.stack, "renamelist.txt")
+    res = [timed(m, f"rename {kn(n)} lower files", helper(ctx, "rename", lst), cwd=m.mnt,
+                 check_out=f"ok={n} missing=0 failed=0", ops=n, unit="file")]
+    with open(lst) as f:
+        check_renamed(ctx, m, res[-1], [p for p in f.read().split("\n") if p])
+    # Files created through the mount (so in the upper layer only), renamed
+    # within their directory while still in the kernel's caches.
+    nu = 20000 if not ctx.smoke else 1000
+    d = "tmp/bench-rename"
+    sh(helper(ctx, "mkfiles", os.path.join(m.mnt, d), nu, 100), shell=True, stdout=subprocess.DEVNULL)
+    names = [f"{d}/f{i:06d}" for i in range(nu)]
+    ulst = os.path.join(m.dir, "upper-names.txt")
+    with open(ulst, "w") as f:
+        f.write("".join(p + "\n" for p in names))
+    os.sync()
+    res.append(timed(m, f"rename {kn(nu)} upper files", helper(ctx, "rename", ulst), cwd=m.mnt,
+                     check_out=f"ok={nu} missing=0 failed=0", ops=nu, unit="file"))
+    check_renamed(ctx, m, res[-1], names)
+    return res
+
+
+def lower_path(ctx, rel):
+    """The topmost lower copy of merged path rel."""
+    for layer in ctx.lower.split(":"):
+        p = os.path.join(layer, rel)
+        if os.path.lexists(p):
+            return p
+    return None
 
 
 def wl_copyup(ctx, m):
     f = f"{m.mnt}/var/lib/images/big512m.bin"
     exp_size = (ctx.manifest["copyup_file_mib"] << 20) + 1
-    r = timed(m, f"copy-up: append 1 byte to {ctx.manifest['copyup_file_mib']} MiB lower file", helper(ctx, "append", f))
+    r = timed(m, f"copy-up: append 1 byte to {ctx.manifest['copyup_file_mib']} MiB lower file", helper(ctx, "append", f),
+              ops=1, unit="copy-up")
     size = os.stat(f).st_size
     if size != exp_size:
         die(f"copy-up on {m.fs}: size {size}, expected {exp_size}")
-    return [r]
+    # Many small files, each copied up by its first write.
+    drop_caches()
+    n = 5000 if not ctx.smoke else 200
+    with open(os.path.join(ctx.stack, "smallfiles.txt")) as fl:
+        names = [p for p in fl.read().split("\n") if p][:n]
+    n = len(names)
+    lst = os.path.join(m.dir, "append-names.txt")
+    with open(lst, "w") as fl:
+        fl.write("".join(p + "\n" for p in names))
+    r2 = timed(m, f"copy-up: append 1 byte to {kn(n)} small lower files", helper(ctx, "appendlist", lst), cwd=m.mnt,
+               check_out=f"ok={n} missing=0 failed=0", ops=n, unit="copy-up")
+    # Each one is in the upper layer now, one byte longer than below.
+    bad = [p for p in names
+           if not os.path.isfile(os.path.join(m.upper, p))
+           or os.stat(os.path.join(m.upper, p)).st_size != os.stat(lower_path(ctx, p)).st_size + 1]
+    if bad:
+        r2["mismatch"] = f"{len(bad)} files not copied up with one more byte, e.g. {bad[0]}"
+        log(f"WARNING: {r2['variant']} on {m.fs}: {r2['mismatch']}")
+    return [r, r2]
+
+
+def untar_entries(ctx):
+    """Files and directories the untar creates (the tarball names only
+    files; tar makes their directories), srv/untar included."""
+    if getattr(ctx, "n_untar", None) is None:
+        with tarfile.open(os.path.join(ctx.stack, "untar.tar")) as tf:
+            names = tf.getnames()
+        dirs = {os.path.dirname(p) for p in names}
+        for d in list(dirs):
+            while d:
+                dirs.add(d)
+                d = os.path.dirname(d)
+        ctx.n_untar = len(names) + len(dirs) + 1
+    return ctx.n_untar
 
 
 def wl_untar(ctx, m):
     tarball = os.path.join(ctx.stack, "untar.tar")
     subprocess.run(f"cat {tarball} >/dev/null", shell=True)  # tarball itself in page cache
-    return [timed(m, f"untar {kn(ctx.manifest['tar_files'])}-file tarball", f"mkdir {m.mnt}/srv/untar && tar -xf {tarball} -C {m.mnt}/srv/untar")]
+    n = ctx.manifest["tar_files"]
+    d = f"{m.mnt}/srv/untar"
+    res = timed(m, f"untar {kn(n)}-file tarball", f"mkdir {d} && tar -xf {tarball} -C {d}",
+                ops=untar_entries(ctx), unit="entry")
+    got = subprocess.run(f"find {d} | wc -l", shell=True, capture_output=True, text=True).stdout.strip()
+    if got != str(untar_entries(ctx)):
+        res["mismatch"] = f"{got} entries after the untar, expected {untar_entries(ctx)}"
+        log(f"WARNING: {res['variant']} on {m.fs}: {res['mismatch']}")
+    return [res]
 
 
 def wl_gitclone(ctx, m):
     c = f"git clone -q {m.mnt}/srv/project {m.mnt}/root/clone && git -C {m.mnt}/root/clone status --porcelain | wc -l"
-    return [timed(m, "git clone (in mount)", c, check_out=0)]
+    return [timed(m, "git clone (in mount)", c, check_out=0, ops=1, unit="clone")]
 
 
 def wl_make(ctx, m):
     c = f"make -s -j2 -C {m.mnt}/src/cproj && {m.mnt}/src/cproj/prog >/dev/null"
-    return [timed(m, "make -j2 (C project)", c)]
+    return [timed(m, "make -j2 (C project)", c, ops=1, unit="build")]
+
+
+def wl_statwalk(ctx, m):
+    w = ctx.walk_manifest
+    n = w["entries"]
+    c = helper(ctx, "walk", m.mnt)
+    exp = f"ok={n} missing=0 failed=0"
+    v = f"stat walk of {kn(w['files'])} files in {w['dirs']} dirs"
+    return [timed(m, f"{v} (cold)", c, check_out=exp, ops=n, unit="entry"),
+            timed(m, f"{v} (warm)", c, check_out=exp, ops=n, unit="entry")]
 
 
 WORKLOADS = [
@@ -698,8 +1051,11 @@ WORKLOADS = [
     ("untar", wl_untar, MAIN_FS),
     ("gitclone", wl_gitclone, MAIN_FS),
     ("make", wl_make, MAIN_FS),
+    ("statwalk", wl_statwalk, MAIN_FS),
     ("memory", wl_memory, ["stratafs", "fuse-overlayfs"]),
 ]
+# Workloads on another stack than the main one: name -> stack.
+OTHER_STACK = {"statwalk": "walk"}
 
 
 # --------------------------------------------------------------------------
@@ -798,7 +1154,7 @@ def render(result, title):
     L = []
     L.append(f"### {title}")
     L.append("")
-    L.append(f"- date: {meta['date']}; stratafs commit `{meta['commit']}`; {meta['runs']} runs per workload (median shown); "
+    L.append(f"- date: {meta['date']}; stratafs commit `{meta['commit']}`; {meta['runs']} run{'s' if meta['runs'] != 1 else ''} per workload (median shown); "
              f"total wall time {meta['wall_seconds'] / 60:.1f} min")
     L.append(f"- machine: {meta['cpu']}, {meta['nproc']} CPUs, {meta['mem_gib']:.0f} GiB RAM; kernel {meta['kernel']}; "
              f"{meta['fs_underneath']}; fuse-overlayfs {meta['fuse_overlayfs_version']}")
@@ -898,30 +1254,169 @@ def render_harness(summ, order):
     return L
 
 
-def update_doc(results_dir, stack_version):
+# Columns of the counts tables, in this order.
+COUNT_LABELS = {"stratafs-baseline": "baseline", "stratafs": "stratafs",
+                "fuse-overlayfs": "fuse-overlayfs", "fuse-overlayfs-debug": "fuse-overlayfs"}
+
+
+def fmt_n(x):
+    if x is None:
+        return "–"
+    if x == 0:
+        return "0"
+    if x < 0.005:
+        return "<0.01"
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def summarize_counts(result):
+    """variant -> {ops, unit, by: label -> {requests|syscalls: {kind: per-op median}}}"""
+    order, raw = [], {}
+    for r in result["measurements"]:
+        if "requests" not in r and "syscalls" not in r:
+            continue
+        v = r["variant"]
+        if v not in raw:
+            raw[v] = {"ops": r.get("ops") or 1, "unit": r.get("unit") or "command", "by": {}}
+            order.append(v)
+        by = raw[v]["by"].setdefault(COUNT_LABELS.get(r["fs"], r["fs"]), {})
+        for key in ("requests", "syscalls"):
+            if key in r:
+                by.setdefault(key, []).append(r[key])
+    for v in order:
+        ops = raw[v]["ops"]
+        for label, by in raw[v]["by"].items():
+            for key, runs in by.items():
+                kinds = {k for run in runs for k in run}
+                by[key] = {k: median([run.get(k, 0) / ops for run in runs]) for k in kinds}
+    return order, raw
+
+
+def render_counts(result, title):
+    meta, man = result["meta"], result["manifest"]
+    order, summ = summarize_counts(result)
+    labels = [l for l in ("baseline", "stratafs", "fuse-overlayfs")
+              if any(l in summ[v]["by"] for v in order)]
+    L = [f"### {title}", "",
+         f"- date: {meta['date']}; stratafs commit `{meta['commit']}`"
+         + (f"; baseline binary `{meta['baseline']}`" if meta.get("baseline") else "")
+         + f"; {meta['runs']} run{'s' if meta['runs'] != 1 else ''} per workload (median per operation)",
+         f"- machine: {meta['cpu']}, {meta['nproc']} CPUs; kernel {meta['kernel']}; {meta['fs_underneath']}; "
+         f"fuse-overlayfs {meta['fuse_overlayfs_version']}",
+         f"- stack: {man['layers']} lower layers, {man['merged_entries']} merged entries"
+         + (" (the `--smoke` stack)" if man.get("smoke") else ""),
+         "",
+         "FUSE requests and daemon system calls per operation, counted around each command (not timed: the "
+         "daemon runs under `strace`). stratafs: requests from its counters (`stratafs stats MNT --json` before "
+         "and after), system calls from `strace -c -f -p PID`; fuse-overlayfs: system calls the same way, requests "
+         "from libfuse's request log (`-d`) on a second mount. A FORGET is one per inode for stratafs and one per "
+         "message for fuse-overlayfs (BATCH_FORGET carries many).", ""]
+    if not order:
+        return "\n".join(L + ["(no counts)"])
+    head = "| operation | per |"
+    rule = "|---|---|"
+    for l in labels:
+        head += f" {l}: requests | {l}: syscalls |"
+        rule += "---:|---:|"
+    if "baseline" in labels and "stratafs" in labels:
+        head += " requests, stratafs / baseline | syscalls, stratafs / baseline |"
+        rule += "---:|---:|"
+    L += [head, rule]
+
+    def total(v, label, key):
+        d = summ[v]["by"].get(label, {}).get(key)
+        return None if d is None else sum(d.values())
+    for v in order:
+        row = f"| {v} | {summ[v]['unit']} |"
+        for l in labels:
+            row += f" {fmt_n(total(v, l, 'requests'))} | {fmt_n(total(v, l, 'syscalls'))} |"
+        if "baseline" in labels and "stratafs" in labels:
+            for key in ("requests", "syscalls"):
+                a, b = total(v, "stratafs", key), total(v, "baseline", key)
+                row += f" {'–' if a is None or not b else f'{a / b:.2f}×'} |"
+        L.append(row)
+    L.append("")
+    for v in order:
+        ops, unit = summ[v]["ops"], summ[v]["unit"]
+        units = unit if ops == 1 or unit == "MiB" else unit[:-1] + "ies" if unit.endswith("y") else unit + "s"
+        L += [f"#### {v}: per {unit} ({ops} {units})", ""]
+        for key, what, floor in (("requests", "request", 0.005), ("syscalls", "system call", 0.05)):
+            cols = [l for l in labels if key in summ[v]["by"].get(l, {})]
+            if not cols:
+                continue
+            kinds = {k for l in cols for k in summ[v]["by"][l][key]}
+            shown = sorted((k for k in kinds if max(summ[v]["by"][l][key].get(k, 0) for l in cols) >= floor),
+                           key=lambda k: -max(summ[v]["by"][l][key].get(k, 0) for l in cols))
+            L += ["| " + what + " | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+            for k in shown:
+                L.append(f"| {k} | " + " | ".join(fmt_n(summ[v]["by"][l][key].get(k, 0)) for l in cols) + " |")
+            rest = [sum(x for k, x in summ[v]["by"][l][key].items() if k not in shown) for l in cols]
+            if any(rest):
+                L.append("| (others) | " + " | ".join(fmt_n(x) for x in rest) + " |")
+            L.append("| **total** | " + " | ".join(f"**{fmt_n(sum(summ[v]['by'][l][key].values()))}**" for l in cols) + " |")
+            L.append("")
+    return "\n".join(L)
+
+
+def counts_result(r):
+    """The counts pass of a timing run (its "counts"), as a result of its own
+    for render_counts."""
+    return {"meta": dict(r["meta"], runs=r["counts"]["runs"]), "manifest": r["manifest"],
+            "measurements": r["counts"]["measurements"]}
+
+
+def update_doc(results_dir, stack_version, files=None, doc_path=DOC):
+    """Rewrites the results section of doc_path: the last two full runs of
+    results_dir, or the stored results `files` (any kind, newest last), and
+    the counts of the newest full run (or file) that has them."""
     runs = []
-    for fn in sorted(os.listdir(results_dir)):
-        if fn.endswith(".json"):
-            with open(os.path.join(results_dir, fn)) as f:
-                r = json.load(f)
-            if r["meta"].get("full") and r["manifest"].get("version") == stack_version:
-                runs.append(r)
-    runs = runs[-2:]
+    if files:
+        for fn in files:
+            with open(fn) as f:
+                runs.append(json.load(f))
+    else:
+        for fn in sorted(os.listdir(results_dir)):
+            if fn.endswith(".json"):
+                with open(os.path.join(results_dir, fn)) as f:
+                    r = json.load(f)
+                if r["meta"].get("full") and r["manifest"].get("version") == stack_version:
+                    runs.append(r)
+    candidates = runs  # for the counts: every stored run considered
+    runs = runs if files else runs[-2:]
     if not runs:
+        log(f"no stored full run in {results_dir}: {doc_path} left as it is")
         return
     body = [BEGIN_MARK, ""]
-    if len(runs) > 1:
+    if files:
+        body.append(f"Numbers below are from {len(runs)} stored run{'s' if len(runs) > 1 else ''} "
+                    "(`bash scripts/bench.sh --render-doc --from ...`)" + (", newest first." if len(runs) > 1 else "."))
+    elif len(runs) > 1:
         body.append(f"Numbers below are from the last {len(runs)} full runs "
                     "(`bash scripts/bench.sh`, default settings), newest first.")
     else:
         body.append("Numbers below are from one full run (`bash scripts/bench.sh`, default settings).")
     body.append("")
+
+    def kind(r):
+        m = r["meta"]
+        return "Full run" if m.get("full") else "Smoke run" if m.get("smoke") else "Partial run"
     for i, r in enumerate(reversed(runs)):
-        body.append(render(r, f"Full run {len(runs) - i} ({r['meta']['date']})"))
-    body.append(END_MARK)
+        if r["meta"].get("counts"):
+            body.append(render_counts(r, f"Requests and system calls per operation ({r['meta']['date']})"))
+        else:
+            body.append(render(r, f"{kind(r)} {len(runs) - i} ({r['meta']['date']})"))
+        body.append("")
+    # The counts of the newest run that has them (they change with the code,
+    # not with the machine's load: one table is enough).
+    with_counts = [r for r in candidates if "counts" in r]
+    if with_counts:
+        r = with_counts[-1]
+        body.append(render_counts(counts_result(r), f"Requests and system calls per operation ({kind(r).lower()}, "
+                                                     f"{r['meta']['date']})"))
+        body.append("")
     text = "\n".join(body)
-    if os.path.exists(DOC):
-        with open(DOC) as f:
+    if os.path.exists(doc_path):
+        with open(doc_path) as f:
             doc = f.read()
     else:
         doc = "# Performance\n\n" + BEGIN_MARK + "\n" + END_MARK + "\n"
@@ -931,9 +1426,9 @@ def update_doc(results_dir, stack_version):
         doc = doc[:a] + text + doc[b:]
     else:
         doc = doc.rstrip("\n") + "\n\n## Results\n\n" + text + "\n"
-    with open(DOC, "w") as f:
+    with open(doc_path, "w") as f:
         f.write(doc)
-    log(f"updated {DOC}")
+    log(f"updated {doc_path}")
 
 
 def machine_meta():
@@ -960,13 +1455,56 @@ def machine_meta():
 # Main
 # --------------------------------------------------------------------------
 
+def run_pass(ctx, a, only, runs, counts):
+    """Runs the selected workloads `runs` times on each of their file
+    systems; with `counts`, counting instead of timing (see Counter).
+    Returns the measurements."""
+    ctx.counts = counts
+    out = []
+    selected = [w for w in WORKLOADS if (w[0] in only if only else (w[0] in COUNT_WORKLOADS or not counts))]
+    if counts:
+        # Only daemons have something to count.
+        selected = [(n, fn, ["stratafs"] + (["fuse-overlayfs", "fuse-overlayfs-debug"] if "fuse-overlayfs" in fss else []))
+                    for n, fn, fss in selected if "stratafs" in fss]
+    if a.no_fuse_overlayfs:
+        selected = [(n, fn, [f for f in fss if not f.startswith("fuse-overlayfs")]) for n, fn, fss in selected]
+    if a.harness:
+        # The question is what stratafs pays for the harness: fuse-overlayfs
+        # is left out, the kernel stays for the ratios of the main table.
+        selected = [(n, fn, [f for f in fss if f != "fuse-overlayfs"] + (HARNESS_FS if "stratafs" in fss else []))
+                    for n, fn, fss in selected]
+    if a.baseline:
+        selected = [(n, fn, fss + (["stratafs-baseline"] if "stratafs" in fss else [])) for n, fn, fss in selected]
+    walk_lower = None
+    if any(n in OTHER_STACK for n, _, _ in selected):
+        ctx.walk_stack, ctx.walk_manifest = ensure_walk_stack(a.dir, a.smoke)
+        walk_lower = ":".join(os.path.join(ctx.walk_stack, "layers", l) for l in ("w1", "w0"))
+    what = "counts" if counts else "timing"
+    for wname, fn, fss in selected:
+        lower = walk_lower if OTHER_STACK.get(wname) == "walk" else None
+        for rep in range(runs):
+            order = fss[rep % len(fss):] + fss[:rep % len(fss)]
+            for fs in order:
+                with Mount(ctx, fs, lower) as m:
+                    drop_caches()
+                    res = fn(ctx, m)
+                for r in res:
+                    r.update(workload=wname, rep=rep)
+                    out.append(r)
+                log(f"{what}: {wname} rep {rep + 1}/{runs} {fs:16s} " +
+                    "  ".join(f"{r['variant']}={fmt_t(r['seconds'])}" +
+                              (f" cpu={r['cpu']:.2f}s" if r.get("cpu") is not None else "") for r in res))
+    return out
+
+
+
 class Ctx:
     pass
 
 
 def main():
     ap = argparse.ArgumentParser(prog="scripts/bench.sh")
-    ap.add_argument("--smoke", action="store_true", help="tiny stack, every workload once (CI)")
+    ap.add_argument("--smoke", action="store_true", help="tiny stack, every workload once, then the counts pass (CI)")
     ap.add_argument("--runs", type=int, default=None, help="repetitions per workload (default 3, smoke 1)")
     ap.add_argument("--only", action="append", default=[],
                     help="run only this workload (repeatable or comma-separated): " + ",".join(w[0] for w in WORKLOADS))
@@ -977,26 +1515,43 @@ def main():
     ap.add_argument("--harness", action="store_true",
                     help="also run stratafs with metrics=0 and with one unrelated fault rule, "
                          "without fuse-overlayfs (test-harness overhead; does not touch the doc)")
+    ap.add_argument("--counts", action="store_true",
+                    help="count FUSE requests and daemon system calls per operation instead of timing "
+                         f"(workloads {','.join(COUNT_WORKLOADS)} unless --only; stratafs, --baseline and "
+                         "fuse-overlayfs; one run each unless --runs; does not touch the doc)")
+    ap.add_argument("--no-fuse-overlayfs", action="store_true", help="leave fuse-overlayfs out")
+    ap.add_argument("--no-counts", action="store_true",
+                    help="a full run or --smoke without its counts pass (the doc keeps the counts of the newest "
+                         "stored full run that has them)")
     ap.add_argument("--list", action="store_true", help="list workloads and exit")
     ap.add_argument("--render-doc", action="store_true",
-                    help="only rewrite docs/PERFORMANCE.md from the stored results of the last two full runs")
+                    help="only rewrite docs/PERFORMANCE.md from the stored results of the last two full runs "
+                         "(or of --from)")
+    ap.add_argument("--from", dest="from_files", action="append", default=[], metavar="RESULT.json",
+                    help="with --render-doc: render these stored results (any kind) instead")
+    ap.add_argument("--doc", default=DOC, metavar="FILE",
+                    help="with --render-doc: the markdown file to rewrite (default docs/PERFORMANCE.md)")
     ap.add_argument("--dir", default=os.environ.get("STRATAFS_BENCH_DIR", "/var/tmp/stratafs-bench"))
     ap.add_argument("--stratafs", default=os.path.join(REPO, "target/release/stratafs"))
     ap.add_argument("--helper", required=True)
     a = ap.parse_args()
     if a.list:
         for w in WORKLOADS:
-            print(w[0])
+            print(w[0] + ("  (--counts default)" if w[0] in COUNT_WORKLOADS else ""))
         return
+    if (a.from_files or a.doc != DOC) and not a.render_doc:
+        die("--from and --doc go with --render-doc")
     if a.render_doc:
-        update_doc(os.path.join(a.dir, "results"), STACK_VERSION)
+        update_doc(os.path.join(a.dir, "results"), STACK_VERSION, a.from_files, a.doc)
         return
     only = [x for o in a.only for x in o.split(",") if x]
     names = [w[0] for w in WORKLOADS]
     for o in only:
         if o not in names:
             die(f"unknown workload {o!r}; known: {', '.join(names)}")
-    runs = a.runs if a.runs is not None else (1 if a.smoke else 3)
+    if a.counts and a.harness:
+        die("--counts and --harness do not go together")
+    runs = a.runs if a.runs is not None else (1 if a.smoke or a.counts else 3)
     if runs < 1:
         die("--runs must be >= 1")
 
@@ -1014,8 +1569,10 @@ def main():
     os.makedirs(ctx.rundir)
 
     meta = machine_meta()
-    meta.update(runs=runs, smoke=a.smoke, only=only, harness=a.harness,
-                full=(not a.smoke and not only and runs == 3 and not a.harness and not a.baseline))
+    meta.update(runs=runs, smoke=a.smoke, only=only, harness=a.harness, counts=a.counts,
+                baseline=ctx.baseline,
+                full=(not a.smoke and not only and runs == 3 and not a.harness and not a.baseline
+                      and not a.counts and not a.no_fuse_overlayfs))
     ctx.faults_file = os.path.join(a.dir, "harness-faults.toml")
     with open(ctx.faults_file, "w") as f:
         f.write(HARNESS_FAULTS)
@@ -1023,44 +1580,38 @@ def main():
     meta["fs_underneath"] = f"layers and upper dirs on {df[0] if df else '?'}"
     result = {"meta": meta, "manifest": ctx.manifest, "measurements": []}
     t_start = time.time()
-    selected = [w for w in WORKLOADS if not only or w[0] in only]
-    if a.harness:
-        # The question is what stratafs pays for the harness: fuse-overlayfs
-        # is left out, the kernel stays for the ratios of the main table.
-        selected = [(n, fn, [f for f in fss if f != "fuse-overlayfs"] + (HARNESS_FS if "stratafs" in fss else []))
-                    for n, fn, fss in selected]
-    if a.baseline:
-        selected = [(n, fn, fss + (["stratafs-baseline"] if "stratafs" in fss else [])) for n, fn, fss in selected]
-    for wname, fn, fss in selected:
-        for rep in range(runs):
-            order = fss[rep % len(fss):] + fss[:rep % len(fss)]
-            for fs in order:
-                with Mount(ctx, fs) as m:
-                    drop_caches()
-                    res = fn(ctx, m)
-                for r in res:
-                    r.update(workload=wname, rep=rep)
-                    result["measurements"].append(r)
-                log(f"{wname} rep {rep + 1}/{runs} {fs:16s} " +
-                    "  ".join(f"{r['variant']}={fmt_t(r['seconds'])}" +
-                              (f" cpu={r['cpu']:.2f}s" if r.get("cpu") is not None else "") for r in res))
+    result["measurements"] = run_pass(ctx, a, only, runs, a.counts)
     meta["wall_seconds"] = time.time() - t_start
+    if (meta["full"] or (a.smoke and not only and not a.harness)) and not a.counts and not a.no_counts:
+        # The counts of the doc: one untimed pass over the counted workloads
+        # after the timings, on the same stack.
+        t0 = time.time()
+        result["counts"] = {"runs": 1, "measurements": run_pass(ctx, a, [], 1, True),
+                            "wall_seconds": time.time() - t0}
     results_dir = os.path.join(a.dir, "results")
     os.makedirs(results_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     kind = "smoke" if a.smoke else ("full" if meta["full"] else "partial")
     if a.harness:
         kind += "-harness"
+    if a.counts:
+        kind += "-counts"
     base = os.path.join(results_dir, f"{stamp}-{kind}")
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=1)
-    md = render(result, f"{kind} run ({meta['date']})")
+    if a.counts:
+        md = render_counts(result, f"Requests and system calls per operation ({meta['date']})")
+    else:
+        md = render(result, f"{kind} run ({meta['date']})")
+        if "counts" in result:
+            md += "\n\n" + render_counts(counts_result(result), f"Requests and system calls per operation, {kind} run ({meta['date']})")
     with open(base + ".md", "w") as f:
         f.write(md + "\n")
     print()
     print(md)
     print()
-    log(f"results: {base}.json / .md; wall time {meta['wall_seconds'] / 60:.1f} min")
+    log(f"results: {base}.json / .md; wall time {meta['wall_seconds'] / 60:.1f} min"
+        + (f" (and {result['counts']['wall_seconds'] / 60:.1f} min of counts)" if "counts" in result else ""))
     if meta["full"] and not a.no_doc:
         update_doc(results_dir, STACK_VERSION)
 

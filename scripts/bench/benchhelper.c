@@ -5,12 +5,16 @@
  *   benchhelper create DIR N SIZE  create+write SIZE bytes+close N files in DIR, then unlink them
  *   benchhelper rename LIST        rename(p, p + ".renamed") for every path in LIST
  *   benchhelper append FILE        append one byte to FILE (forces a copy-up)
+ *   benchhelper appendlist LIST    append one byte to every file in LIST
+ *   benchhelper mkfiles DIR N SIZE create+write SIZE bytes+close N files in DIR (kept)
+ *   benchhelper walk DIR           readdir every directory under DIR, lstat every entry
  *
  * Paths in LIST are relative; they are resolved against the current directory.
  * Prints "ok=N missing=N failed=N" on stdout; exits 1 if anything failed
  * unexpectedly (for `stat`, ENOENT counts as "missing", not as a failure).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -25,6 +29,38 @@ static FILE *open_list(const char *p) {
     FILE *f = fopen(p, "r");
     if (!f) { perror(p); exit(2); }
     return f;
+}
+
+/* Appends one byte to `path`; 0 on success. */
+static int append_one(const char *path) {
+    int fd = open(path, O_WRONLY | O_APPEND | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    if (write(fd, "x", 1) != 1) { close(fd); return -1; }
+    return close(fd);
+}
+
+/* Reads every directory under the directory `dfd` (which it closes) and
+ * lstats every entry through its parent's descriptor, depth first. */
+static void walk(int dfd, long *ok, long *failed) {
+    DIR *d = fdopendir(dfd);
+    if (!d) { (*failed)++; close(dfd); return; }
+    struct dirent *e;
+    struct stat st;
+    while ((errno = 0, e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW)) {
+            if (++*failed < 5) perror(e->d_name);
+            continue;
+        }
+        (*ok)++;
+        if (S_ISDIR(st.st_mode)) {
+            int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+            if (sub < 0) { if (++*failed < 5) perror(e->d_name); continue; }
+            walk(sub, ok, failed);
+        }
+    }
+    if (errno) (*failed)++;
+    closedir(d);
 }
 
 static void chomp(char *s) {
@@ -57,7 +93,7 @@ int main(int argc, char **argv) {
             if (r < 0) { failed++; perror(line); } else ok++;
             close(fd);
         }
-    } else if (!strcmp(mode, "create")) {
+    } else if (!strcmp(mode, "create") || !strcmp(mode, "mkfiles")) {
         if (argc < 5) return 2;
         const char *dir = argv[2];
         long n = atol(argv[3]), size = atol(argv[4]);
@@ -71,7 +107,8 @@ int main(int argc, char **argv) {
             if (write(fd, buf, size) != size) { failed++; perror(line); }
             close(fd);
         }
-        for (long i = 0; i < n; i++) {
+        if (!strcmp(mode, "mkfiles")) ok = n - failed;
+        else for (long i = 0; i < n; i++) {
             snprintf(line, sizeof line, "%s/f%06ld", dir, i);
             if (unlink(line)) { failed++; if (failed < 5) perror(line); } else ok++;
         }
@@ -84,11 +121,18 @@ int main(int argc, char **argv) {
             if (rename(line, to)) { failed++; if (failed < 5) perror(line); } else ok++;
         }
     } else if (!strcmp(mode, "append")) {
-        int fd = open(argv[2], O_WRONLY | O_APPEND);
-        if (fd < 0) { perror(argv[2]); return 1; }
-        if (write(fd, "x", 1) != 1) { perror(argv[2]); return 1; }
-        if (close(fd)) { perror(argv[2]); return 1; }
+        if (append_one(argv[2])) { perror(argv[2]); return 1; }
         ok = 1;
+    } else if (!strcmp(mode, "appendlist")) {
+        FILE *f = open_list(argv[2]);
+        while (fgets(line, sizeof line, f)) {
+            chomp(line);
+            if (append_one(line)) { failed++; if (failed < 5) perror(line); } else ok++;
+        }
+    } else if (!strcmp(mode, "walk")) {
+        int dfd = open(argv[2], O_RDONLY | O_DIRECTORY);
+        if (dfd < 0) { perror(argv[2]); return 1; }
+        walk(dfd, &ok, &failed);
     } else {
         fprintf(stderr, "unknown mode %s\n", mode);
         return 2;

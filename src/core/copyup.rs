@@ -6,15 +6,19 @@
 //! setuid/setgid, times), fsync'ed, and published with one
 //! `renameat2(RENAME_NOREPLACE)` into the upper parent, whose times are then
 //! restored. No partial copy is ever visible in the upper directory. Data is
-//! cloned (FICLONE) where the filesystem can, else copied in the kernel with
-//! `copy_file_range` over the data segments only (holes stay holes), else
-//! read and written.
+//! cloned (FICLONE) where the filesystem can (a layer whose filesystems
+//! refuse is not asked again), else copied in the kernel with
+//! `copy_file_range` (over the data segments only where the file has holes,
+//! so holes stay holes), else read and written. A file's copy gets its
+//! xattrs, owner, mode, times and records through the descriptor it is
+//! written through, not through a name.
 //!
 //! Only the node's own copy lock is held during the data copy; the parent
 //! directory is locked just for the publishing rename, so lookups elsewhere
 //! (and in the same directory) go on during a large copy.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, XattrFlags};
@@ -47,25 +51,30 @@ const CHUNK: usize = 1 << 20;
 impl Overlay {
     /// Make sure `node` has an upper copy; returns its `O_PATH` fd.
     pub(crate) fn copy_up(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
+        self.ensure_upper(node, data)?;
+        self.upper_fd(node)?.ok_or(Errno::IO)
+    }
+
+    /// Make sure `node` has an upper copy (without a descriptor of it for
+    /// the caller, which a regular file is reached without).
+    pub(crate) fn ensure_upper(&self, node: &Arc<Node>, data: Data) -> Result<()> {
         self.writable()?;
-        if let Some(u) = self.upper_fd(node)? {
+        if node.has_upper() {
             // A hard-linked file whose copy is in the index: a change
             // through one of its names links that name up.
-            self.link_up_recent(node)?;
-            return Ok(u);
+            return self.link_up_recent(node);
         }
-        let hard_linked = !node.is_dir()
-            && node
-                .state
-                .read()
-                .lowers
-                .first()
-                .and_then(|l| l.obj.stat().ok())
-                .is_some_and(|st| st.st_nlink > 1);
+        let lower = if node.is_dir() {
+            None
+        } else {
+            let obj = node.state.read().lowers.first().map(|l| l.obj.clone());
+            obj.and_then(|o| o.stat().ok())
+        };
+        let hard_linked = lower.is_some_and(|st| st.st_nlink > 1);
         if hard_linked && self.stack.index.is_some() {
             // Its copy goes to the index; only the name the change goes
             // through (and its parents) is copied up then.
-            return self.copy_up_one(node, data);
+            return self.copy_up_one(node, data, lower);
         }
         // Collect the ancestors that lack an upper copy, nearest first.
         let mut chain = vec![node.clone()];
@@ -80,16 +89,13 @@ impl Overlay {
             }
             chain.push(p);
         }
-        let mut last = None;
         for n in chain.iter().rev() {
-            let d = if Arc::ptr_eq(n, node) {
-                data
+            if Arc::ptr_eq(n, node) {
+                self.copy_up_one(n, data, lower)?;
             } else {
-                Data::All
-            };
-            last = Some(self.copy_up_one(n, d)?);
+                self.copy_up_one(n, Data::All, None)?;
+            }
         }
-        let up = last.ok_or(Errno::IO)?;
         if hard_linked {
             // Without an index (the layers give no file handles), other
             // names of a hard-linked lower file that the kernel knows as
@@ -103,7 +109,7 @@ impl Overlay {
                 }
             }
         }
-        Ok(up)
+        Ok(())
     }
 
     /// Without an index: give (`parent`, `name`), a lower hard link of the
@@ -221,6 +227,7 @@ impl Overlay {
         &self,
         layer: usize,
         lower: &Obj,
+        st: &Stat,
         data: Data,
     ) -> Result<Option<(IndexEntry, Arc<OwnedFd>)>> {
         let (Some(index), Some(mut entry)) =
@@ -230,27 +237,23 @@ impl Overlay {
         };
         if !entry.exists {
             let work = self.stack.work()?;
-            let lfd = lower.fd()?;
-            let st = rustix::fs::fstat(&*lfd)?;
             let tmp = self.stack.tmp_name();
-            let made = build_copy(&self.stack, &tmp, &lfd, &st, data)
-                .and_then(|()| fd::open_path(work, &tmp))
-                .and_then(|copy| {
-                    origin::write(&self.stack, &copy, &entry.record);
-                    self.carry_override(layer, &lfd, &st, &copy)?;
-                    self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
-                    match rustix::fs::linkat(
-                        work,
-                        tmp.as_slice(),
-                        &**index,
-                        &*entry.name,
-                        AtFlags::empty(),
-                    ) {
-                        // Made meanwhile through another name: use that.
-                        Ok(()) | Err(Errno::EXIST) => Ok(()),
-                        Err(e) => Err(e),
-                    }
-                });
+            let made = build_copy(&self.stack, layer, &tmp, lower, st, data).and_then(|copy| {
+                origin::write(&self.stack, &copy, &entry.record);
+                self.carry_override(layer, lower, st, &copy)?;
+                self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
+                match rustix::fs::linkat(
+                    work,
+                    tmp.as_slice(),
+                    &**index,
+                    &*entry.name,
+                    AtFlags::empty(),
+                ) {
+                    // Made meanwhile through another name: use that.
+                    Ok(()) | Err(Errno::EXIST) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            });
             let _ = tree::remove_tree(work, &tmp, false);
             made?;
             entry.exists = true;
@@ -265,12 +268,15 @@ impl Overlay {
         Ok(Some((entry, inode)))
     }
 
-    fn copy_up_one(&self, node: &Arc<Node>, data: Data) -> Result<Arc<OwnedFd>> {
+    /// Copy up `node` itself (its parent has an upper copy or gets one
+    /// now); `lower` is the stat of its lower object where the caller has
+    /// it.
+    fn copy_up_one(&self, node: &Arc<Node>, data: Data, lower: Option<Stat>) -> Result<()> {
         let _g = node.copy_lock.lock(node.ino);
-        if let Some(u) = self.upper_fd(node)? {
-            return Ok(u);
+        if node.has_upper() {
+            return Ok(());
         }
-        let (parent_ino, name, lower, detached) = {
+        let (parent_ino, name, lower_of, detached) = {
             let st = node.state.read();
             let lower = st.lowers.first().map(|l| (l.layer, l.obj.clone()));
             (st.parent, st.name.clone(), lower, st.detached)
@@ -279,11 +285,13 @@ impl Overlay {
             // The name is gone; there is no place to copy it to.
             return Err(Errno::STALE);
         }
-        let (lower_layer, lower_obj) = lower.ok_or(Errno::IO)?;
-        let lower = lower_obj.fd()?;
-        let st = rustix::fs::fstat(&*lower)?;
+        let (lower_layer, lower_obj) = lower_of.ok_or(Errno::IO)?;
+        let st = match lower {
+            Some(st) => st,
+            None => lower_obj.stat()?,
+        };
         if !node.is_dir() && st.st_nlink > 1 {
-            if let Some((entry, inode)) = self.ensure_index(lower_layer, &lower_obj, data)? {
+            if let Some((entry, _)) = self.ensure_index(lower_layer, &lower_obj, &st, data)? {
                 // A hard-linked file: its copy is in the index; the name
                 // the change goes through gets a link to it.
                 let index = self.stack.index.as_ref().ok_or(Errno::IO)?;
@@ -295,7 +303,7 @@ impl Overlay {
                 }
                 self.link_up_recent(node)?;
                 self.invalidate(Invalidate::Attr(node.ino));
-                return Ok(inode);
+                return Ok(());
             }
         }
         let parent = self.node(parent_ino)?;
@@ -312,17 +320,18 @@ impl Overlay {
         // objects unless they are hard links it cannot index.
         let record = (node.is_dir() || st.st_nlink == 1)
             .then(|| origin::record_of(&self.stack, lower_layer, &lower_obj));
-        let built = build_copy(&self.stack, &tmp, &lower, &st, data)
-            .and_then(|()| fd::open_path(work, &tmp))
-            .and_then(|copy| {
+        let built =
+            build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, data).and_then(|copy| {
                 if let Some(r) = &record {
                     origin::write(&self.stack, &copy, r);
                 }
-                self.carry_override(lower_layer, &lower, &st, &copy)?;
-                Ok(Arc::new(copy))
+                self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
+                Ok(copy)
             });
         let copy = match built {
-            Ok(c) => c,
+            // A directory node keeps its copy's (`O_PATH`) descriptor; the
+            // descriptor a file was written through is closed here.
+            Ok(c) => node.is_dir().then(|| Arc::new(c)),
             Err(e) => {
                 let _ = tree::remove_tree(work, &tmp, node.is_dir());
                 return Err(e);
@@ -349,13 +358,12 @@ impl Overlay {
             }
             let _ = fd::set_times(&*pup, &fd::times_of(&pst));
             let mut s = node.state.write();
-            s.upper = Some(if node.is_dir() {
-                Obj::Fd(copy.clone())
-            } else {
-                Obj::At {
+            s.upper = Some(match copy {
+                Some(dir) => Obj::Fd(dir),
+                None => Obj::At {
                     dir: pup.clone(),
                     name: name.clone(),
-                }
+                },
             });
             if !node.is_dir() {
                 s.lowers.clear();
@@ -372,7 +380,7 @@ impl Overlay {
             // merged (nlink 1), a copied hard link has its own count.
             self.invalidate(Invalidate::Attr(node.ino));
         }
-        Ok(copy)
+        Ok(())
     }
 
     /// Give a copy the owner and mode its original shows, in the upper's
@@ -381,7 +389,7 @@ impl Overlay {
     fn carry_override(
         &self,
         lower_layer: usize,
-        lower: &Arc<OwnedFd>,
+        lower: &Obj,
         st: &Stat,
         copy: &OwnedFd,
     ) -> Result<()> {
@@ -392,14 +400,24 @@ impl Overlay {
             return Ok(());
         }
         let ov = self
-            .recorded_override(lower_layer, &Obj::Fd(lower.clone()), st)
+            .recorded_override(lower_layer, lower, st)
             .unwrap_or_else(|| Override::of_stat(st));
         xattr::set(copy, name, ov.format().as_bytes(), XattrFlags::empty())
     }
 }
 
-/// Build a copy of `lower` (stat `st`) named `tmp` in the work directory.
-fn build_copy(stack: &Stack, tmp: &[u8], lower: &OwnedFd, st: &Stat, data: Data) -> Result<()> {
+/// Build a copy of `lower` (of layer `layer`, stat `st`) named `tmp` in the
+/// work directory. Returns a descriptor of the copy: for a regular file the
+/// one it was written through (the caller sets its records through it),
+/// else an `O_PATH` one.
+fn build_copy(
+    stack: &Stack,
+    layer: usize,
+    tmp: &[u8],
+    lower: &Obj,
+    st: &Stat,
+    data: Data,
+) -> Result<OwnedFd> {
     let work = stack.work()?;
     let kind = FileType::from_raw_mode(st.st_mode);
     match kind {
@@ -411,39 +429,51 @@ fn build_copy(stack: &Stack, tmp: &[u8], lower: &OwnedFd, st: &Stat, data: Data)
                 Mode::from_raw_mode(0o600),
             )?;
             if data == Data::All && st.st_size > 0 {
-                let src = fd::reopen(lower, OFlags::RDONLY)?;
-                copy_data(&src, &dst, st.st_size as u64)?;
+                let src = lower.open(OFlags::RDONLY)?;
+                let no_clone = AtomicBool::new(false);
+                let refused = stack
+                    .layers
+                    .get(layer)
+                    .map_or(&no_clone, |l| &l.clone_refused);
+                copy_data(&src, &dst, st, refused)?;
             }
-            finish_copy(&dst, lower, st)?;
+            finish_copy(stack, &dst, lower, st)?;
             if stack.fsync {
                 rustix::fs::fsync(&dst)?;
             }
+            Ok(dst)
         }
         FileType::Directory => {
             rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
-            finish_copy(fd::open_path(work, tmp)?, lower, st)?;
+            let d = fd::open_path(work, tmp)?;
+            finish_copy(stack, &d, lower, st)?;
+            Ok(d)
         }
         FileType::Symlink => {
-            let target = rustix::fs::readlinkat(lower, "", Vec::new())?;
+            let target = match lower {
+                Obj::Fd(f) => rustix::fs::readlinkat(&**f, "", Vec::new())?,
+                Obj::At { dir, name } => rustix::fs::readlinkat(&**dir, &**name, Vec::new())?,
+            };
             rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
             let d = fd::open_path(work, tmp)?;
             copy_xattrs(lower, &d)?;
-            fd::give_to(&d, st.st_uid, st.st_gid, &rustix::fs::fstat(&d)?)?;
+            fd::give_to(&d, st.st_uid, st.st_gid, stack.fresh_owner(&d)?)?;
             let _ = rustix::fs::utimensat(work, tmp, &fd::times_of(st), AtFlags::SYMLINK_NOFOLLOW);
+            Ok(d)
         }
         _ => {
             rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?;
-            finish_copy(fd::open_path(work, tmp)?, lower, st)?;
+            let d = fd::open_path(work, tmp)?;
+            finish_copy(stack, &d, lower, st)?;
+            Ok(d)
         }
     }
-    Ok(())
 }
 
 /// xattrs, owner, mode (after chown, so setuid/setgid survive), times.
-fn finish_copy(dst: impl AsFd, lower: &OwnedFd, st: &Stat) -> Result<()> {
-    let dst = dst.as_fd();
+fn finish_copy(stack: &Stack, dst: &OwnedFd, lower: &Obj, st: &Stat) -> Result<()> {
     copy_xattrs(lower, dst)?;
-    fd::give_to(dst, st.st_uid, st.st_gid, &rustix::fs::fstat(dst)?)?;
+    fd::give_to(dst, st.st_uid, st.st_gid, stack.fresh_owner(dst)?)?;
     fd::set_mode(dst, st.st_mode & 0o7777)?;
     fd::set_times(dst, &fd::times_of(st))
 }
@@ -451,9 +481,8 @@ fn finish_copy(dst: impl AsFd, lower: &OwnedFd, st: &Stat) -> Result<()> {
 /// Copy every xattr of `src` to `dst` except overlay metadata. Attributes
 /// the destination refuses for lack of privilege (trusted.*, security.*
 /// when rootless) are skipped, as the kernel overlay does.
-fn copy_xattrs(src: impl AsFd, dst: impl AsFd) -> Result<()> {
-    let (src, dst) = (src.as_fd(), dst.as_fd());
-    let all = match xattr::list(src) {
+fn copy_xattrs(src: &Obj, dst: &OwnedFd) -> Result<()> {
+    let all = match src.list_xattr() {
         Ok(l) => l,
         Err(Errno::NOTSUP) => return Ok(()),
         Err(e) => return Err(e),
@@ -462,7 +491,7 @@ fn copy_xattrs(src: impl AsFd, dst: impl AsFd) -> Result<()> {
         if xattr_names::is_private(n) {
             continue;
         }
-        let v = match xattr::get(src, n) {
+        let v = match src.get_xattr(n) {
             Ok(v) => v,
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
@@ -481,11 +510,38 @@ fn copy_xattrs(src: impl AsFd, dst: impl AsFd) -> Result<()> {
     Ok(())
 }
 
-/// Copy `len` bytes of `src` to the empty file `dst`, keeping holes.
-fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<()> {
-    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
-        return Ok(());
+/// Copy the data of `src` (of stat `st`) to the empty file `dst`: cloned
+/// unless `clone_refused` (set here when the filesystems refuse for every
+/// file: no clone is tried again for the layer), else copied in the
+/// kernel, holes kept where the file has any (it has none where its blocks
+/// cover its size: no scan then).
+fn copy_data(src: &OwnedFd, dst: &OwnedFd, st: &Stat, clone_refused: &AtomicBool) -> Result<()> {
+    if !clone_refused.load(Ordering::Relaxed) {
+        match rustix::fs::ioctl_ficlone(dst, src) {
+            Ok(()) => return Ok(()),
+            // The filesystems cannot clone, or not across these two.
+            Err(Errno::OPNOTSUPP) | Err(Errno::NOTTY) | Err(Errno::NOSYS) | Err(Errno::XDEV) => {
+                clone_refused.store(true, Ordering::Relaxed)
+            }
+            Err(_) => {} // this file only
+        }
     }
+    let len = st.st_size as u64;
+    let may_have_holes = (st.st_blocks as u64).saturating_mul(512) < len;
+    let end = if may_have_holes {
+        copy_segments(src, dst, len)?
+    } else {
+        copy_range(src, dst, 0, len)?
+    };
+    if end < len {
+        rustix::fs::ftruncate(dst, len)?;
+    }
+    Ok(())
+}
+
+/// Copy the data segments of `src` below `len` (holes stay holes); returns
+/// where the last one ended.
+fn copy_segments(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<u64> {
     let mut pos = 0u64;
     while pos < len {
         let start = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
@@ -498,13 +554,17 @@ fn copy_data(src: &OwnedFd, dst: &OwnedFd, len: u64) -> Result<()> {
             Ok(e) => e.min(len),
             Err(_) => len,
         };
-        copy_range(src, dst, start, end)?;
-        pos = end;
+        pos = copy_range(src, dst, start, end)?;
+        if pos < end {
+            break; // the file ended early
+        }
     }
-    rustix::fs::ftruncate(dst, len)
+    Ok(pos)
 }
 
-fn copy_range(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> Result<()> {
+/// Copy bytes `start..end` of `src` to the same place in `dst`; returns
+/// where the copy ended (before `end` if `src` ended first).
+fn copy_range(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> Result<u64> {
     let mut off_in = start;
     let mut off_out = start;
     let mut kernel_copy = true;
@@ -544,7 +604,7 @@ fn copy_range(src: &OwnedFd, dst: &OwnedFd, start: u64, end: u64) -> Result<()> 
         off_in += n as u64;
         off_out += n as u64;
     }
-    Ok(())
+    Ok(off_in)
 }
 
 #[cfg(test)]
@@ -569,13 +629,62 @@ mod tests {
             OFlags::CREATE | OFlags::WRONLY,
             Mode::from_raw_mode(0o600),
         )?;
-        copy_data(&src, &dst, 16 << 20)?;
+        let st = rustix::fs::fstat(&src)?;
+        copy_data(&src, &dst, &st, &AtomicBool::new(false))?;
         drop(dst);
         let (a, b) = (std::fs::read(&src_path)?, std::fs::read(&dst_path)?);
         assert!(a == b, "content differs");
         use std::os::unix::fs::MetadataExt;
         let blocks = std::fs::metadata(&dst_path)?.blocks();
         assert!(blocks < 1024, "holes were filled: {blocks} blocks");
+        Ok(())
+    }
+
+    /// Files without holes (one range, no scan), a trailing hole and an
+    /// empty-looking sparse file; a refused clone is remembered exactly
+    /// when the filesystem refuses clones at all.
+    #[test]
+    fn copies_of_every_shape_and_the_clone_refusal_is_remembered() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let cases: [(&str, Vec<u8>, u64); 4] = [
+            ("dense", (0..10_000u32).map(|i| i as u8).collect(), 10_000),
+            ("tail-hole", b"data".to_vec(), 3 << 20),
+            ("all-hole", Vec::new(), 5000),
+            ("one-byte", b"x".to_vec(), 1),
+        ];
+        let refused = AtomicBool::new(false);
+        let mut clone_works = None;
+        for (name, data, len) in cases {
+            let sp = dir.path().join(name);
+            std::fs::write(&sp, &data)?;
+            std::fs::File::options()
+                .write(true)
+                .open(&sp)?
+                .set_len(len)?;
+            let src = rustix::fs::open(&sp, OFlags::RDONLY, Mode::empty())?;
+            let dp = dir.path().join(format!("{name}.copy"));
+            let dst = rustix::fs::open(
+                &dp,
+                OFlags::CREATE | OFlags::WRONLY,
+                Mode::from_raw_mode(0o600),
+            )?;
+            if clone_works.is_none() {
+                let probe = dir.path().join("probe");
+                let p = rustix::fs::open(
+                    &probe,
+                    OFlags::CREATE | OFlags::WRONLY,
+                    Mode::from_raw_mode(0o600),
+                )?;
+                clone_works = Some(rustix::fs::ioctl_ficlone(&p, &src).is_ok());
+            }
+            copy_data(&src, &dst, &rustix::fs::fstat(&src)?, &refused)?;
+            drop(dst);
+            assert!(
+                std::fs::read(&sp)? == std::fs::read(&dp)?,
+                "{name}: content differs"
+            );
+        }
+        assert_eq!(refused.load(Ordering::Relaxed), clone_works == Some(false));
         Ok(())
     }
 }

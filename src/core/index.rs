@@ -166,8 +166,12 @@ impl Overlay {
         if found.stat.st_nlink < 2 {
             return Ok(NameGone::Nothing);
         }
-        let Some((entry, inode)) =
-            self.ensure_index(found.top.layer, &found.top.obj, super::copyup::Data::All)?
+        let Some((entry, inode)) = self.ensure_index(
+            found.top.layer,
+            &found.top.obj,
+            &found.stat,
+            super::copyup::Data::All,
+        )?
         else {
             return Ok(NameGone::Nothing);
         };

@@ -58,7 +58,7 @@ impl Overlay {
                 } else {
                     Data::All
                 };
-                self.copy_up(&node, data)?;
+                self.ensure_upper(&node, data)?;
             }
         }
         let (fd, on_upper) = self.with_top(&node, |layer, top| {

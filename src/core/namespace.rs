@@ -7,7 +7,11 @@
 //! directory lock is taken. Deleting a name that lower layers show leaves
 //! a whiteout; a directory created where a lower one was deleted is opaque.
 //! Entries that must replace a whiteout are built in the work directory and
-//! published with one rename.
+//! published with one rename. A new entry costs one `lstat` of its name in
+//! the upper (lower layers answer from their indexes) and is answered with
+//! the attributes read right after it was made, unless something changed it
+//! since; a new regular file is handled through the descriptor it is opened
+//! with.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -131,17 +135,30 @@ fn check_new_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn upper_slot(pup: &OwnedFd, name: &[u8]) -> Result<UpperSlot> {
+/// What the upper directory `pup` of `dir` holds at `name`, where a new
+/// entry is to go: `EEXIST` if the merged directory shows the name. One
+/// `lstat` in the upper; the lower layers are asked (their indexes mostly
+/// answer without a system call) and a `.wh.NAME` marker looked for only
+/// where `dir` has lower layers: without any, a marker hides nothing, and
+/// the new entry beside it means what it would mean alone.
+fn free_slot(dir: &Node, pup: &OwnedFd, name: &[u8]) -> Result<UpperSlot> {
     match fd::stat_at(pup, name) {
-        Ok(st) if whiteout::is_whiteout(&st) => Ok(UpperSlot::CharWhiteout),
-        Ok(_) => Err(Errno::EXIST),
-        Err(Errno::NOENT) => Ok(if whiteout::has_wh_file(pup, name) {
-            UpperSlot::WhFile
-        } else {
-            UpperSlot::Empty
-        }),
-        Err(e) => Err(e),
+        Ok(st) if whiteout::is_whiteout(&st) => return Ok(UpperSlot::CharWhiteout),
+        Ok(_) => return Err(Errno::EXIST),
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(e),
     }
+    let lowers = dir.lower_dirs();
+    if lowers.is_empty() {
+        return Ok(UpperSlot::Empty);
+    }
+    if whiteout::has_wh_file(pup, name) {
+        return Ok(UpperSlot::WhFile);
+    }
+    if resolve::exists(&lowers, name)? {
+        return Err(Errno::EXIST);
+    }
+    Ok(UpperSlot::Empty)
 }
 
 /// Whether the upper directory has a default ACL (then the umask is not
@@ -193,15 +210,12 @@ impl Overlay {
         check_new_name(name)?;
         let dir = self.dir_node(parent)?;
         // Fail before anything is copied up, as the kernel does.
-        if resolve::exists(&dir.dir_layers(), name)? {
+        if !dir.has_upper() && resolve::exists(&dir.dir_layers(), name)? {
             return Err(Errno::EXIST);
         }
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.change_listing();
-        if resolve::exists(&dir.dir_layers(), name)? {
-            return Err(Errno::EXIST);
-        }
-        let slot = upper_slot(&pup, name)?;
+        let slot = free_slot(&dir, &pup, name)?;
         let mut pst = rustix::fs::fstat(&*pup)?;
         self.present(0, &Obj::Fd(pup.clone()), &mut pst);
         let sgid_parent = pst.st_mode & libc::S_ISGID != 0;
@@ -247,17 +261,23 @@ impl Overlay {
         } else {
             (work, self.stack.tmp_name())
         };
-        let made = make_object(at, &tmp, &what, &making).and_then(|(obj, file)| {
+        let made = make_object(at, &tmp, &what, &making).and_then(|mut made| {
             if let Some((ov_name, ov)) = &forced {
-                let set = xattr::set(&obj, ov_name, ov.format().as_bytes(), XattrFlags::empty());
+                let set = xattr::set(
+                    made.fd()?,
+                    ov_name,
+                    ov.format().as_bytes(),
+                    XattrFlags::empty(),
+                );
                 if let Err(e) = set {
                     let _ = tree::remove_tree(at, &tmp, is_dir);
                     return Err(e);
                 }
+                made.stat = None;
             }
-            Ok((obj, file))
+            Ok(made)
         });
-        let (obj, file) = match made {
+        let mut made = match made {
             Ok(x) => x,
             Err(e) => {
                 if slot != UpperSlot::Empty {
@@ -269,7 +289,7 @@ impl Overlay {
         if slot != UpperSlot::Empty {
             let published = (|| {
                 if is_dir {
-                    self.stack.formats.set_opaque(&obj)?;
+                    self.stack.formats.set_opaque(made.fd()?)?;
                 }
                 publish(work, &tmp, &pup, name, slot, is_dir)
             })();
@@ -277,25 +297,30 @@ impl Overlay {
                 let _ = tree::remove_tree(work, &tmp, is_dir);
                 return Err(e);
             }
+            made.stat = None;
         } else if is_dir && dir.has_lowers() {
             // As the kernel overlay with an inode index: a new directory in
             // a merged one is opaque, so that a name added to a lower layer
             // later cannot show in it (best effort, as there).
-            if let Err(e) = self.stack.formats.set_opaque(&obj) {
-                log::debug!("new directory not marked opaque: {e}");
+            match self.stack.formats.set_opaque(made.fd()?) {
+                Ok(()) => made.stat = None,
+                Err(e) => log::debug!("new directory not marked opaque: {e}"),
             }
         }
-        let mut stat = rustix::fs::fstat(&obj)?;
-        let obj = if is_dir {
-            Obj::Fd(Arc::new(obj))
-        } else {
-            Obj::At {
+        let mut stat = match made.stat {
+            Some(st) => st,
+            None => rustix::fs::fstat(made.fd()?)?,
+        };
+        let obj = match (is_dir, made.obj) {
+            (true, Some(d)) => Obj::Fd(Arc::new(d)),
+            (true, None) => return Err(Errno::IO),
+            (false, _) => Obj::At {
                 dir: pup.clone(),
                 name: Name::from(name),
-            }
+            },
         };
         self.present(0, &obj, &mut stat);
-        Ok((self.attach_new(parent, name, obj, stat), file))
+        Ok((self.attach_new(parent, name, obj, stat), made.file))
     }
 
     /// `link`: a new name for an existing non-directory.
@@ -307,16 +332,13 @@ impl Overlay {
             return Err(Errno::PERM);
         }
         let dir = self.dir_node(parent)?;
-        if resolve::exists(&dir.dir_layers(), name)? {
+        if !dir.has_upper() && resolve::exists(&dir.dir_layers(), name)? {
             return Err(Errno::EXIST);
         }
         let src = self.copy_up(&node, Data::All)?;
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.change_listing();
-        if resolve::exists(&dir.dir_layers(), name)? {
-            return Err(Errno::EXIST);
-        }
-        let slot = upper_slot(&pup, name)?;
+        let slot = free_slot(&dir, &pup, name)?;
         if slot == UpperSlot::Empty {
             fd::link_fd(&*src, &*pup, name)?;
         } else {
@@ -697,14 +719,27 @@ fn publish(
     Ok(())
 }
 
-/// Create the object `name` in `at` with the given ownership. Returns its
-/// `O_PATH` fd and, for files, an open fd.
-fn make_object(
-    at: &OwnedFd,
-    name: &[u8],
-    what: &NewKind<'_>,
-    m: &Making,
-) -> Result<(OwnedFd, Option<OwnedFd>)> {
+/// A new object, as `make_object` leaves it.
+struct Made {
+    /// An `O_PATH` descriptor of it (not for regular files).
+    obj: Option<OwnedFd>,
+    /// A regular file open as asked.
+    file: Option<OwnedFd>,
+    /// Its attributes, while nothing changed it since they were read.
+    stat: Option<Stat>,
+}
+
+impl Made {
+    /// A descriptor of the object (the open file for a regular file).
+    fn fd(&self) -> Result<&OwnedFd> {
+        self.obj.as_ref().or(self.file.as_ref()).ok_or(Errno::IO)
+    }
+}
+
+/// Create the object `name` in `at` with the given ownership. A regular
+/// file is reached through the descriptor it is opened with, anything else
+/// through an `O_PATH` one.
+fn make_object(at: &OwnedFd, name: &[u8], what: &NewKind<'_>, m: &Making) -> Result<Made> {
     let mut file = None;
     let want_mode;
     match what {
@@ -741,32 +776,44 @@ fn make_object(
         }
     }
     let is_symlink = matches!(what, NewKind::Node(NewNode::Symlink { .. }));
-    let finish = || -> Result<OwnedFd> {
-        let obj = fd::open_path(at, name)?;
-        let before = rustix::fs::fstat(&obj)?;
-        fd::give_to(&obj, m.uid, m.gid, &before)?;
+    let finish = |file: Option<OwnedFd>| -> Result<Made> {
+        let obj = match file {
+            Some(_) => None,
+            None => Some(fd::open_path(at, name)?),
+        };
+        let mut made = Made {
+            obj,
+            file,
+            stat: None,
+        };
+        let h = made.fd()?;
+        let before = rustix::fs::fstat(h)?;
+        let owner = (before.st_uid, before.st_gid);
+        fd::give_to(h, m.uid, m.gid, owner)?;
+        let mut after = before;
+        if owner != (m.uid, m.gid) {
+            after = rustix::fs::fstat(h)?;
+        }
         if !is_symlink {
             // The filesystem applied a default ACL, if any, to the mode;
             // keep that, but restore setuid/setgid bits the chown cleared.
-            let after = rustix::fs::fstat(&obj)?;
             let mut mode = before.st_mode & 0o7777;
             if m.sgid_parent && what.is_dir() {
                 mode |= libc::S_ISGID;
             }
             mode |= want_mode & (libc::S_ISUID | libc::S_ISGID | libc::S_ISVTX);
             if after.st_mode & 0o7777 != mode {
-                fd::set_mode(&obj, mode)?;
+                fd::set_mode(h, mode)?;
+                made.stat = None;
+                return Ok(made);
             }
         }
-        Ok(obj)
+        made.stat = Some(after);
+        Ok(made)
     };
-    match finish() {
-        Ok(obj) => Ok((obj, file)),
-        Err(e) => {
-            let _ = tree::remove_tree(at, name, what.is_dir());
-            Err(e)
-        }
-    }
+    finish(file).inspect_err(|_| {
+        let _ = tree::remove_tree(at, name, what.is_dir());
+    })
 }
 
 /// Rename `name` in `pup` to `tmp` in the work dir, leaving a whiteout at
@@ -859,7 +906,7 @@ fn empty_upper_dir(stack: &Stack, pup: &OwnedFd, name: &[u8], st: &Stat) -> Resu
     let staged = (|| {
         let fresh = fd::open_path(work, &tmp)?;
         stack.formats.set_opaque(&fresh)?;
-        fd::give_to(&fresh, st.st_uid, st.st_gid, &rustix::fs::fstat(&fresh)?)?;
+        fd::give_to(&fresh, st.st_uid, st.st_gid, stack.fresh_owner(&fresh)?)?;
         fd::set_mode(&fresh, st.st_mode & 0o7777)?;
         rustix::fs::renameat_with(work, tmp.as_slice(), pup, name, RenameFlags::EXCHANGE)
     })();

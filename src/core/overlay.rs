@@ -167,6 +167,12 @@ impl Overlay {
         }
     }
 
+    /// The mount has ended: remove what the work directory holds only
+    /// while mounted (the whiteout template).
+    pub(crate) fn unmounted(&self) {
+        self.stack.formats.drop_template();
+    }
+
     /// Tell the kernel to drop what it cached: attributes at once, the rest
     /// through the background thread (dropped when there is none).
     pub(crate) fn invalidate(&self, what: Invalidate) {

@@ -206,6 +206,7 @@ fn serve(opts: &MountOptions, ready: impl FnOnce(Option<String>)) -> Result<(), 
         .map_err(|e| SetupError::new(format!("session ended with an error: {e}")));
     drop(control);
     p.harness.shutdown();
+    p.overlay.unmounted();
     ran
 }
 
@@ -312,6 +313,7 @@ pub struct BackgroundMount {
     /// The mount's test harness (rules, trace, metrics).
     pub(crate) harness: Arc<Harness>,
     control: Option<control::Server>,
+    overlay: Arc<Overlay>,
 }
 
 impl BackgroundMount {
@@ -337,6 +339,7 @@ impl BackgroundMount {
             None => Ok(()),
         };
         self.harness.shutdown();
+        self.overlay.unmounted();
         r
     }
 }
@@ -350,6 +353,7 @@ impl Drop for BackgroundMount {
             }
         }
         self.harness.shutdown();
+        self.overlay.unmounted();
     }
 }
 
@@ -369,5 +373,6 @@ pub(crate) fn spawn_mount(
         mountpoint: opts.mountpoint.clone(),
         harness: p.harness,
         control,
+        overlay: p.overlay,
     })
 }

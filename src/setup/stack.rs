@@ -6,7 +6,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -35,6 +35,9 @@ pub(crate) struct Layer {
     /// The uuid of the layer's filesystem (zero when it tells none), for
     /// origin records.
     pub(crate) uuid: [u8; 16],
+    /// Set once cloning data from this layer into the upper was refused
+    /// in a way that holds for every file (no clone is tried again).
+    pub(crate) clone_refused: AtomicBool,
 }
 
 /// All layers, the work directory and what the upper filesystem supports.
@@ -45,7 +48,7 @@ pub(crate) struct Stack {
     /// Whether `layers[0]` is a writable upper.
     pub(crate) has_upper: bool,
     /// `WORKDIR/work`, where new objects are built before they are published.
-    pub(crate) work: Option<OwnedFd>,
+    pub(crate) work: Option<Arc<OwnedFd>>,
     /// `WORKDIR/index`, where an upper copy of a lower hard-linked file is
     /// kept under the hex of its origin record (as the kernel overlay with
     /// `index=on`); `None` where the layers cannot give file handles.
@@ -58,6 +61,12 @@ pub(crate) struct Stack {
     /// `CAP_DAC_READ_SEARCH` in the initial namespace: not rootless).
     pub(crate) open_handles: bool,
     tmp_counter: AtomicU64,
+    /// The daemon's process id, part of every temporary name (read once:
+    /// each read is a system call).
+    pid: u32,
+    /// The owner (uid, gid) an object made in the work directory gets, as
+    /// probed at mount (`None`: ask each object).
+    fresh_owner: Option<(u32, u32)>,
 }
 
 /// Name of the private subdirectory of the work dir (same as the kernel's).
@@ -142,6 +151,7 @@ impl Stack {
                 path: u.clone(),
                 override_xattr: None,
                 uuid,
+                clone_refused: AtomicBool::new(false),
             });
         }
         for l in &opts.lowerdirs {
@@ -155,6 +165,7 @@ impl Stack {
                 root: fd,
                 dev: st.st_dev,
                 path: l.clone(),
+                clone_refused: AtomicBool::new(false),
             });
         }
         let mut work_root = None;
@@ -257,6 +268,7 @@ impl Stack {
         let mut work = None;
         let mut index = None;
         let mut formats = Formats::none();
+        let mut fresh_owner = None;
         if let Some((wfd, _, w)) = work_root {
             match rustix::fs::mkdirat(&wfd, WORK_SUBDIR, Mode::from_raw_mode(0o700)) {
                 Ok(()) | Err(Errno::EXIST) => {}
@@ -282,7 +294,9 @@ impl Stack {
                     format!("cannot clear leftovers: {}", describe(e)),
                 )
             })?;
+            let wd = Arc::new(wd);
             formats = Formats::probe(&wd, format!("#probe.{}", std::process::id()).as_bytes());
+            fresh_owner = probe_owner(&wd, format!("#owner.{}", std::process::id()).as_bytes());
             work = Some(wd);
             index = open_index(&wfd, &w, &layers, &formats)?.map(Arc::new);
         }
@@ -300,6 +314,8 @@ impl Stack {
             fsync: opts.fsync,
             open_handles,
             tmp_counter: AtomicU64::new(0),
+            pid: std::process::id(),
+            fresh_owner,
         })
     }
 
@@ -316,7 +332,7 @@ impl Stack {
 
     /// The work directory; `EROFS` on a read-only mount.
     pub(crate) fn work(&self) -> crate::error::Result<&OwnedFd> {
-        self.work.as_ref().ok_or(Errno::ROFS)
+        self.work.as_deref().ok_or(Errno::ROFS)
     }
 
     /// The device of layer `layer` (0 if there is no such layer).
@@ -324,11 +340,36 @@ impl Stack {
         self.layers.get(layer).map_or(0, |l| l.dev)
     }
 
+    /// The owner of `obj`, an object just made in the work directory (and
+    /// not given to anyone yet): known from the probe at mount, else asked.
+    pub(crate) fn fresh_owner(&self, obj: &OwnedFd) -> crate::error::Result<(u32, u32)> {
+        match self.fresh_owner {
+            Some(o) => Ok(o),
+            None => rustix::fs::fstat(obj).map(|st| (st.st_uid, st.st_gid)),
+        }
+    }
+
     /// A fresh, unique name for a temporary object in the work dir.
     pub(crate) fn tmp_name(&self) -> Vec<u8> {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        format!("#{}.{}", std::process::id(), n).into_bytes()
+        format!("#{}.{}", self.pid, n).into_bytes()
     }
+}
+
+/// The owner an object made in the work directory `work` gets (the
+/// daemon's, or the directory's group where it is setgid; whatever the
+/// filesystem decides), from a probe file `tmp` made and removed.
+fn probe_owner(work: &OwnedFd, tmp: &[u8]) -> Option<(u32, u32)> {
+    let f = rustix::fs::openat(
+        work,
+        tmp,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&f);
+    let _ = rustix::fs::unlinkat(work, tmp, AtFlags::empty());
+    st.ok().map(|st| (st.st_uid, st.st_gid))
 }
 
 /// Prepare `WORKDIR/index` and the records the kernel overlay keeps with it

@@ -125,10 +125,11 @@ pub(crate) fn set_owner(fd: impl AsFd, uid: Option<u32>, gid: Option<u32>) -> Re
     )
 }
 
-/// Give a new object the caller's ownership, as far as we are permitted.
-/// Without privilege (rootless) the object simply stays ours.
-pub(crate) fn give_to(fd: impl AsFd, uid: u32, gid: u32, st: &Stat) -> Result<()> {
-    if st.st_uid == uid && st.st_gid == gid {
+/// Give a new object (owned by `now`, uid and gid) the caller's ownership,
+/// as far as we are permitted. Without privilege (rootless) the object
+/// simply stays ours.
+pub(crate) fn give_to(fd: impl AsFd, uid: u32, gid: u32, now: (u32, u32)) -> Result<()> {
+    if now == (uid, gid) {
         return Ok(());
     }
     match set_owner(fd, Some(uid), Some(gid)) {

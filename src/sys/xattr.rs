@@ -2,14 +2,43 @@
 //! symlinks. Which names mean what to an overlay is `format::xattr_names`.
 //!
 //! Layer objects are held as `O_PATH` descriptors, which the `f*xattr`
-//! calls refuse; those go through `/proc/self/fd/N` instead.
+//! calls may refuse (`EBADF`); those go through `/proc/self/fd/N` instead.
+//! A refusal is remembered, so that no later call pays for a refused
+//! attempt.
 
+use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::XattrFlags;
 
 use super::raw::proc_fd_path;
 use crate::error::{Errno, Result};
+
+/// Set once an `fsetxattr`/`fremovexattr` call refused a descriptor
+/// (`EBADF`: an `O_PATH` one on this kernel). From then on every change
+/// takes the path form at once: `/proc/self/fd/N` names exactly the
+/// object behind any descriptor, so it is right for the others too, and one
+/// system call instead of two for the `O_PATH` descriptors that almost
+/// every caller holds.
+static FD_FORM_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Run the descriptor form `by_fd`, or the path form `by_path` where the
+/// kernel refuses the first (see `FD_FORM_REFUSED`); both get `buf`.
+fn either<T>(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    by_fd: impl FnOnce(&mut [u8]) -> Result<T>,
+    by_path: impl FnOnce(&CStr, &mut [u8]) -> Result<T>,
+) -> Result<T> {
+    if !FD_FORM_REFUSED.load(Ordering::Relaxed) {
+        match by_fd(&mut *buf) {
+            Err(Errno::BADF) => FD_FORM_REFUSED.store(true, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    by_path(proc_fd_path(fd).as_c_str(), buf)
+}
 
 // Reads go through `/proc/self/fd/N` directly: nearly every descriptor
 // read from is an `O_PATH` one, which `fgetxattr` would refuse first (one
@@ -68,19 +97,23 @@ fn path_at(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
 /// Set an attribute.
 pub(crate) fn set(fd: impl AsFd, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<()> {
     let fd = fd.as_fd();
-    match rustix::fs::fsetxattr(fd, name, value, flags) {
-        Err(Errno::BADF) => rustix::fs::setxattr(proc_fd_path(fd).as_c_str(), name, value, flags),
-        r => r,
-    }
+    either(
+        fd,
+        &mut [],
+        |_| rustix::fs::fsetxattr(fd, name, value, flags),
+        |p, _| rustix::fs::setxattr(p, name, value, flags),
+    )
 }
 
 /// Remove an attribute.
 pub(crate) fn remove(fd: impl AsFd, name: &[u8]) -> Result<()> {
     let fd = fd.as_fd();
-    match rustix::fs::fremovexattr(fd, name) {
-        Err(Errno::BADF) => rustix::fs::removexattr(proc_fd_path(fd).as_c_str(), name),
-        r => r,
-    }
+    either(
+        fd,
+        &mut [],
+        |_| rustix::fs::fremovexattr(fd, name),
+        |p, _| rustix::fs::removexattr(p, name),
+    )
 }
 
 /// All attribute names, as the kernel returns them (NUL-terminated list).
@@ -92,4 +125,37 @@ pub(crate) fn list(fd: impl AsFd) -> Result<Vec<u8>> {
 /// Split a NUL-terminated name list.
 pub(crate) fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
     list.split(|b| *b == 0).filter(|n| !n.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{Mode, OFlags};
+
+    #[test]
+    fn both_descriptor_kinds_reach_the_same_attributes() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x")?;
+        let path_fd = rustix::fs::open(&p, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+        let file_fd = rustix::fs::open(&p, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        match set(&path_fd, b"user.t", b"1", XattrFlags::empty()) {
+            Err(Errno::NOTSUP) => return Ok(()), // no user xattrs here
+            r => r?,
+        }
+        assert_eq!(get(&file_fd, b"user.t")?, b"1");
+        set(&file_fd, b"user.u", b"2", XattrFlags::empty())?;
+        assert_eq!(get(&path_fd, b"user.u")?, b"2");
+        for fd in [path_fd.as_fd(), file_fd.as_fd()] {
+            let all = list(fd)?;
+            let mut n: Vec<&[u8]> = names(&all).collect();
+            n.sort();
+            assert_eq!(n, [&b"user.t"[..], b"user.u"]);
+        }
+        remove(&path_fd, b"user.t")?;
+        remove(&file_fd, b"user.u")?;
+        assert_eq!(get(&file_fd, b"user.t"), Err(Errno::NODATA));
+        assert_eq!(get(&path_fd, b"user.u"), Err(Errno::NODATA));
+        Ok(())
+    }
 }

@@ -34,8 +34,19 @@ impl Env {
         self.mount.p(rel)
     }
 
+    /// What W/work holds besides the whiteout template (a char 0/0 device
+    /// whiteouts are hard links to, kept while mounted, as the kernel
+    /// overlay keeps one).
     fn work_entries(&self) -> Vec<String> {
-        list_dir(&self.work.join("work")).unwrap_or_default()
+        let wd = self.work.join("work");
+        let mut v = list_dir(&wd).unwrap_or_default();
+        v.retain(|n| {
+            !fs::symlink_metadata(wd.join(n)).is_ok_and(|m| {
+                use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                m.file_type().is_char_device() && m.rdev() == 0
+            })
+        });
+        v
     }
 
     #[track_caller]

@@ -1172,6 +1172,82 @@ fn changes_survive_a_remount() {
     assert_eq!(read_string(&st.m("d/x")), "changed");
 }
 
+/// Owner, mode, times and size changed through open descriptors
+/// (`fchown`, `fchmod`, `futimens`, `ftruncate`): the first copies a lower
+/// file up although the descriptor was opened on the lower file; each
+/// change shows through the descriptor, the name and the upper, as in the
+/// kernel overlay. A second name (a hard link) sees the same.
+#[test]
+fn attribute_changes_through_open_descriptors() {
+    let spec = stack(
+        vec![Layer::new().file("low", "lower data")],
+        Layer::new().file("up", "upper data"),
+    );
+    let p = Pair::new(&spec);
+    let o = other_id();
+    let shown = |s: &libc::stat| {
+        format!(
+            "mode={:o} owner={}:{} size={} mtime={}.{} atime={}.{} nlink={}",
+            s.st_mode & 0o7777,
+            s.st_uid,
+            s.st_gid,
+            s.st_size,
+            s.st_mtime,
+            s.st_mtime_nsec,
+            s.st_atime,
+            s.st_atime_nsec,
+            s.st_nlink
+        )
+    };
+    let run = |r: &Path| -> Vec<Result<String, i32>> {
+        let mut out = Vec::new();
+        for name in ["low", "up"] {
+            let f = r.join(name);
+            let fd = sys::open(&f, libc::O_RDONLY, 0).unwrap();
+            let raw = fd.as_raw_fd();
+            out.push(cvt(unsafe { libc::fchmod(raw, 0o640) }).map(|_| String::new()));
+            out.push(cvt(unsafe { libc::fchown(raw, o, o) }).map(|_| String::new()));
+            let ts = [
+                libc::timespec {
+                    tv_sec: 1_500_000_000,
+                    tv_nsec: 7,
+                },
+                libc::timespec {
+                    tv_sec: 1_600_000_000,
+                    tv_nsec: 9,
+                },
+            ];
+            out.push(cvt(unsafe { libc::futimens(raw, ts.as_ptr()) }).map(|_| String::new()));
+            out.push(sys::fstat(&fd).map(|s| shown(&s)));
+            let wfd = sys::open(&f, libc::O_WRONLY, 0).unwrap();
+            out.push(cvt(unsafe { libc::ftruncate(wfd.as_raw_fd(), 4) }).map(|_| String::new()));
+            out.push(sys::fstat(&wfd).map(|s| format!("size={}", s.st_size)));
+            out.push(ok(sys::link(&f, &r.join(format!("{name}.2")))));
+            out.push(cvt(unsafe { libc::fchmod(raw, 0o604) }).map(|_| String::new()));
+            out.push(sys::fstat(&fd).map(|s| format!("mode={:o}", s.st_mode & 0o7777)));
+            for n in [name.to_string(), format!("{name}.2")] {
+                out.push(sys::lstat(&r.join(&n)).map(|s| {
+                    format!(
+                        "{n}: mode={:o} size={} owner={}:{} nlink={}",
+                        s.st_mode & 0o7777,
+                        s.st_size,
+                        s.st_uid,
+                        s.st_gid,
+                        s.st_nlink
+                    )
+                }));
+            }
+            out.push(sys::read_all(&f).map(|v| String::from_utf8_lossy(&v).into_owned()));
+        }
+        out
+    };
+    let (a, b) = p.both(run);
+    assert!(b.iter().all(Result::is_ok), "kernel overlay: {b:?}");
+    assert_eq!(a, b, "stratafs (left), kernel overlay (right)");
+    p.assert_same_upper();
+    p.assert_same_view();
+}
+
 /// A merged directory's link count changes when its upper part is made (a
 /// lower directory with subdirectories reports their count, a merged one
 /// 1, as on the kernel overlay); the change is seen at once by the next
@@ -1214,4 +1290,57 @@ fn a_directory_copied_up_shows_its_new_link_count_at_once() {
     }
     assert_eq!(seen[1], seen[0], "stratafs (right) vs kernel (left)");
     assert!(seen[0].iter().all(|c| *c == (4, 1)), "{:?}", seen[0]);
+}
+
+/// `security.capability` of files made through the mount: absent at first,
+/// present once set (a remembered absence must not outlive the set), and
+/// dropped by a write and by a change of owner, as on the kernel overlay; a
+/// directory made through the mount has none either.
+#[test]
+fn capabilities_of_new_files_follow_sets_writes_and_chown() {
+    let spec = stack(vec![Layer::new().dir("d")], Layer::new());
+    let p = Pair::new(&spec);
+    // VFS_CAP_REVISION_2 with the effective flag, CAP_NET_RAW permitted.
+    let mut caps = vec![0u8; 20];
+    caps[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
+    caps[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    let caps = &caps;
+    let run = |r: &Path| -> Vec<Result<String, i32>> {
+        let f = r.join("d/new");
+        let get = |p: &Path| sys::lgetxattr(p, "security.capability").map(|v| format!("{v:?}"));
+        let write = |data: &[u8]| -> Result<String, i32> {
+            let fd = sys::open(&f, libc::O_WRONLY | libc::O_APPEND, 0)?;
+            let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
+            cvt(n).map(|_| String::new())
+        };
+        let mut out = vec![
+            ok(sys::write_file(&f, b"new file", 0o755)),
+            get(&f),
+            write(b" more"),
+            get(&f),
+            ok(sys::lsetxattr(&f, "security.capability", caps, 0)),
+            get(&f),
+            write(b" again"),
+            get(&f),
+            ok(sys::lsetxattr(&f, "security.capability", caps, 0)),
+            get(&f),
+            ok(sys::lchown(&f, other_id(), other_id())),
+            get(&f),
+        ];
+        out.push(ok(sys::mkdir(&r.join("d/sub"), 0o755)));
+        out.push(get(&r.join("d/sub")));
+        out.push(sys::read_all(&f).map(|v| String::from_utf8_lossy(&v).into_owned()));
+        out
+    };
+    let (a, b) = p.both(run);
+    if !is_rootless() {
+        assert!(
+            b.iter().all(|r| r.is_ok() || *r == Err(libc::ENODATA)),
+            "kernel overlay: {b:?}"
+        );
+        assert_eq!(b[5], Ok(format!("{caps:?}")), "kernel overlay: {b:?}");
+    }
+    assert_eq!(a, b, "stratafs (left), kernel overlay (right)");
+    p.assert_same_upper();
+    p.assert_same_view();
 }

@@ -219,6 +219,12 @@ fn walk_upper(base: &Path, rel: &str, out: &mut Snapshot) {
     let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {p:?}: {e}"));
     let mut meta = read_meta(&p, &md);
     if meta.kind == Kind::CharDev && md.rdev() == 0 {
+        // A whiteout is compared as a whiteout, not by its own metadata:
+        // the kernel overlay (since 5.8) and stratafs both make whiteouts
+        // as hard links to one shared device inode, so its link count says
+        // how many whiteouts that mount made through the same template, and
+        // its owner and times are the template's. Neither is part of what
+        // the layer says.
         out.insert(rel.to_string(), Entry::Whiteout);
         return;
     }
