@@ -13,7 +13,9 @@ use crate::tools::check::{check, CheckOptions};
 ///
 /// Reports stray or conflicting whiteouts and opaque markers, markers the
 /// kernel overlay does not read, malformed override_stat xattrs and kernel
-/// records (overlay.origin, impure, nlink), origin records of earlier
+/// records (overlay.origin, impure, nlink, redirect: refused values,
+/// targets that do not exist, records a kernel mount cannot follow),
+/// origin records of earlier
 /// stratafs versions, inode index entries (WORKDIR/index) the kernel would
 /// refuse or remove, and leftovers in WORKDIR/work, one finding per line: severity, layer:path
 /// (relative to that directory), what, and what --repair does about it.

@@ -36,7 +36,14 @@ struct Cli {
     /// default 86400), threads=N, fsync=0|1 (fsync copied-up data, default
     /// 1), volatile (= fsync=0), max_fds=N (open descriptors to stay below:
     /// directories the kernel keeps are dropped from its cache beyond that;
-    /// default 3/4 of the open-file limit, at most 65536), debug.
+    /// default 3/4 of the open-file limit, at most 65536), debug,
+    /// redirect_dir=on|follow|nofollow|off (on: renaming a directory that
+    /// has lower content works, recorded in overlay.redirect as the kernel
+    /// overlay does; off (default) and follow: such records are followed,
+    /// none written, the rename fails with EXDEV; nofollow: a record is
+    /// refused with EPERM. A kernel mount reads records written as root
+    /// with redirect_dir=on; rootless ones (user.overlay.redirect) only
+    /// stratafs follows), metacopy=off (metacopy=on is refused).
     /// Test harness (docs/HARNESS.md): faults=FILE (fault rules, TOML
     /// [[rule]] tables with op, path, errno, delay_ms, short, corrupt,
     /// size/mode/mtime, noop, probability, seed, nth, after, times, pid,
@@ -51,8 +58,8 @@ struct Cli {
     /// exec/noexec, noatime (default), atime, auto_unmount, fsname=NAME;
     /// default_permissions is always on (the kernel checks permissions).
     /// Accepted and ignored (container engines pass them): context=,
-    /// private, static_nlink, noacl, noxattrs=, redirect_dir=, index=,
-    /// metacopy=, xino=, userxattr, writeback=, fast_ino=, threaded=,
+    /// private, static_nlink, noacl, noxattrs=, index=,
+    /// xino=, userxattr, writeback=, fast_ino=, threaded=,
     /// max_write=, empty options. Unknown options: a warning.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     options: Vec<String>,

@@ -121,7 +121,7 @@ impl Overlay {
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write(parent);
         // Still a lower name of the same inode?
-        match resolve::resolve(&dir.dir_layers(), name)? {
+        match resolve::resolve_in(&dir.dir_layers(), name, Some(&self.stack))? {
             Some(f)
                 if !self.stack.is_upper(f.top.layer)
                     && Some((f.stat.st_dev, f.stat.st_ino)) == origin => {}
@@ -159,7 +159,7 @@ impl Overlay {
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.dir_lock.write(parent);
         // Only a name that still shows this inode from a lower layer.
-        match resolve::resolve(&dir.dir_layers(), &name)? {
+        match resolve::resolve_in(&dir.dir_layers(), &name, Some(&self.stack))? {
             Some(f)
                 if !self.stack.is_upper(f.top.layer)
                     && Some((f.stat.st_dev, f.stat.st_ino)) == node.state.read().origin => {}

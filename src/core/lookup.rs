@@ -84,7 +84,7 @@ impl Overlay {
             layers.drain(..start);
             layers.splice(0..0, upper);
         }
-        let Some(found) = resolve::resolve(&layers, name)? else {
+        let Some(found) = resolve::resolve_in(&layers, name, Some(&self.stack))? else {
             return Ok(None);
         };
         if let Some(copy) = self

@@ -20,6 +20,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags}
 
 use super::copyup::Data;
 use super::index::NameGone;
+use super::inodes::ROOT_INO;
 use super::locks::lock_two;
 use super::names::{Name, NAME_MAX};
 use super::node::Node;
@@ -29,7 +30,9 @@ use super::overlay::{Caller, Entry, Overlay};
 use super::resolve::{self, Found};
 use crate::error::{show_bytes, Errno, Result};
 use crate::format::override_stat::Override;
+use crate::format::redirect::{self, Redirect};
 use crate::format::upper::Formats;
+use crate::format::xattr_names::Ovl;
 use crate::format::{opaque, whiteout};
 use crate::setup::stack::Stack;
 use crate::sys::{fd, tree, xattr};
@@ -407,7 +410,8 @@ impl Overlay {
     /// Whether `unlink`/`rmdir` of `name` in `dir` may remove it, and
     /// what: (what the name resolves to, whether it is a directory).
     fn removable(&self, dir: &Node, name: &[u8], want_dir: bool) -> Result<(Found, bool)> {
-        let found = resolve::resolve(&dir.dir_layers(), name)?.ok_or(Errno::NOENT)?;
+        let found =
+            resolve::resolve_in(&dir.dir_layers(), name, Some(&self.stack))?.ok_or(Errno::NOENT)?;
         let is_dir = found.kind() == FileType::Directory;
         if want_dir && !is_dir {
             return Err(Errno::NOTDIR);
@@ -483,18 +487,30 @@ impl Overlay {
         // Directories with lower parts cannot move without redirects; the
         // kernel says so before it looks at the target's contents.
         let has_lower_dir = |n: &Node| n.is_dir() && n.has_lowers();
-        if has_lower_dir(&src_node) || (exchange && dst_node.as_deref().is_some_and(has_lower_dir))
+        if !self.stack.redirect.write()
+            && (has_lower_dir(&src_node)
+                || (exchange && dst_node.as_deref().is_some_and(has_lower_dir)))
         {
             return Err(Errno::XDEV);
         }
         if let Some(dn) = &dst_node {
             if !exchange && dn.is_dir() && !self.is_empty_dir(&dn.dir_layers())? {
-                // The kernel marks a pure upper directory that moves into a
-                // merged directory opaque before the upper rename finds a
-                // non-empty pure upper target; keep the upper identical.
-                if !dn.has_lowers() && src_node.is_dir() && src_node.has_upper() && d2.has_lowers()
-                {
-                    make_opaque(&self.stack.formats, &src_node)?;
+                // The kernel copies the source up, marks the new parent
+                // impure and the source (opaque, or its redirect) before
+                // the upper rename finds a non-empty pure upper target;
+                // keep the upper identical.
+                if !dn.has_lowers() && src_node.is_dir() {
+                    if src_node.has_lowers() {
+                        self.copy_up(&src_node, Data::All)?;
+                    }
+                    if src_node.has_upper() {
+                        let samedir = parent == newparent;
+                        if !samedir {
+                            let p2 = self.copy_up(&d2, Data::All)?;
+                            self.impure_if_origin(&src_node, &p2);
+                        }
+                        self.mark_moved_dir(&src_node, (parent, name), samedir, &d2)?;
+                    }
                 }
                 return Err(Errno::NOTEMPTY);
             }
@@ -524,17 +540,15 @@ impl Overlay {
         }
         let src_lower = resolve::exists(&d1.lower_dirs(), name)?;
 
+        let samedir = parent == newparent;
         if exchange {
-            // As the kernel does: a pure upper directory that moves into a
+            // As the kernel does: a directory with lower parts records
+            // where they are; a pure upper directory that moves into a
             // merged directory becomes opaque, so that nothing of a lower
             // directory of the same name can show through it.
-            if src_node.is_dir() && d2.has_lowers() {
-                make_opaque(&self.stack.formats, &src_node)?;
-            }
+            self.mark_moved_dir(&src_node, (parent, name), samedir, &d2)?;
             if let Some(dn) = &dst_node {
-                if dn.is_dir() && d1.has_lowers() {
-                    make_opaque(&self.stack.formats, dn)?;
-                }
+                self.mark_moved_dir(dn, (newparent, newname), samedir, &d1)?;
             }
             if parent != newparent {
                 self.impure_if_origin(&src_node, &p2);
@@ -560,7 +574,10 @@ impl Overlay {
             return Err(Errno::EXIST);
         }
         // A hard-linked file loses the replaced name.
-        let gone = match (&dst_node, resolve::resolve(&d2.dir_layers(), newname)?) {
+        let gone = match (
+            &dst_node,
+            resolve::resolve_in(&d2.dir_layers(), newname, Some(&self.stack))?,
+        ) {
             (Some(_), Some(f)) => self.before_name_goes(&f, &p2)?,
             _ => NameGone::Nothing,
         };
@@ -580,9 +597,7 @@ impl Overlay {
                 empty_upper_dir(&self.stack, &p2, newname, dst_st)?;
             }
         }
-        if src_node.is_dir() && d2.has_lowers() {
-            make_opaque(&self.stack.formats, &src_node)?;
-        }
+        self.mark_moved_dir(&src_node, (parent, name), samedir, &d2)?;
         if dst_is_whiteout && src_node.is_dir() {
             // A directory cannot replace a device node: swap them; the
             // whiteout lands at the old name, where it is wanted if lower
@@ -624,6 +639,80 @@ impl Overlay {
         self.inodes.remove_dentry(parent, name);
         self.relocate(&src_node, newparent, newname, &p2);
         Ok(())
+    }
+
+    /// Before the directory `node` leaves (`parent`, `name`) in `from` for
+    /// a name in `to`: a directory with lower parts records where they
+    /// are (`overlay.redirect`); a pure upper one that moves into a merged
+    /// directory becomes opaque. Nothing for non-directories.
+    ///
+    /// The record is written in place before the rename: it names the
+    /// lower directories the old name already shows, so a crash between
+    /// the two steps leaves the old state.
+    fn mark_moved_dir(
+        &self,
+        node: &Node,
+        (parent, name): (u64, &[u8]),
+        samedir: bool,
+        to: &Node,
+    ) -> Result<()> {
+        if !node.is_dir() {
+            return Ok(());
+        }
+        if !node.has_lowers() {
+            if to.has_lowers() {
+                make_opaque(&self.stack.formats, node)?;
+            }
+            return Ok(());
+        }
+        let u = node.upper().ok_or(Errno::IO)?;
+        let key = self.stack.formats.ovl(Ovl::Redirect);
+        let old = xattr::get(&*u, key).ok();
+        let old = old.as_deref().map(redirect::parse);
+        let value = match old {
+            // A relative record still holds within the same parent, and an
+            // absolute one anywhere.
+            Some(Ok(Redirect::Absolute(_))) => return Ok(()),
+            Some(Ok(Redirect::Relative(_))) if samedir => return Ok(()),
+            None if samedir => name.to_vec(),
+            Some(Ok(Redirect::Relative(own))) => self.absolute_redirect(parent, &own)?,
+            None => self.absolute_redirect(parent, name)?,
+            Some(Err(_)) => return Err(Errno::INVAL),
+        };
+        if value.len() > redirect::MAX_WRITE {
+            return Err(Errno::XDEV);
+        }
+        self.stack.formats.set_ovl(&*u, Ovl::Redirect, &value)
+    }
+
+    /// The absolute redirect of a directory known in its lower layers as
+    /// `own`, in the directory `ino`: the path up to the root, where each
+    /// ancestor with a redirect is known by it (and an absolute one ends
+    /// the walk), as the kernel overlay builds it.
+    fn absolute_redirect(&self, ino: u64, own: &[u8]) -> Result<Vec<u8>> {
+        let mut parts: Vec<Vec<u8>> = vec![own.to_vec()];
+        let key = self.stack.formats.ovl(Ovl::Redirect);
+        let mut ino = ino;
+        while ino != ROOT_INO {
+            if parts.len() > redirect::MAX_WRITE {
+                return Err(Errno::XDEV);
+            }
+            let node = self.node(ino)?;
+            let rec = node.upper().and_then(|u| xattr::get(&*u, key).ok());
+            let (up, name) = node.location();
+            match rec.as_deref().map(redirect::parse) {
+                Some(Ok(Redirect::Absolute(mut p))) => {
+                    p.append(&mut parts);
+                    parts = p;
+                    break;
+                }
+                Some(Ok(Redirect::Relative(n))) => parts.insert(0, n),
+                Some(Err(_)) => return Err(Errno::INVAL),
+                None => parts.insert(0, name.to_vec()),
+            }
+            ino = up;
+        }
+        Ok(redirect::absolute(parts.iter().map(Vec::as_slice)))
     }
 
     /// Mark `dir` impure when `node`, moving into it from another

@@ -16,9 +16,12 @@ use rustix::fs::{FileType, Stat};
 use super::dirindex::DirIndex;
 use super::names::Name;
 use super::obj::{LayerFd, LayerObj, Obj};
-use crate::error::{Errno, Result};
+use crate::error::{show_bytes, Errno, Result};
+use crate::format::redirect::{self, Redirect};
+use crate::format::xattr_names::Ovl;
 use crate::format::{opaque, whiteout};
-use crate::sys::fd;
+use crate::setup::stack::Stack;
+use crate::sys::{fd, xattr};
 
 /// What a name resolves to.
 #[derive(Debug)]
@@ -47,50 +50,96 @@ impl Found {
     }
 }
 
-/// Resolve `name` over `layers` (top first).
+/// Resolve `name` over `layers` (top first), not following redirects.
 pub(crate) fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> {
+    resolve_in(layers, name, None)
+}
+
+/// Where the lower layers are searched for a directory's lower parts.
+enum Target {
+    /// This name in the parent's layer directories.
+    Name(Vec<u8>),
+    /// This path from the root of each layer below `after`.
+    Path { parts: Vec<Vec<u8>>, after: usize },
+}
+
+/// What one layer holds at the target.
+enum Hit {
+    Missing,
+    /// A whiteout, a non-directory below a directory, or an opaque
+    /// ancestor on a path: nothing further down counts.
+    End,
+    Object(Stat, LayerObj),
+    Dir(Stat, LayerFd),
+}
+
+/// Resolve `name` over `layers` (top first). With `stack`, a directory's
+/// `overlay.redirect` (`redirect_dir=`) says where its lower parts are:
+/// a relative one names them in the parent's lower directories, an
+/// absolute one is a path from the root of every layer below the record.
+/// Paths are walked one name at a time beneath the layer roots, never
+/// following a symlink; a record that could leave a layer root is refused
+/// (`EINVAL`, logged), and with `redirect_dir=nofollow` a redirect that
+/// would be needed is refused (`EPERM`), as the kernel overlay does.
+pub(crate) fn resolve_in(
+    layers: &[LayerFd],
+    name: &[u8],
+    stack: Option<&Stack>,
+) -> Result<Option<Found>> {
     let mut found: Option<Found> = None;
-    let n = layers.len();
-    for (i, l) in layers.iter().enumerate() {
-        let more_below = i + 1 < n;
-        let st = match stat_in(l, name) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => {
-                if more_below && has_wh(l, name) {
+    let mut target = Target::Name(name.to_vec());
+    let bottom = stack.map_or(0, |s| s.layers.len().saturating_sub(1));
+    let mut next = 0;
+    let mut stop_after = false;
+    loop {
+        let (hit, more_below, layer) = match &mut target {
+            Target::Name(n) => {
+                let Some(l) = layers.get(next) else { break };
+                next += 1;
+                let more = next < layers.len();
+                (hit_in(l, n, more)?, more, l.layer)
+            }
+            Target::Path { parts, after } => {
+                let (Some(s), layer) = (stack, *after + 1) else {
+                    break;
+                };
+                if layer > bottom {
                     break;
                 }
-                continue;
+                *after = layer;
+                let (hit, opaque_on_path) = walk(s, layer, parts)?;
+                // An opaque directory on the path: no layer below counts,
+                // unless the directory found redirects again.
+                stop_after = opaque_on_path;
+                (hit, layer < bottom && !opaque_on_path, layer)
             }
-            Err(e) => return Err(e),
         };
-        if whiteout::is_whiteout(&st) {
-            break;
-        }
-        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-            if found.is_none() {
-                found = Some(Found {
-                    stat: st,
-                    top: LayerObj {
-                        layer: l.layer,
-                        obj: Obj::At {
-                            dir: l.fd.clone(),
-                            name: Name::from(name),
-                        },
-                        index: None,
-                    },
-                    below: Vec::new(),
-                });
+        let (st, here) = match hit {
+            Hit::Missing => continue,
+            Hit::End => break,
+            Hit::Object(st, obj) => {
+                if found.is_none() {
+                    found = Some(Found {
+                        stat: st,
+                        top: obj,
+                        below: Vec::new(),
+                    });
+                }
+                // A non-directory hides everything below it.
+                break;
             }
-            // A non-directory hides everything below it.
-            break;
-        }
-        let dir = Arc::new(fd::open_dir_path(&*l.fd, name)?);
-        let is_opaque = more_below && opaque::is_opaque(&*dir)?;
-        let here = LayerFd {
-            layer: l.layer,
-            fd: dir,
-            index: Some(Arc::default()),
+            Hit::Dir(st, here) => (st, here),
         };
+        let redirect = match stack {
+            // Without following, a redirect matters (and is refused) only
+            // where the parent has layers below, as on the kernel.
+            Some(s) if layer < bottom && (more_below || s.redirect.follow()) => {
+                read_redirect(s, &here, name)?
+            }
+            _ => None,
+        };
+        let absolute = matches!(redirect, Some(Redirect::Absolute(_)));
+        let is_opaque = (more_below || absolute) && opaque::is_opaque(&*here.fd)?;
         match &mut found {
             None => {
                 found = Some(Found {
@@ -104,8 +153,142 @@ pub(crate) fn resolve(layers: &[LayerFd], name: &[u8]) -> Result<Option<Found>> 
         if is_opaque {
             break;
         }
+        let Some((r, s)) = redirect.zip(stack) else {
+            if stop_after {
+                break;
+            }
+            continue;
+        };
+        if stop_after && !matches!(r, Redirect::Absolute(_)) {
+            break;
+        }
+        if !s.redirect.follow() {
+            log::warn!(
+                "refusing to follow the redirect of directory {} (redirect_dir=nofollow)",
+                show_bytes(name)
+            );
+            return Err(Errno::PERM);
+        }
+        target = match (r, &target) {
+            (Redirect::Absolute(parts), _) => Target::Path {
+                parts,
+                after: layer,
+            },
+            (Redirect::Relative(n), Target::Name(_)) => Target::Name(n),
+            (Redirect::Relative(n), Target::Path { parts, .. }) => {
+                let mut parts = parts.clone();
+                parts.pop();
+                parts.push(n);
+                Target::Path {
+                    parts,
+                    after: layer,
+                }
+            }
+        };
     }
     Ok(found)
+}
+
+/// What the layer directory `l` holds at `name`; `more_below` when the
+/// parent has layers below `l` (only then do `.wh.` files count).
+fn hit_in(l: &LayerFd, name: &[u8], more_below: bool) -> Result<Hit> {
+    let st = match stat_in(l, name) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => {
+            return Ok(if more_below && has_wh(l, name) {
+                Hit::End
+            } else {
+                Hit::Missing
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    if whiteout::is_whiteout(&st) {
+        return Ok(Hit::End);
+    }
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        let obj = LayerObj {
+            layer: l.layer,
+            obj: Obj::At {
+                dir: l.fd.clone(),
+                name: Name::from(name),
+            },
+            index: None,
+        };
+        return Ok(Hit::Object(st, obj));
+    }
+    let dir = Arc::new(fd::open_dir_path(&*l.fd, name)?);
+    Ok(Hit::Dir(
+        st,
+        LayerFd {
+            layer: l.layer,
+            fd: dir,
+            index: Some(Arc::default()),
+        },
+    ))
+}
+
+/// Walk `parts` from the root of layer `layer`, one name at a time. A
+/// missing name means the layer has nothing there; a whiteout (of either
+/// form) or a non-directory on the way ends the search. Also says whether
+/// a directory on the way is opaque (the walk goes on in this layer, as
+/// the kernel's does, but no layer below counts).
+fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
+    let Some(root) = stack.layers.get(layer) else {
+        return Ok((Hit::End, false));
+    };
+    let mut opaque_on_path = false;
+    let mut dir = Arc::new(fd::dup_path(&root.root)?);
+    let last = parts.len().saturating_sub(1);
+    for (i, p) in parts.iter().enumerate() {
+        let st = match fd::stat_at(&*dir, p) {
+            Ok(st) => st,
+            // A `.wh.` file is a whiteout too (in the bottom layer it
+            // hides nothing, and nothing is searched below it anyway).
+            Err(Errno::NOENT) if whiteout::has_wh_file(&*dir, p) => {
+                return Ok((Hit::End, opaque_on_path))
+            }
+            Err(Errno::NOENT) => return Ok((Hit::Missing, opaque_on_path)),
+            Err(e) => return Err(e),
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return Ok((Hit::End, opaque_on_path));
+        }
+        dir = Arc::new(fd::open_dir_path(&*dir, p)?);
+        if i == last {
+            let here = LayerFd {
+                layer,
+                fd: dir,
+                index: Some(Arc::default()),
+            };
+            return Ok((Hit::Dir(st, here), opaque_on_path));
+        }
+        if !opaque_on_path && layer + 1 < stack.layers.len() && opaque::is_opaque(&*dir)? {
+            opaque_on_path = true;
+        }
+    }
+    Ok((Hit::Missing, opaque_on_path))
+}
+
+/// The redirect recorded on the directory `here` (named `name`), checked.
+fn read_redirect(stack: &Stack, here: &LayerFd, name: &[u8]) -> Result<Option<Redirect>> {
+    let v = match xattr::get(&*here.fd, stack.formats.ovl(Ovl::Redirect)) {
+        Ok(v) => v,
+        Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match redirect::parse(&v) {
+        Ok(r) => Ok(Some(r)),
+        Err(why) => {
+            log::warn!(
+                "invalid redirect {} on directory {} in layer {}: {why}; not followed",
+                show_bytes(&v[..v.len().min(300)]),
+                show_bytes(name),
+                here.layer
+            );
+            Err(Errno::INVAL)
+        }
+    }
 }
 
 /// Whether `name` is visible in `layers`, without opening anything.

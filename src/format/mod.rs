@@ -9,6 +9,8 @@
 //! * `origin`: the record of where a copied-up object came from, and the
 //!   names of index entries;
 //! * `nlink`: the merged link count of an indexed inode;
+//! * `redirect`: where a renamed directory's lower part is (absolute or
+//!   relative path), checked before it is followed;
 //! * `override_stat`: owner and mode kept in an xattr;
 //! * `idmap`: how on-disk ids are shown (`uidmapping=`, `squash_to_*`);
 //! * `xattr_names`: which xattrs are the overlay's own (never shown) and
@@ -20,6 +22,7 @@ pub(crate) mod nlink;
 pub(crate) mod opaque;
 pub(crate) mod origin;
 pub(crate) mod override_stat;
+pub(crate) mod redirect;
 pub(crate) mod upper;
 pub(crate) mod whiteout;
 pub(crate) mod xattr_names;

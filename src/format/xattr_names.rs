@@ -31,6 +31,8 @@ pub(crate) enum Ovl {
     Upper,
     /// `overlay.uuid`: the overlay's own uuid, on the upper root.
     Uuid,
+    /// `overlay.redirect`: where a renamed directory's lower part is.
+    Redirect,
 }
 
 impl Ovl {
@@ -47,6 +49,8 @@ impl Ovl {
             (Ovl::Upper, false) => b"user.overlay.upper",
             (Ovl::Uuid, true) => b"trusted.overlay.uuid",
             (Ovl::Uuid, false) => b"user.overlay.uuid",
+            (Ovl::Redirect, true) => b"trusted.overlay.redirect",
+            (Ovl::Redirect, false) => b"user.overlay.redirect",
         }
     }
 }

@@ -111,8 +111,40 @@ pub(crate) struct MountOptions {
     pub(crate) ids: crate::format::idmap::Ids,
     /// Test-harness options (`faults=`, `trace=`, `readdir_order=`, ...).
     pub(crate) harness: HarnessOptions,
+    /// `redirect_dir=`: whether renamed directories record where their
+    /// lower part is, and whether such records are followed.
+    pub(crate) redirect_dir: RedirectDir,
     /// Options that were accepted but not understood (warned about).
     pub(crate) warnings: Vec<String>,
+}
+
+/// `redirect_dir=`, with the kernel overlay's names and meanings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum RedirectDir {
+    /// `off` (the default): redirects already on disk are followed, none
+    /// is written; renaming a directory with lower parts gives `EXDEV`.
+    #[default]
+    Off,
+    /// `follow`: the same as `off`.
+    Follow,
+    /// `nofollow`: redirects are neither written nor followed (a lookup
+    /// that meets one fails with `EPERM`, as on the kernel).
+    NoFollow,
+    /// `on`: renaming a directory with lower parts records where they are
+    /// (`overlay.redirect`) and redirects are followed.
+    On,
+}
+
+impl RedirectDir {
+    /// Whether redirects found on disk are followed.
+    pub(crate) fn follow(self) -> bool {
+        self != RedirectDir::NoFollow
+    }
+
+    /// Whether renames of directories with lower parts write redirects.
+    pub(crate) fn write(self) -> bool {
+        self == RedirectDir::On
+    }
 }
 
 /// Options that container engines pass and that have no effect here (yet).
@@ -121,7 +153,6 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "rw",
     "static_nlink",
     "noacl",
-    "redirect_dir",
     "fast_ino",
     "writeback",
     "threaded",
@@ -134,7 +165,6 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "max_read",
     "userxattr",
     "index",
-    "metacopy",
     "xino",
     "nfs_export",
     "lazytime",
@@ -412,6 +442,26 @@ impl MountOptions {
                     at => ControlAt::At(at.to_string()),
                 }
             }
+            "redirect_dir" => {
+                self.redirect_dir = match need(key, value)? {
+                    "on" => RedirectDir::On,
+                    "follow" => RedirectDir::Follow,
+                    "nofollow" => RedirectDir::NoFollow,
+                    "off" => RedirectDir::Off,
+                    v => {
+                        return Err(SetupError::new(format!(
+                            "bad value for redirect_dir: {v:?} (on, follow, nofollow or off)"
+                        )))
+                    }
+                }
+            }
+            "metacopy" => {
+                if parse_bool(key, need(key, value)?)? {
+                    return Err(SetupError::new(
+                        "metacopy=on is not supported (metadata-only copy-up); use metacopy=off",
+                    ));
+                }
+            }
             k if ACCEPTED_NOOPS.contains(&k) => {}
             k => self.warnings.push(format!("unknown option {k} ignored")),
         }
@@ -495,6 +545,33 @@ mod tests {
         );
         assert_eq!(o.upperdir, Some(PathBuf::from("/u")));
         assert_eq!(o.workdir, Some(PathBuf::from("/w")));
+        Ok(())
+    }
+
+    #[test]
+    fn redirect_dir_values_and_metacopy_refused() -> Result<(), SetupError> {
+        assert_eq!(parse("lowerdir=/l")?.redirect_dir, RedirectDir::Off);
+        for (v, want, follow, write) in [
+            ("on", RedirectDir::On, true, true),
+            ("follow", RedirectDir::Follow, true, false),
+            ("nofollow", RedirectDir::NoFollow, false, false),
+            ("off", RedirectDir::Off, true, false),
+        ] {
+            let got = parse(&format!("lowerdir=/l,redirect_dir={v}"))?.redirect_dir;
+            assert_eq!(
+                (got, got.follow(), got.write()),
+                (want, follow, write),
+                "{v}"
+            );
+        }
+        assert!(parse("lowerdir=/l,redirect_dir=yes").is_err());
+        assert!(parse("lowerdir=/l,redirect_dir").is_err());
+        let e = parse("lowerdir=/l,metacopy=on")
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("metacopy=on")));
+        let o = parse("lowerdir=/l,metacopy=off,userxattr")?;
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
         Ok(())
     }
 
@@ -632,6 +709,8 @@ mod fuzz {
         "squash_to_uid",
         "squash_to_gid",
         "xattr_permissions",
+        "redirect_dir",
+        "metacopy",
         "fsync",
         "volatile",
         "debug",

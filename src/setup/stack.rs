@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
-use super::options::MountOptions;
+use super::options::{MountOptions, RedirectDir};
 use crate::error::{describe, Errno, SetupError};
 use crate::format::origin;
 use crate::format::override_stat;
@@ -60,6 +60,8 @@ pub(crate) struct Stack {
     /// Whether file handles can be opened (`open_by_handle_at(2)` needs
     /// `CAP_DAC_READ_SEARCH` in the initial namespace: not rootless).
     pub(crate) open_handles: bool,
+    /// `redirect_dir=`: whether redirects are followed and written.
+    pub(crate) redirect: RedirectDir,
     tmp_counter: AtomicU64,
     /// The daemon's process id, part of every temporary name (read once:
     /// each read is a system call).
@@ -313,6 +315,7 @@ impl Stack {
             formats,
             fsync: opts.fsync,
             open_handles,
+            redirect: opts.redirect_dir,
             tmp_counter: AtomicU64::new(0),
             pid: std::process::id(),
             fresh_owner,

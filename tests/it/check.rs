@@ -1083,3 +1083,44 @@ fn malformed_overlay_records_are_reported() {
     );
     assert_eq!(fs::read_to_string(st.u("f")).unwrap(), "upper");
 }
+
+#[test]
+fn redirects_are_checked_and_followed_below_renamed_directories() {
+    let st = stack(
+        vec![Layer::new().file("C/g", "g").file("A/B/f", "f")],
+        Layer::new().dir("bad").dir("ghost"),
+    )
+    .build(Markers::AsWritten);
+    let m = st.mount_strata_with("redirect_dir=on");
+    assert_ok(sys::rename(&st.m("C"), &st.m("C2")), "rename C");
+    assert_ok(sys::rename(&st.m("A/B"), &st.m("B2")), "rename A/B");
+    // A whiteout inside a renamed directory hides its lower content.
+    assert_ok(sys::unlink(&st.m("C2/g")), "rm C2/g");
+    drop(m);
+    let key = crate::redirect::redirect_key();
+    assert_ok(lsetxattr(&st.u("bad"), key, b"/../x", 0), "bad");
+    assert_ok(lsetxattr(&st.u("ghost"), key, b"/nothing", 0), "ghost");
+    let r = run(&opts(&st, true, false));
+    let warned: Vec<_> = r
+        .of_kind(Kind::Redirect)
+        .filter(|f| f.severity == Severity::Warning)
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(warned, ["bad", "ghost"], "{}", show(&r));
+    assert_eq!(
+        r.of_kind(Kind::WhiteoutHidesNothing).count(),
+        0,
+        "{}",
+        show(&r)
+    );
+    let kernel_cannot = r
+        .of_kind(Kind::Redirect)
+        .filter(|f| f.what.contains("followed by stratafs only"))
+        .count();
+    assert_eq!(
+        kernel_cannot,
+        if is_rootless() { 3 } else { 0 },
+        "{}",
+        show(&r)
+    );
+}

@@ -8,6 +8,8 @@
 //!   seed `base + i`, so a failing case is reproduced with
 //!   `STRATAFS_DIFF_SEED=<case seed> STRATAFS_DIFF_CASES=1`.
 //! * `STRATAFS_DIFF_OPS`   – operations per sequence (default 40, min 30).
+//! * Every odd case (as root) mounts both sides with `redirect_dir=on`,
+//!   so that renames of directories with lower content are compared too.
 //! * `STRATAFS_DIFF_SUBJECT=kernel` – run the kernel overlay on both sides
 //!   (self-check of the harness: must report zero divergences).
 
@@ -725,13 +727,34 @@ struct Case {
     seed: u64,
     spec: TempStackBuilder,
     ops: Vec<Op>,
+    /// Both sides mounted with `redirect_dir=on`: renames of directories
+    /// with lower content succeed (every other case as root; the kernel
+    /// refuses the option rootless).
+    redirect: bool,
+}
+
+impl Case {
+    /// The mount options the case adds on both sides.
+    fn extra(&self) -> &'static str {
+        if self.redirect {
+            "redirect_dir=on"
+        } else {
+            ""
+        }
+    }
 }
 
 fn gen_case(seed: u64, nops: usize) -> Case {
     let mut rng = Rng::new(seed);
     let spec = gen_stack(&mut rng);
     let ops = (0..nops).map(|_| gen_op(&mut rng)).collect();
-    let case = Case { seed, spec, ops };
+    let redirect = seed % 2 == 1 && !is_rootless();
+    let case = Case {
+        seed,
+        spec,
+        ops,
+        redirect,
+    };
     check_generator_avoids_known_divergences(&case);
     case
 }
@@ -766,8 +789,10 @@ fn check_generator_avoids_known_divergences(case: &Case) {
 
 fn describe_case(case: &Case) -> String {
     let mut out = format!(
-        "seed {} (0x{:x})\nstack (lowers[0] is the top lower):\n",
-        case.seed, case.seed
+        "seed {} (0x{:x}) options {:?}\nstack (lowers[0] is the top lower):\n",
+        case.seed,
+        case.seed,
+        case.extra()
     );
     let fmt_layer = |l: &Layer| {
         let mut s = String::new();
@@ -805,10 +830,11 @@ struct Divergence {
     details: String,
 }
 
-fn mount_subject(stack: &Stack, subj: Subject) -> Mount {
-    match subj {
-        Subject::Stratafs => stack.mount_strata(),
-        Subject::Kernel => stack.mount_kernel(),
+fn mount_subject(stack: &Stack, subj: Subject, extra: &str) -> Mount {
+    match (subj, extra) {
+        (Subject::Stratafs, "") => stack.mount_strata(),
+        (Subject::Stratafs, extra) => stack.mount_strata_with(extra),
+        (Subject::Kernel, extra) => stack.mount_kernel_with(extra),
     }
 }
 
@@ -886,8 +912,8 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     };
     let kstack = case.spec.build(Markers::Kernel);
     let sstack = case.spec.build(sformat);
-    let km = kstack.mount_kernel();
-    let mut sm = Some(mount_subject(&sstack, subj));
+    let km = kstack.mount_kernel_with(case.extra());
+    let mut sm = Some(mount_subject(&sstack, subj, case.extra()));
 
     // The initial views must already agree.
     let mt = MtimeTracker::default();
@@ -952,8 +978,9 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
         ));
     }
 
-    // Remount the subject on the same dirs; the view must not change.
-    let sm2 = mount_subject(&sstack, subj);
+    // Remount the subject on the same dirs (without redirect_dir=on:
+    // redirects are followed by default); the view must not change.
+    let sm2 = mount_subject(&sstack, subj, "");
     compare_views("view after remount", &sstack.mnt, &kstack.mnt, &opts)?;
     drop(sm2);
     drop(km);

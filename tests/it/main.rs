@@ -19,6 +19,7 @@ mod lifecycle;
 mod ownership;
 mod privileges;
 mod read_path;
+mod redirect;
 mod store;
 mod stress;
 mod write_path;

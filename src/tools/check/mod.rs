@@ -17,6 +17,11 @@
 //! * kernel records that are malformed or mean nothing where they are
 //!   (`overlay.origin` that is no record, `overlay.impure` on a file or not
 //!   `y`, `overlay.nlink` that is no count);
+//! * redirect records (`overlay.redirect`) the mount refuses (a value
+//!   that could leave a layer root), that name no lower directory, that
+//!   point at their own path, or that a kernel mount cannot follow
+//!   (`user.overlay.redirect`); below a renamed directory the lower
+//!   directories its record names are the ones checked against;
 //! * origin records of earlier stratafs versions (`*.stratafs.origin`);
 //! * the inode index (`WORKDIR/index`): names that are no record and
 //!   entries without an origin (the kernel refuses to mount with

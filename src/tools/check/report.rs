@@ -99,6 +99,9 @@ pub enum Kind {
     /// An entry of the inode index (`WORKDIR/index`) that does not match
     /// its record, or that no name shows any more.
     IndexEntry,
+    /// A redirect record (`overlay.redirect`) that is refused, names
+    /// nothing, or that a kernel mount cannot follow.
+    Redirect,
 }
 
 impl Kind {
@@ -124,6 +127,7 @@ impl Kind {
             Kind::LegacyOrigin => "legacy-origin",
             Kind::OverlayRecord => "overlay-record",
             Kind::IndexEntry => "index-entry",
+            Kind::Redirect => "redirect",
         }
     }
 }

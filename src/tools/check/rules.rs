@@ -17,6 +17,7 @@ use crate::format::nlink;
 use crate::format::opaque::{self, OPAQUE_FILE, OPAQUE_FO};
 use crate::format::origin::{self, legacy, Origin};
 use crate::format::override_stat::{self, Override};
+use crate::format::redirect::{self, Redirect};
 use crate::format::whiteout::{self, Marker};
 use crate::format::xattr_names::Ovl;
 use crate::sys::fd;
@@ -115,6 +116,8 @@ pub(crate) struct LayerInfo {
     pub(crate) uuids: Vec<[u8; 16]>,
     /// The device of each layer, by layer number.
     pub(crate) devs: Vec<u64>,
+    /// The lower layers' roots, top first (where absolute redirects start).
+    pub(crate) roots: Vec<LayerFd>,
 }
 
 /// Where in the upper a directory is.
@@ -169,6 +172,29 @@ fn child_chain(chain: &[LayerFd], name: &[u8]) -> Vec<LayerFd> {
     }
 }
 
+/// The lower directories that merge with a directory whose redirect is
+/// `r`, in a directory merged from `chain`, as the mount resolves them.
+fn redirected_chain(chain: &[LayerFd], roots: &[LayerFd], r: &Redirect) -> Vec<LayerFd> {
+    match r {
+        Redirect::Relative(n) => child_chain(chain, n),
+        Redirect::Absolute(parts) => parts.iter().fold(roots.to_vec(), |c, p| {
+            if c.is_empty() {
+                c
+            } else {
+                child_chain(&c, p)
+            }
+        }),
+    }
+}
+
+/// The redirect record among `xattrs`, if any.
+fn find_redirect(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Option<&(Vec<u8>, Vec<u8>)> {
+    let x = Ovl::Redirect;
+    xattrs
+        .iter()
+        .find(|(n, _)| n.as_slice() == x.name(true) || n.as_slice() == x.name(false))
+}
+
 /// A marker file that holds nothing: safe to remove or convert.
 fn is_empty_file(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0
@@ -205,7 +231,7 @@ fn known_xattrs(dir: &OwnedFd, name: Option<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The kernel records checked on upper entries.
-const RECORDS: [Ovl; 3] = [Ovl::Origin, Ovl::Impure, Ovl::Nlink];
+const RECORDS: [Ovl; 4] = [Ovl::Origin, Ovl::Impure, Ovl::Nlink, Ovl::Redirect];
 
 /// Check one upper directory; returns its subdirectories to scan.
 pub(crate) fn scan_dir(
@@ -237,12 +263,14 @@ pub(crate) fn scan_dir(
     let mut subdirs = Vec::new();
     for (name, st) in &entries {
         let path = join(rel, name);
+        let mut redirect = None;
         if name.as_slice() != OPAQUE_FILE {
             let xattrs = known_xattrs(fd, Some(name));
             check_overrides(f, &xattrs, &path);
             if !whiteout::is_whiteout(st) && whiteout::marker(name).is_none() {
                 check_records(f, &d, Some(name), is_dir(st), &xattrs);
             }
+            redirect = find_redirect(&xattrs).and_then(|(_, v)| redirect::parse(v).ok());
         }
         match whiteout::marker(name) {
             Some(Marker::Opaque) => continue,
@@ -257,8 +285,11 @@ pub(crate) fn scan_dir(
             continue;
         }
         if is_dir(st) {
-            let child_chain = match at.chain {
-                Some(c) if !d.redundant => Some(child_chain(c, name)),
+            let child_chain = match (at.chain, &redirect, at.layers) {
+                (Some(c), Some(r), Some(l)) if !d.redundant => {
+                    Some(redirected_chain(c, &l.roots, r))
+                }
+                (Some(c), _, _) if !d.redundant => Some(child_chain(c, name)),
                 _ => None,
             };
             subdirs.push(Pending {
@@ -441,6 +472,12 @@ fn check_records(
             f.add(problem(Severity::Info, Kind::OverlayRecord, what));
         }
     }
+    if let Some((xname, v)) = has(Ovl::Redirect) {
+        for (severity, what) in redirect_findings(d, name, dir, xname, v) {
+            let what = format!("{}=\"{}\" {what}", quote(xname), quote(v));
+            f.add(problem(severity, Kind::Redirect, what));
+        }
+    }
     if let Some((xname, v)) = has(Ovl::Nlink) {
         let what = if dir {
             Some("on a directory, where it means nothing")
@@ -497,6 +534,71 @@ fn check_records(
 /// The kernel origin record for an entry with the old record `value`: the
 /// lower object at the same name, when it is the one the old record
 /// names; else why there is none.
+/// What is wrong with the redirect record `v` (named `xname`) of `name`
+/// in `d`: a value the mount refuses, a record where it means nothing, a
+/// target the lower layers do not have, one that points at its own path,
+/// one a kernel mount cannot follow.
+fn redirect_findings(
+    d: &Dir<'_>,
+    name: Option<&[u8]>,
+    dir: bool,
+    xname: &[u8],
+    v: &[u8],
+) -> Vec<(Severity, String)> {
+    let mut out = Vec::new();
+    let r = match redirect::parse(v) {
+        Err(why) => {
+            out.push((
+                Severity::Warning,
+                format!("is refused ({why}): stratafs and the kernel overlay fail lookups of it (EINVAL)"),
+            ));
+            return out;
+        }
+        Ok(r) => r,
+    };
+    if !dir {
+        out.push((
+            Severity::Info,
+            "on a non-directory: only metadata-only copies use one, and stratafs writes none"
+                .to_string(),
+        ));
+        return out;
+    }
+    if let (Some(name), Some(chain), Some(layers)) = (name, d.at.chain, d.at.layers) {
+        if redirected_chain(chain, &layers.roots, &r).is_empty() {
+            out.push((
+                Severity::Warning,
+                "names no directory in the lower layers: only the upper part shows".to_string(),
+            ));
+        }
+        let own: Vec<&[u8]> = d
+            .rel
+            .iter()
+            .filter(|c| *c != ".")
+            .map(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::as_bytes)
+            .chain(std::iter::once(name))
+            .collect();
+        let same = match &r {
+            Redirect::Relative(n) => n.as_slice() == name,
+            Redirect::Absolute(p) => p.iter().map(Vec::as_slice).eq(own.iter().copied()),
+        };
+        if same {
+            out.push((
+                Severity::Info,
+                "points at the directory's own path (as after a rename back): harmless".to_string(),
+            ));
+        }
+    }
+    if xname == Ovl::Redirect.name(false) {
+        out.push((
+            Severity::Info,
+            "is followed by stratafs only: a kernel overlay mount with userxattr refuses redirects (EPERM)"
+                .to_string(),
+        ));
+    }
+    out
+}
+
 fn legacy_conversion(d: &Dir<'_>, name: &[u8], value: &[u8]) -> Result<Vec<u8>, &'static str> {
     let (Some(chain), Some(layers)) = (d.at.chain, d.at.layers) else {
         return Err("give the lower layers to convert it");

@@ -53,6 +53,7 @@ pub(crate) fn run(opts: &CheckOptions, repair: bool) -> Result<Vec<Finding>, Set
     let mut layers = LayerInfo {
         uuids: vec![raw::fs_uuid(upper.as_fd()).unwrap_or_default()],
         devs: vec![ust.st_dev],
+        roots: Vec::new(),
     };
     for (i, l) in opts.lowers.iter().enumerate() {
         match open_root("lower layer", l) {
@@ -82,6 +83,7 @@ pub(crate) fn run(opts: &CheckOptions, repair: bool) -> Result<Vec<Finding>, Set
     // Whether a whiteout hides something can only be told with every
     // lower layer at hand.
     let known = !opts.lowers.is_empty() && all_lowers;
+    layers.roots = lowers.clone();
     let chain = known.then_some(lowers);
     check_work(&mut f, &work);
     check_index(&mut f, &work);

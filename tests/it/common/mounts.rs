@@ -291,7 +291,22 @@ pub fn mount_kernel(
     work: Option<&Path>,
     mnt: &Path,
 ) -> Mount {
+    mount_kernel_with(lowers, upper, work, mnt, "")
+}
+
+/// [`mount_kernel`] with `extra` options (comma-separated, may be empty).
+pub fn mount_kernel_with(
+    lowers: &[PathBuf],
+    upper: Option<&Path>,
+    work: Option<&Path>,
+    mnt: &Path,
+    extra: &str,
+) -> Mount {
     let mut opts = overlay_opts(lowers, upper, work);
+    if !extra.is_empty() {
+        opts.push(',');
+        opts.push_str(extra);
+    }
     // The kernel overlay reads user.overlay.* xattrs only with userxattr
     // (required in a user namespace); stacks carry the kernel's markers.
     if OpaqueForm::kernel() != OpaqueForm::Trusted {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use stratafs::api::{Layer, Markers, TempStack, TempStackBuilder};
 
-use super::mounts::{mount_kernel, overlay_opts, try_mount_stratafs, Mount};
+use super::mounts::{mount_kernel_with, overlay_opts, try_mount_stratafs, Mount};
 use super::snapshot::{diff_snapshots, fmt_snapshot, kind_of, snapshot_upper, snapshot_view};
 use super::snapshot::{normalise_rootless_pair, normalise_upper};
 use super::snapshot::{CmpOpts, Kind, Snapshot};
@@ -99,11 +99,17 @@ impl Stack {
 
     /// Mounts the kernel overlay on [`Stack::mnt`].
     pub fn mount_kernel(&self) -> Mount {
-        mount_kernel(
+        self.mount_kernel_with("")
+    }
+
+    /// `mount_kernel` with `extra` options.
+    pub fn mount_kernel_with(&self, extra: &str) -> Mount {
+        mount_kernel_with(
             self.lowers(),
             self.temp.upper_dir(),
             self.temp.work_dir(),
             &self.mnt,
+            extra,
         )
     }
 
@@ -192,13 +198,31 @@ impl Pair {
         Self::build(desc, Markers::AsWritten, prepare)
     }
 
-    fn build(desc: &TempStackBuilder, markers: Markers, mut prepare: impl FnMut(&Stack)) -> Pair {
+    fn build(desc: &TempStackBuilder, markers: Markers, prepare: impl FnMut(&Stack)) -> Pair {
+        Self::build_with(desc, markers, prepare, "")
+    }
+
+    /// Like [`Pair::new`], both mounted with the extra options `extra`.
+    pub fn with_options(desc: &TempStackBuilder, extra: &str) -> Pair {
+        Self::build_with(desc, Markers::AsWritten, |_| {}, extra)
+    }
+
+    fn build_with(
+        desc: &TempStackBuilder,
+        markers: Markers,
+        mut prepare: impl FnMut(&Stack),
+        extra: &str,
+    ) -> Pair {
         let k = desc.build(Markers::Kernel);
         let s = desc.build(markers);
         prepare(&k);
         prepare(&s);
-        let km = k.mount_kernel();
-        let sm = s.mount_strata();
+        let km = k.mount_kernel_with(extra);
+        let sm = if extra.is_empty() {
+            s.mount_strata()
+        } else {
+            s.mount_strata_with(extra)
+        };
         Pair { sm, km, s, k }
     }
 
