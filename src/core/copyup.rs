@@ -138,22 +138,38 @@ impl Overlay {
     /// If `node`'s copy is reached through the index only, or through
     /// another name than the one it was last looked up by: link that name
     /// up (the kernel overlay links up the name a change goes through).
+    /// When the name the node was at is gone and the kernel looked up no
+    /// other name since (it had them cached), the change came through one
+    /// of the names it knows: that one is linked up.
     fn link_up_recent(&self, node: &Arc<Node>) -> Result<()> {
-        let (upper, recent, location) = {
+        let (upper, recent, location, detached) = {
             let st = node.state.read();
             if !st.indexed {
                 return Ok(());
             }
             let recent = st.recent.as_deref().cloned();
-            (st.upper.clone(), recent, (st.parent, st.name.clone()))
+            (
+                st.upper.clone(),
+                recent,
+                (st.parent, st.name.clone()),
+                st.detached,
+            )
         };
         let Some(upper) = upper else {
             return Ok(());
         };
         let (parent, name) = match recent {
             Some(r) => r,
-            None if self.in_index(&upper) => location,
-            None => return Ok(()),
+            None if detached => match self.inodes.names_of(node).into_iter().next() {
+                Some(known) => known,
+                None => return Ok(()),
+            },
+            // Held by name at its location: that name is linked already.
+            None if matches!(upper, Obj::At { .. }) && !self.in_index(&upper) => return Ok(()),
+            // Reached through the index, or through a descriptor kept
+            // after its upper name went: the location may be a lower name
+            // still (checked below).
+            None => location,
         };
         let dir = self.dir_node(parent)?;
         let pup = self.copy_up(&dir, Data::All)?;
@@ -171,7 +187,12 @@ impl Overlay {
         let moved = {
             let mut st = node.state.write();
             st.recent = None;
-            if st.upper.as_ref().is_some_and(|u| self.in_index(u)) {
+            let relocate = st.detached
+                || match &st.upper {
+                    Some(u @ Obj::At { .. }) => self.in_index(u),
+                    _ => true,
+                };
+            if relocate {
                 // The node now lives at the linked-up name.
                 let old = (st.parent, st.name.clone());
                 st.parent = parent;

@@ -294,6 +294,38 @@ fn a_write_through_an_unlinked_name_reaches_the_other_names() {
 }
 
 #[test]
+fn a_change_through_a_cached_name_links_it_up_after_the_copied_name_went() {
+    // The kernel has looked `c` up before `f`, the other name of the same
+    // lower file, is copied up and unlinked; a chmod of `c` then reaches
+    // the daemon without a new lookup, and the kernel overlay links `c` up
+    // (differential seeds 900074 and 123457071).
+    let p = Pair::new(&hard_links());
+    expect(&p, "nlink c", Ok(2), |r| nlink_of(r, "c"));
+    expect(&p, "chmod f", Ok(()), |r| sys::chmod(&r.join("f"), 0o600));
+    expect(&p, "unlink f", Ok(()), |r| sys::unlink(&r.join("f")));
+    expect(&p, "chmod c", Ok(()), |r| sys::chmod(&r.join("c"), 0o640));
+    expect(&p, "mode c", Ok(0o100640), |r| {
+        sys::lstat(&r.join("c")).map(|st| st.st_mode)
+    });
+    same_as_kernel(&p);
+    assert_eq!(
+        sys::lstat(&p.s.u("c")).map(|st| st.st_mode),
+        Ok(0o100640),
+        "c is linked up in the upper"
+    );
+    let Pair { sm, km, s, k: _k } = p;
+    drop((sm, km));
+    let _m = s.mount_strata();
+    assert_eq!(read_string(&s.m("c")), "shared");
+    assert_eq!(
+        sys::lstat(&s.m("c")).map(|st| st.st_mode),
+        Ok(0o100640),
+        "after a remount"
+    );
+    assert_eq!(nlink_of(&s.mnt, "c"), Ok(1));
+}
+
+#[test]
 fn renaming_one_name_of_a_lower_hard_link_writes_only_that_name() {
     let p = Pair::new(&hard_links());
     expect(&p, "rename b/e g", Ok(()), |r| {
