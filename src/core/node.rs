@@ -291,3 +291,34 @@ impl Node {
         (st.parent, st.name.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// Every entry the kernel holds is one node (plus its name and the
+    /// maps' slots): a node that grows shows in the daemon's memory per
+    /// cached entry (docs/PERFORMANCE.md). With the 16 bytes of the `Arc`'s
+    /// counts, a `Node` of 184 bytes is one 208-byte heap chunk; raise the
+    /// bounds only knowingly.
+    #[test]
+    fn a_node_does_not_grow() {
+        assert!(
+            size_of::<Node>() <= 184,
+            "Node: {} bytes",
+            size_of::<Node>()
+        );
+        assert!(
+            size_of::<NodeState>() <= 136,
+            "NodeState: {} bytes",
+            size_of::<NodeState>()
+        );
+        assert!(size_of::<Obj>() <= 24, "Obj: {} bytes", size_of::<Obj>());
+        assert!(
+            size_of::<LayerObj>() <= 40,
+            "LayerObj (one per lower object, in a Vec): {} bytes",
+            size_of::<LayerObj>()
+        );
+    }
+}
