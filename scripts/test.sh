@@ -35,6 +35,9 @@ export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 # The tests create their mounts under $TMPDIR; give this run its own, so that
 # whatever a crashed test leaves mounted can be found and unmounted.
 test_tmp=$(mktemp -d /tmp/stratafs-tests.XXXXXX)
+# mktemp makes it 0700; tests that act as another user (tests/it/privileges.rs)
+# must reach their mounts below it.
+chmod 0755 "$test_tmp"
 logs=$(mktemp -d /tmp/stratafs-test-logs.XXXXXX)
 
 # Mount points (deepest first) of everything mounted under the given dirs.
