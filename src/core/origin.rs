@@ -156,9 +156,8 @@ fn handles_name_inodes(stack: &Stack) -> bool {
 /// name that is also the lower object's can tell the origin of a copy, so
 /// a file with several upper names (or an index entry) would get another
 /// number through each of its other names. Every name gives the copy's own
-/// inode number then, as the kernel overlay numbers every copy rootless.
-/// Not where the records can be read without opening them
-/// (`handle_identity`): every name tells the same origin then.
+/// inode number then. Not where the records can be read without opening
+/// them (`handle_identity`): every name tells the same origin then.
 pub(crate) fn numbered_by_copy(stack: &Stack, st: &Stat) -> bool {
     !stack.open_handles
         && !handles_name_inodes(stack)
