@@ -92,7 +92,7 @@ pub(crate) fn source(
         }
     }
     // Renamed since: open the handle itself (needs CAP_DAC_READ_SEARCH).
-    for l in stack.layers.iter().skip(usize::from(stack.has_upper)) {
+    for l in stack.lower_layers() {
         if l.uuid != r.uuid {
             continue;
         }
@@ -128,11 +128,7 @@ fn handle_identity(stack: &Stack, r: &origin::Record) -> Option<(u64, u64)> {
     if !matches!(r.handle.kind, FILEID_INO32_GEN | FILEID_INO32_GEN_PARENT) {
         return None;
     }
-    let mut layers = stack
-        .layers
-        .iter()
-        .skip(usize::from(stack.has_upper))
-        .filter(|l| l.uuid == r.uuid);
+    let mut layers = stack.lower_layers().filter(|l| l.uuid == r.uuid);
     let first = layers.next()?;
     if !first.ino_handles || layers.any(|l| l.dev != first.dev || !l.ino_handles) {
         return None;
@@ -144,11 +140,7 @@ fn handle_identity(stack: &Stack, r: &origin::Record) -> Option<(u64, u64)> {
 /// Whether every origin record can be read without opening its handle
 /// (`handle_identity`): all lower layers write inode-number handles.
 fn handles_name_inodes(stack: &Stack) -> bool {
-    stack
-        .layers
-        .iter()
-        .skip(usize::from(stack.has_upper))
-        .all(|l| l.ino_handles)
+    stack.lower_layers().all(|l| l.ino_handles)
 }
 
 /// Whether a copy of stat `st` is numbered by its own inode although its

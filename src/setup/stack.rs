@@ -346,6 +346,11 @@ impl Stack {
         self.layers.get(layer).and_then(|l| l.override_xattr)
     }
 
+    /// The read-only lower layers, top first.
+    pub(crate) fn lower_layers(&self) -> impl Iterator<Item = &Layer> {
+        self.layers.iter().skip(usize::from(self.has_upper))
+    }
+
     /// Whether layer `layer` is the writable upper.
     pub(crate) fn is_upper(&self, layer: usize) -> bool {
         self.has_upper && layer == 0
