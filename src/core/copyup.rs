@@ -67,7 +67,7 @@ impl Overlay {
         let lower = if node.is_dir() {
             None
         } else {
-            let obj = node.state.read().lowers.first().map(|l| l.obj.clone());
+            let obj = node.state.read().first_lower().map(|(_, o)| o);
             obj.and_then(|o| o.stat().ok())
         };
         let hard_linked = lower.is_some_and(|st| st.st_nlink > 1);
@@ -115,7 +115,7 @@ impl Overlay {
     /// Without an index: give (`parent`, `name`), a lower hard link of the
     /// copied-up `node`, a link to the upper copy.
     pub(crate) fn link_up(&self, node: &Arc<Node>, parent: u64, name: &[u8]) -> Result<()> {
-        let origin = node.state.read().origin;
+        let origin = node.origin();
         let src = self.upper_fd(node)?.ok_or(Errno::IO)?;
         let dir = self.dir_node(parent)?;
         let pup = self.copy_up(&dir, Data::All)?;
@@ -124,7 +124,7 @@ impl Overlay {
         match resolve::resolve_in(&dir.dir_layers(), name, Some(&self.stack))? {
             Some(f)
                 if !self.stack.is_upper(f.top.layer)
-                    && Some((f.stat.st_dev, f.stat.st_ino)) == origin => {}
+                    && Some(self.inodes.ino_for(f.stat.st_dev, f.stat.st_ino)) == origin => {}
             _ => return Ok(()),
         }
         let pst = rustix::fs::fstat(&*pup)?;
@@ -144,15 +144,15 @@ impl Overlay {
     fn link_up_recent(&self, node: &Arc<Node>) -> Result<()> {
         let (upper, recent, location, detached) = {
             let st = node.state.read();
-            if !st.indexed {
+            if !st.indexed() {
                 return Ok(());
             }
-            let recent = st.recent.as_deref().cloned();
+            let recent = st.recent().cloned();
             (
-                st.upper.clone(),
+                st.upper(),
                 recent,
-                (st.parent, st.name.clone()),
-                st.detached,
+                (st.parent(), st.name().clone()),
+                st.detached(),
             )
         };
         let Some(upper) = upper else {
@@ -178,38 +178,38 @@ impl Overlay {
         match resolve::resolve_in(&dir.dir_layers(), &name, Some(&self.stack))? {
             Some(f)
                 if !self.stack.is_upper(f.top.layer)
-                    && Some((f.stat.st_dev, f.stat.st_ino)) == node.state.read().origin => {}
+                    && Some(self.inodes.ino_for(f.stat.st_dev, f.stat.st_ino)) == node.origin() => {
+            }
             _ => return Ok(()),
         }
         let inode = upper.fd()?;
         self.publish_link(&pup, &name, &inode)?;
         self.index_linked_up(&inode)?;
-        let moved = {
+        let (moves, old) = {
             let mut st = node.state.write();
-            st.recent = None;
-            let relocate = st.detached
-                || match &st.upper {
-                    Some(u @ Obj::At { .. }) => self.in_index(u),
+            st.set_recent(None);
+            let relocate = st.detached()
+                || match st.upper() {
+                    Some(u @ Obj::At { .. }) => self.in_index(&u),
                     _ => true,
                 };
-            if relocate {
-                // The node now lives at the linked-up name.
-                let old = (st.parent, st.name.clone());
-                st.parent = parent;
-                st.name = name.clone();
-                st.upper = Some(Obj::At {
-                    dir: pup.clone(),
-                    name: name.clone(),
-                });
-                st.detached = false;
-                Some(old)
-            } else {
-                None
-            }
+            (
+                relocate,
+                st.named().then(|| (st.parent(), st.name().clone())),
+            )
         };
-        if let Some((p, n)) = moved {
-            // The old location, if it still names the node, is an alias now.
-            if self.inodes.dentry_ino(p, &n) == Some(node.ino) {
+        if moves {
+            // The node now lives at the linked-up name.
+            let upper = Obj::At {
+                dir: pup.clone(),
+                name: name.clone(),
+            };
+            self.inodes.move_node(node, parent, name.clone(), |st| {
+                st.set_upper_only(upper);
+                st.set_detached(false);
+            });
+            // The old location, if it still named the node, is an alias now.
+            if let Some((p, n)) = old {
                 self.inodes.set_dentry(p, n, node);
             }
         }
@@ -299,8 +299,8 @@ impl Overlay {
         }
         let (parent_ino, name, lower_of, detached) = {
             let st = node.state.read();
-            let lower = st.lowers.first().map(|l| (l.layer, l.obj.clone()));
-            (st.parent, st.name.clone(), lower, st.detached)
+            let lower = st.first_lower();
+            (st.parent(), st.name().clone(), lower, st.detached())
         };
         if detached {
             // The name is gone; there is no place to copy it to.
@@ -318,9 +318,8 @@ impl Overlay {
                 let index = self.stack.index.as_ref().ok_or(Errno::IO)?;
                 {
                     let mut s = node.state.write();
-                    s.indexed = true;
-                    s.upper = Some(entry.obj(index));
-                    s.lowers.clear();
+                    s.set_indexed(true);
+                    s.set_upper_only(entry.obj(index));
                 }
                 self.link_up_recent(node)?;
                 self.invalidate(Invalidate::Attr(node.ino));
@@ -360,7 +359,7 @@ impl Overlay {
         };
         {
             let _dl = parent.dir_lock.write(parent_ino);
-            if node.state.read().detached {
+            if node.state.read().detached() {
                 // Unlinked while being copied: nothing to publish.
                 let _ = tree::remove_tree(work, &tmp, node.is_dir());
                 return Err(Errno::NOENT);
@@ -379,15 +378,12 @@ impl Overlay {
             }
             let _ = fd::set_times(&*pup, &fd::times_of(&pst));
             let mut s = node.state.write();
-            s.upper = Some(match copy {
-                Some(dir) => Obj::Fd(dir),
-                None => Obj::At {
+            match copy {
+                Some(dir) => s.set_upper(Obj::Fd(dir)),
+                None => s.set_upper_only(Obj::At {
                     dir: pup.clone(),
                     name: name.clone(),
-                },
-            });
-            if !node.is_dir() {
-                s.lowers.clear();
+                }),
             }
         }
         let bytes = if node.is_dir() || data == Data::Empty {

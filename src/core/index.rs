@@ -199,14 +199,14 @@ impl Overlay {
         ) else {
             return;
         };
-        let Some(node) = self.inodes.get(self.inodes.ino_for(key.0, key.1)) else {
+        let id = self.inodes.ino_for(key.0, key.1);
+        let Some(node) = self.inodes.get(id) else {
             return;
         };
         let mut st = node.state.write();
-        if st.origin == Some(key) && st.upper.is_none() {
-            st.upper = Some(entry.obj(index));
-            st.lowers.clear();
-            st.indexed = true;
+        if st.origin(node.ino) == Some(id) && !st.has_upper() {
+            st.set_upper_only(entry.obj(index));
+            st.set_indexed(true);
         }
     }
 }
