@@ -44,6 +44,11 @@ pub(crate) enum Data {
     All,
     /// Metadata only; the copy is empty (the caller truncates anyway).
     Empty,
+    /// Metadata only, for a change of metadata (owner, mode, times,
+    /// xattrs): with `metacopy=on` a lower regular file with one link gets
+    /// a metadata copy (`overlay.metacopy`) whose data stays in the lower
+    /// file; else, and for every other object, the same as `All`.
+    Meta,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -60,6 +65,9 @@ impl Overlay {
     pub(crate) fn ensure_upper(&self, node: &Arc<Node>, data: Data) -> Result<()> {
         self.writable()?;
         if node.has_upper() {
+            if data != Data::Meta {
+                self.copy_data_up(node, data)?;
+            }
             // A hard-linked file whose copy is in the index: a change
             // through one of its names links that name up.
             return self.link_up_recent(node);
@@ -71,6 +79,13 @@ impl Overlay {
             obj.and_then(|o| o.stat().ok())
         };
         let hard_linked = lower.is_some_and(|st| st.st_nlink > 1);
+        // Metadata copies are made of files with one link only (the
+        // index keeps complete copies).
+        let data = if hard_linked && data == Data::Meta {
+            Data::All
+        } else {
+            data
+        };
         if hard_linked && self.stack.index.is_some() {
             // Its copy goes to the index; only the name the change goes
             // through (and its parents) is copied up then.
@@ -278,7 +293,7 @@ impl Overlay {
             let _ = tree::remove_tree(work, &tmp, false);
             made?;
             entry.exists = true;
-            let bytes = if data == Data::Empty {
+            let bytes = if data != Data::All {
                 0
             } else {
                 st.st_size as u64
@@ -341,12 +356,30 @@ impl Overlay {
         // objects unless they are hard links it cannot index.
         let record = (node.is_dir() || st.st_nlink == 1)
             .then(|| origin::record_of(&self.stack, lower_layer, &lower_obj));
+        // A metadata copy needs its origin: it is how a later mount knows
+        // to look for the marker.
+        let meta = data == Data::Meta
+            && self.stack.metacopy
+            && node.kind == FileType::RegularFile
+            && record.as_ref().is_some_and(|r| !r.is_empty());
+        let data = match data {
+            Data::Meta if !meta => Data::All,
+            d => d,
+        };
         let built =
             build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, data).and_then(|copy| {
                 if let Some(r) = &record {
                     origin::write(&self.stack, &copy, r);
                 }
                 self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
+                if meta {
+                    // Set last: its presence says the data is below.
+                    let name = self.stack.formats.ovl(Ovl::Metacopy);
+                    xattr::set(&copy, name, b"", XattrFlags::empty())?;
+                    if self.stack.fsync {
+                        rustix::fs::fsync(&copy)?;
+                    }
+                }
                 Ok(copy)
             });
         let copy = match built {
@@ -386,11 +419,12 @@ impl Overlay {
                     name: name.clone(),
                 },
             });
-            if !node.is_dir() {
+            if !node.is_dir() && !meta {
+                // (A metadata copy keeps its lower file: the data.)
                 s.lowers.clear();
             }
         }
-        let bytes = if node.is_dir() || data == Data::Empty {
+        let bytes = if node.is_dir() || data != Data::All {
             0
         } else {
             st.st_size as u64
@@ -401,6 +435,73 @@ impl Overlay {
             // merged (nlink 1), a copied hard link has its own count.
             self.invalidate(Invalidate::Attr(node.ino));
         }
+        Ok(())
+    }
+
+    /// Copy the data of the metadata copy `node` up (`Data::All`; with
+    /// `Data::Empty` the copy is truncated instead, for an `O_TRUNC` open),
+    /// as the kernel overlay does: into the upper file itself (its inode,
+    /// names, times and records stay), fsync'ed, then the marker goes. The
+    /// marker is what says where the data is, so a crash at any step shows
+    /// either the lower data or the whole copy.
+    fn copy_data_up(&self, node: &Arc<Node>, data: Data) -> Result<()> {
+        if node.metacopy_data().is_none() {
+            return Ok(());
+        }
+        let _g = node.copy_lock.lock(node.ino);
+        let Some(src) = node.metacopy_data() else {
+            return Ok(());
+        };
+        let up = self.upper_fd(node)?.ok_or(Errno::IO)?;
+        let ust = rustix::fs::fstat(&*up)?;
+        let mode = ust.st_mode & 0o7777;
+        // The owner may write a file whose mode says it may not (rootless).
+        let (dst, restore) = match fd::reopen(&*up, OFlags::WRONLY) {
+            Ok(f) => (f, false),
+            Err(Errno::ACCESS) => {
+                fd::set_mode(&*up, mode | 0o200)?;
+                (fd::reopen(&*up, OFlags::WRONLY)?, true)
+            }
+            Err(e) => return Err(e),
+        };
+        let copied = (|| {
+            let mut bytes = 0;
+            if data == Data::Empty {
+                rustix::fs::ftruncate(&dst, 0)?;
+            } else {
+                let s = src.obj.open(OFlags::RDONLY)?;
+                let sst = rustix::fs::fstat(&s)?;
+                let no_clone = AtomicBool::new(false);
+                let refused = self
+                    .stack
+                    .layers
+                    .get(src.layer)
+                    .map_or(&no_clone, |l| &l.clone_refused);
+                if sst.st_size > 0 {
+                    copy_data(&s, &dst, &sst, refused)?;
+                }
+                rustix::fs::ftruncate(&dst, ust.st_size as u64)?;
+                bytes = ust.st_size as u64;
+            }
+            if self.stack.fsync {
+                rustix::fs::fsync(&dst)?;
+            }
+            fd::set_times(&dst, &fd::times_of(&ust))?;
+            Ok(bytes)
+        })();
+        if restore {
+            fd::set_mode(&*up, mode)?;
+        }
+        let bytes = copied?;
+        let t = self.stack.formats.trusted();
+        for ns in [t, !t] {
+            match xattr::remove(&*up, Ovl::Metacopy.name(ns)) {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        node.state.write().lowers.clear();
+        self.events.copied_up(bytes);
         Ok(())
     }
 
@@ -449,7 +550,10 @@ fn build_copy(
                 OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )?;
-            if data == Data::All && st.st_size > 0 {
+            if data == Data::Meta {
+                // A metadata copy has the size, no data (sparse).
+                rustix::fs::ftruncate(&dst, st.st_size as u64)?;
+            } else if data == Data::All && st.st_size > 0 {
                 let src = lower.open(OFlags::RDONLY)?;
                 let no_clone = AtomicBool::new(false);
                 let refused = stack

@@ -31,7 +31,8 @@ pub(crate) struct NodeState {
     /// The object in the upper layer, once there is one.
     pub(crate) upper: Option<Obj>,
     /// For directories: the lower directories merged below, top first.
-    /// For other objects without an upper copy: the lower object itself.
+    /// For other objects without an upper copy: the lower object itself;
+    /// for a metadata copy (`metacopy=on`): the lower file with its data.
     pub(crate) lowers: Vec<LayerObj>,
     /// The name was removed (unlink, rmdir, rename over it); the node lives
     /// on only for open files and kernel references.
@@ -231,6 +232,24 @@ impl Node {
     /// Whether the node has an upper object.
     pub(crate) fn has_upper(&self) -> bool {
         self.state.read().upper.is_some()
+    }
+
+    /// For a metadata copy (`metacopy=on`): the lower file its data is in.
+    /// A regular file with an upper copy keeps a lower object only then.
+    pub(crate) fn metacopy_data(&self) -> Option<LayerObj> {
+        if self.is_dir() {
+            return None;
+        }
+        let st = self.state.read();
+        st.upper.as_ref()?;
+        st.lowers.first().cloned()
+    }
+
+    /// Whether the node's data is in the upper layer (it has an upper copy
+    /// that is not a metadata copy).
+    pub(crate) fn data_on_upper(&self) -> bool {
+        let st = self.state.read();
+        st.upper.is_some() && (self.is_dir() || st.lowers.is_empty())
     }
 
     /// Whether the node is backed by lower objects (for a directory: is

@@ -19,6 +19,7 @@ use super::fdbudget;
 use super::handles::HandleTable;
 use super::inodes::{InodeTable, LookupRef, ROOT_INO};
 use super::listing::{self, DirEntry};
+use super::metacopy;
 use super::names::Name;
 use super::node::{Node, NodeState};
 use super::notify::{Invalidate, KernelCache};
@@ -186,11 +187,16 @@ impl Overlay {
 
     /// Attributes of a node, as reported to clients.
     pub(crate) fn stat_node(&self, node: &Node) -> Result<Stat> {
-        self.with_top(node, |layer, obj| {
+        let mut st = self.with_top(node, |layer, obj| {
             let mut st = obj.stat()?;
             self.present_node(node, layer, obj, &mut st);
             Ok(st)
-        })
+        })?;
+        if let Some(data) = node.metacopy_data() {
+            // As the kernel: a metadata copy's blocks are its data file's.
+            st.st_blocks = data.obj.stat()?.st_blocks;
+        }
+        Ok(st)
     }
 
     /// Turn the on-disk stat of `node`'s top object into what clients see:
@@ -302,7 +308,9 @@ impl Overlay {
     }
 
     /// Make (or find) the node for a resolved name and record the name.
-    pub(crate) fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry<'_> {
+    /// Fails only for a metadata copy whose data cannot be found
+    /// (`core::metacopy`).
+    pub(crate) fn attach(&self, parent: u64, name: &[u8], found: Found) -> Result<Entry<'_>> {
         let mut stat = found.stat;
         self.present(found.top.layer, &found.top.obj, &mut stat);
         let kind = FileType::from_raw_mode(stat.st_mode);
@@ -354,6 +362,20 @@ impl Overlay {
                 },
             },
         };
+        if let Some(u) = upper
+            .as_ref()
+            .filter(|_| kind == FileType::RegularFile && origin.is_some() && lowers.is_empty())
+        {
+            let dirs = self
+                .inodes
+                .get(parent)
+                .map(|p| p.lower_dirs())
+                .unwrap_or_default();
+            if let Some((data_st, data)) = metacopy::data_of(&self.stack, &dirs, name, u)? {
+                stat.st_blocks = data_st.st_blocks;
+                lowers = vec![data];
+            }
+        }
         if upper.is_none() && !is_dir && stat.st_nlink > 1 {
             // A lower hard link whose copy is in the index shows the copy.
             if let Some((obj, st)) = self.indexed_copy(&lowers) {
@@ -403,7 +425,7 @@ impl Overlay {
                     }
                 }
                 self.inodes.set_dentry(parent, shared, &node);
-                return Entry { node, stat };
+                return Ok(Entry { node, stat });
             }
             // Taken by an unrelated object (an inode number reused after a
             // delete while the old node lives on): use a fresh id (the
