@@ -25,6 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, X
 
 use super::index::IndexEntry;
 use super::inodes::ROOT_INO;
+use super::metacopy;
 use super::node::Node;
 use super::notify::Invalidate;
 use super::obj::Obj;
@@ -79,13 +80,6 @@ impl Overlay {
             obj.and_then(|o| o.stat().ok())
         };
         let hard_linked = lower.is_some_and(|st| st.st_nlink > 1);
-        // Metadata copies are made of files with one link only (the
-        // index keeps complete copies).
-        let data = if hard_linked && data == Data::Meta {
-            Data::All
-        } else {
-            data
-        };
         if hard_linked && self.stack.index.is_some() {
             // Its copy goes to the index; only the name the change goes
             // through (and its parents) is copied up then.
@@ -274,10 +268,20 @@ impl Overlay {
         if !entry.exists {
             let work = self.stack.work()?;
             let tmp = self.stack.tmp_name();
+            let meta = data == Data::Meta
+                && self.stack.metacopy
+                && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+            let data = match data {
+                Data::Meta if !meta => Data::All,
+                d => d,
+            };
             let made = build_copy(&self.stack, layer, &tmp, lower, st, data).and_then(|copy| {
                 origin::write(&self.stack, &copy, &entry.record);
                 self.carry_override(layer, lower, st, &copy)?;
                 self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
+                if meta {
+                    self.mark_metacopy(&copy)?;
+                }
                 match rustix::fs::linkat(
                     work,
                     tmp.as_slice(),
@@ -331,11 +335,16 @@ impl Overlay {
                 // A hard-linked file: its copy is in the index; the name
                 // the change goes through gets a link to it.
                 let index = self.stack.index.as_ref().ok_or(Errno::IO)?;
+                let copy = entry.obj(index);
+                let meta = metacopy::is_marked(&self.stack, &copy, &entry.name)?;
                 {
                     let mut s = node.state.write();
                     s.indexed = true;
-                    s.upper = Some(entry.obj(index));
-                    s.lowers.clear();
+                    s.upper = Some(copy);
+                    if !meta {
+                        // (A metadata copy keeps its lower file: the data.)
+                        s.lowers.clear();
+                    }
                 }
                 self.link_up_recent(node)?;
                 self.invalidate(Invalidate::Attr(node.ino));
@@ -373,12 +382,7 @@ impl Overlay {
                 }
                 self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
                 if meta {
-                    // Set last: its presence says the data is below.
-                    let name = self.stack.formats.ovl(Ovl::Metacopy);
-                    xattr::set(&copy, name, b"", XattrFlags::empty())?;
-                    if self.stack.fsync {
-                        rustix::fs::fsync(&copy)?;
-                    }
+                    self.mark_metacopy(&copy)?;
                 }
                 Ok(copy)
             });
@@ -502,6 +506,17 @@ impl Overlay {
         }
         node.state.write().lowers.clear();
         self.events.copied_up(bytes);
+        Ok(())
+    }
+
+    /// Mark the copy being built as a metadata copy: set last, fsync'ed,
+    /// as its presence says the data is below.
+    fn mark_metacopy(&self, copy: &OwnedFd) -> Result<()> {
+        let name = self.stack.formats.ovl(Ovl::Metacopy);
+        xattr::set(copy, name, b"", XattrFlags::empty())?;
+        if self.stack.fsync {
+            rustix::fs::fsync(copy)?;
+        }
         Ok(())
     }
 

@@ -170,7 +170,7 @@ impl Overlay {
             found.top.layer,
             &found.top.obj,
             &found.stat,
-            super::copyup::Data::All,
+            super::copyup::Data::Meta,
         )?
         else {
             return Ok(NameGone::Nothing);
@@ -202,10 +202,15 @@ impl Overlay {
         let Some(node) = self.inodes.get(self.inodes.ino_for(key.0, key.1)) else {
             return;
         };
+        let copy = entry.obj(index);
+        // A metadata copy keeps its lower file: the data.
+        let meta = super::metacopy::is_marked(&self.stack, &copy, &entry.name).unwrap_or(false);
         let mut st = node.state.write();
         if st.origin == Some(key) && st.upper.is_none() {
-            st.upper = Some(entry.obj(index));
-            st.lowers.clear();
+            st.upper = Some(copy);
+            if !meta {
+                st.lowers.clear();
+            }
             st.indexed = true;
         }
     }

@@ -378,9 +378,14 @@ impl Overlay {
         }
         if upper.is_none() && !is_dir && stat.st_nlink > 1 {
             // A lower hard link whose copy is in the index shows the copy.
-            if let Some((obj, st)) = self.indexed_copy(&lowers) {
+            if let Some((obj, mut st)) = self.indexed_copy(&lowers) {
+                if metacopy::is_marked(&self.stack, &obj, name)? {
+                    // A metadata copy: the data is this lower file's.
+                    st.st_blocks = stat.st_blocks;
+                } else {
+                    lowers.clear();
+                }
                 upper = Some(obj);
-                lowers.clear();
                 stat = st;
                 indexed = true;
                 if origin::numbered_by_copy(&self.stack, &stat) {

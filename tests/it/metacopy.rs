@@ -402,3 +402,129 @@ fn hostile_metacopy_records_are_refused() {
         assert!(log.contains(want), "{want}: {log}");
     }
 }
+
+/// Renames and links of lower files and of metadata copies: a redirect
+/// relative within the parent, absolute across directories and for a
+/// link (and for a lower hard link, whose copy is in the index), the data
+/// still found after a remount, the first write copying the data under
+/// the new name; as the kernel does.
+#[test]
+fn renamed_and_linked_metadata_copies_match_the_kernel() {
+    let desc = stack(
+        vec![Layer::new()
+            .file("a", "adata")
+            .file("b", "bdata")
+            .file("c", "cdata")
+            .file("e", "edata")
+            .file("h1", "hdata")
+            .hard_link("h2", "h1")
+            .dir("D")],
+        Layer::new(),
+    );
+    let ops = |m: &Path| -> Vec<(&'static str, Result<(), i32>)> {
+        let p = |r: &str| m.join(r);
+        vec![
+            ("chmod a", sys::chmod(&p("a"), 0o600)),
+            ("a -> a2", sys::rename(&p("a"), &p("a2"))),
+            ("a2 -> D/a3", sys::rename(&p("a2"), &p("D/a3"))),
+            ("b -> b2", sys::rename(&p("b"), &p("b2"))),
+            ("c -> D/c2", sys::rename(&p("c"), &p("D/c2"))),
+            ("link e e2", sys::link(&p("e"), &p("e2"))),
+            ("h1 -> h3", sys::rename(&p("h1"), &p("h3"))),
+            ("append b2", append(&p("b2"), b"!")),
+        ]
+    };
+    let names = ["D/a3", "b2", "D/c2", "e", "e2", "h3", "h2"];
+    let view = |m: &Path| -> Vec<(String, i64, i64, Vec<u8>)> {
+        names
+            .iter()
+            .map(|n| {
+                let st = assert_ok(sys::lstat(&m.join(n)), n);
+                let data = assert_ok(sys::read_all(&m.join(n)), n);
+                (n.to_string(), st.st_size, st.st_nlink as i64, data)
+            })
+            .collect()
+    };
+    let records = |u: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for n in names {
+            for x in sys::llistxattr(&u.join(n)).unwrap_or_default() {
+                if x.ends_with("overlay.metacopy") || x.ends_with("overlay.redirect") {
+                    let v = sys::lgetxattr(&u.join(n), &x).unwrap_or_default();
+                    let short = x.rsplit('.').next().unwrap_or_default().to_string();
+                    out.push(format!("{n}: {short}={}", String::from_utf8_lossy(&v)));
+                }
+            }
+        }
+        out
+    };
+    let want_records = [
+        "D/a3: metacopy=",
+        "D/a3: redirect=/a",
+        "b2: redirect=b",
+        "D/c2: metacopy=",
+        "D/c2: redirect=/c",
+        "e: metacopy=",
+        "e: redirect=/e",
+        "e2: metacopy=",
+        "e2: redirect=/e",
+        "h3: metacopy=",
+        "h3: redirect=/h1",
+    ];
+    let want_view = vec![
+        ("D/a3".to_string(), 5, 1, b"adata".to_vec()),
+        ("b2".to_string(), 6, 1, b"bdata!".to_vec()),
+        ("D/c2".to_string(), 5, 1, b"cdata".to_vec()),
+        ("e".to_string(), 5, 2, b"edata".to_vec()),
+        ("e2".to_string(), 5, 2, b"edata".to_vec()),
+        ("h3".to_string(), 5, 2, b"hdata".to_vec()),
+        ("h2".to_string(), 5, 2, b"hdata".to_vec()),
+    ];
+    if is_rootless() {
+        let s = desc.build(Markers::AsWritten);
+        let sm = s.mount_strata_with("metacopy=on");
+        let got = ops(&s.mnt);
+        assert!(got.iter().all(|(_, r)| r.is_ok()), "{got:?}");
+        assert_eq!(view(&s.mnt), want_view);
+        drop(sm);
+        let mut recs = records(s.upper());
+        // Rootless stacks have no index: the lower hard link is copied
+        // whole.
+        recs.retain(|r| !r.starts_with("h3"));
+        let mut want: Vec<String> = want_records.iter().map(|r| r.to_string()).collect();
+        want.retain(|r| !r.starts_with("h3"));
+        recs.sort();
+        want.sort();
+        assert_eq!(recs, want);
+        let sm = s.mount_strata_with("metacopy=on");
+        assert_eq!(view(&s.mnt), want_view, "after a remount");
+        drop(sm);
+        return;
+    }
+    let p = Pair::with_options(&desc, "metacopy=on");
+    let (rs, rk) = p.both(ops);
+    assert_eq!(rs, rk, "results: stratafs (left), kernel (right)");
+    p.assert_same_view();
+    assert_eq!(p.same("view", view), want_view);
+    let Pair { sm, km, s, k } = p;
+    drop((sm, km));
+    let (mut rs, mut rk) = (records(s.upper()), records(k.upper()));
+    rs.sort();
+    rk.sort();
+    assert_eq!(rs, rk, "records: stratafs (left), kernel (right)");
+    let mut want: Vec<String> = want_records.iter().map(|r| r.to_string()).collect();
+    want.sort();
+    assert_eq!(rs, want);
+    let sm = s.mount_strata_with("metacopy=on");
+    assert_eq!(view(&s.mnt), want_view, "stratafs after a remount");
+    drop(sm);
+    let sk = mount_kernel_with(
+        s.lowers(),
+        Some(s.upper()),
+        Some(s.work()),
+        &s.mnt,
+        "metacopy=on",
+    );
+    assert_eq!(view(&s.mnt), want_view, "the kernel on stratafs' upper");
+    drop(sk);
+}
