@@ -528,3 +528,65 @@ fn renamed_and_linked_metadata_copies_match_the_kernel() {
     assert_eq!(view(&s.mnt), want_view, "the kernel on stratafs' upper");
     drop(sk);
 }
+
+/// Metadata copy-ups and data copy-ups of metadata copies while the daemon
+/// is killed with SIGKILL at a random moment: after a remount every file
+/// shows its lower data or its whole new data (never a partial copy or
+/// the sparse upper), with its old or new mode.
+#[test]
+fn sigkill_during_metadata_and_data_copy_ups_shows_the_old_or_the_new_state() {
+    const N: usize = 12;
+    let body = |i: usize| format!("{i:02}").repeat(300_000);
+    let mut lower = Layer::new();
+    for i in 0..N {
+        lower = lower.file(&format!("f{i}"), body(i));
+    }
+    let s = stack(vec![lower], Layer::new()).build(Markers::AsWritten);
+    let mut appended = [0usize; N];
+    let mut rng = Rng::new(env_u64("STRATAFS_METACOPY_CRASH_SEED", 0x4d43_5059));
+    for round in 0..6 {
+        let m = s.mount_strata_with("metacopy=on");
+        let pid = m.daemon_pid().expect("daemon pid");
+        let delay = std::time::Duration::from_millis(1 + rng.below(40) as u64);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: a plain kill(2) of the daemon this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        });
+        let mut under_way = None;
+        for n in 0.. {
+            let i = rng.below(N);
+            let f = s.m(&format!("f{i}"));
+            if sys::chmod(&f, 0o600 + (n % 2) as u32 * 0o40).is_err() {
+                break;
+            }
+            under_way = Some(i);
+            if append(&f, b"!").is_err() {
+                break;
+            }
+            appended[i] += 1;
+            under_way = None;
+        }
+        let _ = killer.join();
+        drop(m);
+        let m = s.mount_strata_with("metacopy=on");
+        for (i, done) in appended.iter_mut().enumerate() {
+            let got = assert_ok(sys::read_all(&s.m(&format!("f{i}"))), "read");
+            let want = |k: usize| {
+                let mut v = body(i).into_bytes();
+                v.extend(std::iter::repeat_n(b'!', k));
+                v
+            };
+            if got == want(*done) {
+                continue;
+            }
+            assert!(
+                under_way == Some(i) && got == want(*done + 1),
+                "round {round}: f{i} ({} bytes) is neither state",
+                got.len()
+            );
+            *done += 1;
+        }
+        drop(m);
+    }
+}
