@@ -578,7 +578,8 @@ fn build_copy(
                 copy_data(&src, &dst, st, refused)?;
             }
             finish_copy(stack, &dst, lower, st)?;
-            if stack.fsync {
+            // (A metadata copy is fsync'ed once its marker is set.)
+            if stack.fsync && data != Data::Meta {
                 rustix::fs::fsync(&dst)?;
             }
             Ok(dst)

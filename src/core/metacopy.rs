@@ -20,11 +20,14 @@ use crate::format::redirect::{self, Redirect};
 use crate::format::xattr_names::Ovl;
 use crate::setup::stack::Stack;
 
-/// The record `x` of `obj`, in the namespace written first, else the
-/// other; `None` when it has none.
-fn record(stack: &Stack, obj: &Obj, x: Ovl) -> Result<Option<Vec<u8>>> {
-    let t = stack.formats.trusted();
-    for ns in [t, !t] {
+/// The record `x` of `obj`, in the namespace `ns` (trusted or not) where
+/// that is known, else in the namespace written first, then the other;
+/// `None` when it has none.
+fn record(stack: &Stack, obj: &Obj, x: Ovl, ns: Option<bool>) -> Result<Option<Vec<u8>>> {
+    let t = ns.unwrap_or_else(|| stack.formats.trusted());
+    let both = [t, !t];
+    for ns in &both[..if ns.is_some() { 1 } else { 2 }] {
+        let ns = *ns;
         match obj.get_xattr(x.name(ns)) {
             Ok(v) => return Ok(Some(v)),
             Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
@@ -37,7 +40,12 @@ fn record(stack: &Stack, obj: &Obj, x: Ovl) -> Result<Option<Vec<u8>>> {
 /// Whether the regular file `obj` carries a metacopy marker (checked:
 /// a value the kernel refuses is `EIO`, logged with `what`).
 pub(crate) fn is_marked(stack: &Stack, obj: &Obj, what: &[u8]) -> Result<bool> {
-    let Some(v) = record(stack, obj, Ovl::Metacopy)? else {
+    marked_in(stack, obj, what, None)
+}
+
+/// `is_marked`, looking in the namespace `ns` only where that is known.
+fn marked_in(stack: &Stack, obj: &Obj, what: &[u8], ns: Option<bool>) -> Result<bool> {
+    let Some(v) = record(stack, obj, Ovl::Metacopy, ns)? else {
         return Ok(false);
     };
     match metacopy::check(&v) {
@@ -62,15 +70,19 @@ enum Target {
 
 /// If the upper regular file `upper` at `name` (in a directory whose lower
 /// directories are `lowers`, top first) is a metadata copy: its data file
-/// and that file's attributes. With `metacopy=off` a metadata copy is
-/// refused (`EPERM`), as the kernel refuses to follow one.
+/// and that file's attributes. `ns` is the namespace of its origin record
+/// where known (its other records are in the same one: one system call
+/// for a copy that is not a metadata copy). With `metacopy=off` a
+/// metadata copy is refused (`EPERM`), as the kernel refuses to follow
+/// one.
 pub(crate) fn data_of(
     stack: &Stack,
     lowers: &[LayerFd],
     name: &[u8],
     upper: &Obj,
+    ns: Option<bool>,
 ) -> Result<Option<(Stat, LayerObj)>> {
-    if !is_marked(stack, upper, name)? {
+    if !marked_in(stack, upper, name, ns)? {
         return Ok(None);
     }
     if !stack.metacopy {
@@ -80,7 +92,7 @@ pub(crate) fn data_of(
         );
         return Err(Errno::PERM);
     }
-    let target = match record(stack, upper, Ovl::Redirect)? {
+    let target = match record(stack, upper, Ovl::Redirect, ns)? {
         None => Target::Name(name.to_vec()),
         Some(v) => match redirect::parse(&v) {
             Ok(Redirect::Relative(n)) => Target::Name(n),

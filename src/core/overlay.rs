@@ -323,13 +323,20 @@ impl Overlay {
                 (None, std::iter::once(found.top).chain(below).collect())
             };
         let is_dir = kind == FileType::Directory;
-        let (mut ino, origin, mut indexed) = match &upper {
-            None => (
+        let (source, record_ns) = match &upper {
+            Some(u) => {
+                let (s, ns) = self.source_of(parent, name, u, &lowers);
+                (Some(s), ns)
+            }
+            None => (None, None),
+        };
+        let (mut ino, origin, mut indexed) = match (&upper, source) {
+            (None, _) | (Some(_), None) => (
                 self.inodes.ino_for(stat.st_dev, stat.st_ino),
                 (!is_dir).then_some((stat.st_dev, stat.st_ino)),
                 false,
             ),
-            Some(u) => match self.source_of(parent, name, u, &lowers) {
+            (Some(u), Some(source)) => match source {
                 Source::Lower(l) => (
                     if origin::numbered_by_copy(&self.stack, &stat) {
                         self.copy_ino(&stat, Some((l.st_dev, l.st_ino)))
@@ -371,7 +378,9 @@ impl Overlay {
                 .get(parent)
                 .map(|p| p.lower_dirs())
                 .unwrap_or_default();
-            if let Some((data_st, data)) = metacopy::data_of(&self.stack, &dirs, name, u)? {
+            if let Some((data_st, data)) =
+                metacopy::data_of(&self.stack, &dirs, name, u, record_ns)?
+            {
                 stat.st_blocks = data_st.st_blocks;
                 lowers = vec![data];
             }
@@ -542,8 +551,15 @@ impl Overlay {
     /// Where the upper object `upper` at (`parent`, `name`) came from; the
     /// candidates are the lower objects at the same name (`lowers` for a
     /// directory, else found in the parent's lower layers).
-    fn source_of(&self, parent: u64, name: &[u8], upper: &Obj, lowers: &[LayerObj]) -> Source {
-        origin::source(&self.stack, upper, || {
+    /// Also says in which namespace the record was (see `origin::source_ns`).
+    fn source_of(
+        &self,
+        parent: u64,
+        name: &[u8],
+        upper: &Obj,
+        lowers: &[LayerObj],
+    ) -> (Source, Option<bool>) {
+        origin::source_ns(&self.stack, upper, || {
             if !lowers.is_empty() {
                 return lowers.iter().map(|l| (l.layer, l.obj.clone())).collect();
             }
