@@ -226,13 +226,7 @@ fn metadata_changes_copy_metadata_only_as_the_kernel_does() {
         drop(m);
         f
     };
-    let sk = mount_kernel_with(
-        s.lowers(),
-        Some(s.upper()),
-        Some(s.work()),
-        &s.mnt,
-        "metacopy=on",
-    );
+    let sk = s.mount_kernel_with("metacopy=on");
     assert_eq!(files(&s.mnt), want, "the kernel on stratafs' upper");
     drop(sk);
     let ks = try_mount_stratafs(
@@ -518,13 +512,7 @@ fn renamed_and_linked_metadata_copies_match_the_kernel() {
     let sm = s.mount_strata_with("metacopy=on");
     assert_eq!(view(&s.mnt), want_view, "stratafs after a remount");
     drop(sm);
-    let sk = mount_kernel_with(
-        s.lowers(),
-        Some(s.upper()),
-        Some(s.work()),
-        &s.mnt,
-        "metacopy=on",
-    );
+    let sk = s.mount_kernel_with("metacopy=on");
     assert_eq!(view(&s.mnt), want_view, "the kernel on stratafs' upper");
     drop(sk);
 }
@@ -546,13 +534,7 @@ fn sigkill_during_metadata_and_data_copy_ups_shows_the_old_or_the_new_state() {
     let mut rng = Rng::new(env_u64("STRATAFS_METACOPY_CRASH_SEED", 0x4d43_5059));
     for round in 0..6 {
         let m = s.mount_strata_with("metacopy=on");
-        let pid = m.daemon_pid().expect("daemon pid");
-        let delay = std::time::Duration::from_millis(1 + rng.below(40) as u64);
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            // SAFETY: a plain kill(2) of the daemon this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        });
+        let killer = m.sigkill_after(std::time::Duration::from_millis(1 + rng.below(40) as u64));
         let mut under_way = None;
         for n in 0.. {
             let i = rng.below(N);
