@@ -1142,7 +1142,8 @@ def wl_mvdir(ctx, m):
     if m.skip:
         return [skipped(m, v)]
     src, dst = f"{m.mnt}/{tree}", f"{m.mnt}/{tree}.moved"
-    res = timed(m, v, f"mv {src} {dst}", ops=n, unit="entry")
+    # Per command: one rename with redirect_dir, a copy of every entry without.
+    res = timed(m, v, f"mv {src} {dst}", ops=1, unit="command")
     got = count_tree(dst)
     bad = None if got == n and not os.path.lexists(src) else \
         f"after the mv: {got} entries at the new name (expected {n}), old name {'still there' if os.path.lexists(src) else 'gone'}"
