@@ -32,7 +32,8 @@
 # COPY of the .debs, RUN dpkg -i), more files in `untar`, and 3 runs each.
 #
 # redirect_dir (root, then rootless): stores with redirect_dir=on (and
-# metacopy=on if the binary mounts with it) in mountopt; a container renames
+# metacopy=on if the binary mounts with it) in mountopt (containers-storage
+# drops metacopy=on for a mount program: the wrapper adds it); a container renames
 # lower directories and chowns a lower tree (scripts/e2e/rdchange.sh), is
 # committed and saved; the committed layer must equal the one podman's native
 # overlay driver (the kernel overlay, same options, root) makes of the same
@@ -332,12 +333,14 @@ info "mount program: $stratafs_src (mounts of type $fstype)"
 
 # The mount program: logs argv, then runs stratafs.  $1 = log directory;
 # $2 = timed: instead of exec'ing stratafs, wait for it (it returns once the
-# mount is live) and append "START_NS END_NS STATUS" to mount-times.log.
+# mount is live) and append "START_NS END_NS STATUS" to mount-times.log;
+# $3 = mount options to add to the engine's (-o $3 before its argv).
 make_wrapper() {
-    local dir=$1 w=$1/mount-program run="exec $T/bin/$prog_name \"\$@\""
+    local dir=$1 pre=${3:+-o $3 }
+    local w=$1/mount-program run="exec $T/bin/$prog_name $pre\"\$@\""
     if [[ ${2:-} == timed ]]; then
         run="t0=\$(date +%s%N)
-$T/bin/$prog_name \"\$@\"
+$T/bin/$prog_name $pre\"\$@\"
 rc=\$?
 echo \"\$t0 \$(date +%s%N) \$rc\" >>$dir/mount-times.log
 exit \$rc"
@@ -352,7 +355,7 @@ echo >>"\$log"
 if [ "\${E2E_STRATAFS_LOG:-$E2E_LOG_DEFAULT}" = 1 ]; then
     mnt=
     for a in "\$@"; do mnt=\$a; done
-    RUST_LOG=\${RUST_LOG:-$RUST_LOG_DEFAULT} $T/bin/$prog_name -f "\$@" 2>>$dir/stratafs.\$\$.log &
+    RUST_LOG=\${RUST_LOG:-$RUST_LOG_DEFAULT} $T/bin/$prog_name -f $pre"\$@" 2>>$dir/stratafs.\$\$.log &
     pid=\$!
     echo "  -> foreground pid \$pid, log $dir/stratafs.\$\$.log" >>"\$log"
     i=0
@@ -456,7 +459,13 @@ write_configs() {
     mkdir -p "$home/.config/containers"
     echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$home/.config/containers/policy.json"
     printf 'unqualified-search-registries = []\n' >"$d/registries.conf"
-    make_wrapper "$d" "${3:-}"
+    # containers-storage drops metacopy=on from the options it gives a mount
+    # program: it keeps the option only where its metacopy probe, a kernel
+    # overlay mount, passed, and it runs none with a mount program.  The
+    # wrapper adds it.
+    local add=
+    [[ ${3:-} != native && ,${4:-}, == *,metacopy=on,* ]] && add=metacopy=on
+    make_wrapper "$d" "${3:-}" "$add"
     {
         echo '[storage]'
         echo 'driver = "overlay"'
@@ -1044,10 +1053,13 @@ rd_run() {
     rd_change() { p "${RUN[@]}" --name c-rd localhost/rd sh /e2e/rdchange.sh >"$1"; }
     check "run c-rd: rename lower dirs, chown -R a lower tree ($rd_opts)" rd_change "$d/view.txt" || return
     if [[ -n ${5:-} ]]; then
-        if grep -q "$rd_opts" "$d/mount-program.log"; then
-            pass "$M: the mount program was given $rd_opts"
+        if grep -q "upperdir=.*redirect_dir=on" "$d/mount-program.log"; then
+            pass "$M: the engine gave the mount program redirect_dir=on (mountopt)"
         else
-            fail "$M: the mount program was given $rd_opts" "$(tail -n 3 "$d/mount-program.log")"
+            fail "$M: the engine gave the mount program redirect_dir=on (mountopt)" "$(tail -n 3 "$d/mount-program.log")"
+        fi
+        if [[ $rd_opts == *metacopy=on* ]] && ! grep -q "upperdir=.*metacopy=on" "$d/mount-program.log"; then
+            info "$M: the engine dropped metacopy=on from mountopt (kept for the kernel overlay only); the wrapper adds it"
         fi
     fi
     # What the upper dir holds: the renamed directory with a redirect record
