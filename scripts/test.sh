@@ -92,7 +92,7 @@ set -e
 echo
 echo "==> scripts/e2e-podman.sh (podman and buildah with stratafs as mount_program)"
 set +e
-STRATAFS_TEST_BIN= bash scripts/e2e-podman.sh 2>&1 | tee "$logs/e2e.log"
+STRATAFS_TEST_BIN='' bash scripts/e2e-podman.sh 2>&1 | tee "$logs/e2e.log"
 e2e_rc=${PIPESTATUS[0]}
 set -e
 
