@@ -11,6 +11,7 @@ and compiles the C helper first.
 """
 import argparse
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -1135,13 +1136,18 @@ def count_tree(path, uid=None):
     return int(r.stdout.strip() or -1)
 
 
+def lower_tree(ctx, m):
+    """The 12k-entry lower tree of mvdir and chowntree (the one rmrf
+    removes): its path in mount m and its entries, itself included."""
+    return f"{m.mnt}/{ctx.manifest['rm_tree']}", ctx.manifest["rm_tree_files"] + 1
+
+
 def wl_mvdir(ctx, m):
-    tree = ctx.manifest["rm_tree"]
-    n = ctx.manifest["rm_tree_files"] + 1
+    src, n = lower_tree(ctx, m)
     v = f"mv of a {kn(n)}-entry lower dir"
     if m.skip:
         return [skipped(m, v)]
-    src, dst = f"{m.mnt}/{tree}", f"{m.mnt}/{tree}.moved"
+    dst = src + ".moved"
     # Per command: one rename with redirect_dir, a copy of every entry without.
     res = timed(m, v, f"mv {src} {dst}", ops=1, unit="command")
     got = count_tree(dst)
@@ -1154,19 +1160,16 @@ CHOWN_ID = 4321
 
 
 def wl_chowntree(ctx, m):
-    tree = ctx.manifest["rm_tree"]
-    n = ctx.manifest["rm_tree_files"] + 1
+    t, n = lower_tree(ctx, m)
     v = f"chown -R of a {kn(n)}-entry lower tree"
     if m.skip:
         return [skipped(m, v)]
-    t = f"{m.mnt}/{tree}"
     res = timed(m, v, f"chown -R {CHOWN_ID}:{CHOWN_ID} {t}", ops=n, unit="entry")
     other = count_tree(t, CHOWN_ID)
     return with_upper(m, res, f"{other} entries not owned by {CHOWN_ID} after the chown -R" if other else None)
 
 
 def head_md5(path, size=1 << 20):
-    import hashlib
     with open(path, "rb") as f:
         return hashlib.md5(f.read(size)).hexdigest()
 
