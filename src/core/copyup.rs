@@ -509,14 +509,16 @@ impl Overlay {
         Ok(())
     }
 
-    /// Mark the copy being built as a metadata copy: set last, fsync'ed,
-    /// as its presence says the data is below.
+    /// Mark the copy being built as a metadata copy: set last, as its
+    /// presence says the data is below. Not fsync'ed: like the kernel,
+    /// which syncs a copy only when it copied data, a metadata copy costs
+    /// no disk flush (an fsync per file made `chown -R` of a 12k-entry
+    /// tree take 47 s against the kernel's 1.8 s). The marker and the
+    /// copy's inode reach the journal together, before the rename that
+    /// publishes them.
     fn mark_metacopy(&self, copy: &OwnedFd) -> Result<()> {
         let name = self.stack.formats.ovl(Ovl::Metacopy);
         xattr::set(copy, name, b"", XattrFlags::empty())?;
-        if self.stack.fsync {
-            rustix::fs::fsync(copy)?;
-        }
         Ok(())
     }
 
@@ -578,7 +580,7 @@ fn build_copy(
                 copy_data(&src, &dst, st, refused)?;
             }
             finish_copy(stack, &dst, lower, st)?;
-            // (A metadata copy is fsync'ed once its marker is set.)
+            // (A metadata copy is not fsync'ed: see `mark_metacopy`.)
             if stack.fsync && data != Data::Meta {
                 rustix::fs::fsync(&dst)?;
             }
