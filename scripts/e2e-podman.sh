@@ -31,6 +31,14 @@
 # .debs made from the host's installed packages by scripts/e2e/debroot.py,
 # COPY of the .debs, RUN dpkg -i), more files in `untar`, and 3 runs each.
 #
+# redirect_dir (root, then rootless): stores with redirect_dir=on (and
+# metacopy=on if the binary mounts with it) in mountopt (containers-storage
+# drops metacopy=on for a mount program: the wrapper adds it); a container renames
+# lower directories and chowns a lower tree (scripts/e2e/rdchange.sh), is
+# committed and saved; the committed layer must equal the one podman's native
+# overlay driver (the kernel overlay, same options, root) makes of the same
+# scenario, and the stratafs upper dir must hold a redirect instead of copies.
+#
 # The mount_program is a wrapper that logs its argv (one line per call) and
 # execs stratafs; the checks also look for `fuse.stratafs` as the container's
 # root file system type.
@@ -242,12 +250,18 @@ cleanup() {
             [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
         fi
         local s
-        for s in root tm-mp tm-k; do
+        for s in root tm-mp tm-k rd-mp rd-k; do
             if [[ -f $T/$s/ready ]]; then
                 root_eng_in "$T/$s" podman rm -a -f -t 0 >/dev/null 2>&1
                 root_eng_in "$T/$s" buildah rm --all >/dev/null 2>&1
             fi
         done
+        if [[ -f $T/rl-rd/ready ]]; then
+            local pp
+            rl_eng_in "$T/rl-rd" podman rm -a -f -t 0 >/dev/null 2>&1
+            pp=$(cat "$T/rl-rd/run/libpod/tmp/pause.pid" 2>/dev/null)
+            [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
+        fi
         # Whatever is still mounted under $T in the namespace, deepest first.
         inns awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/mounts | sort -r |
             while read -r m; do inns umount -l "$m" 2>/dev/null; done
@@ -319,12 +333,14 @@ info "mount program: $stratafs_src (mounts of type $fstype)"
 
 # The mount program: logs argv, then runs stratafs.  $1 = log directory;
 # $2 = timed: instead of exec'ing stratafs, wait for it (it returns once the
-# mount is live) and append "START_NS END_NS STATUS" to mount-times.log.
+# mount is live) and append "START_NS END_NS STATUS" to mount-times.log;
+# $3 = mount options to add to the engine's (-o $3 before its argv).
 make_wrapper() {
-    local dir=$1 w=$1/mount-program run="exec $T/bin/$prog_name \"\$@\""
+    local dir=$1 pre=${3:+-o $3 }
+    local w=$1/mount-program run="exec $T/bin/$prog_name $pre\"\$@\""
     if [[ ${2:-} == timed ]]; then
         run="t0=\$(date +%s%N)
-$T/bin/$prog_name \"\$@\"
+$T/bin/$prog_name $pre\"\$@\"
 rc=\$?
 echo \"\$t0 \$(date +%s%N) \$rc\" >>$dir/mount-times.log
 exit \$rc"
@@ -339,7 +355,7 @@ echo >>"\$log"
 if [ "\${E2E_STRATAFS_LOG:-$E2E_LOG_DEFAULT}" = 1 ]; then
     mnt=
     for a in "\$@"; do mnt=\$a; done
-    RUST_LOG=\${RUST_LOG:-$RUST_LOG_DEFAULT} $T/bin/$prog_name -f "\$@" 2>>$dir/stratafs.\$\$.log &
+    RUST_LOG=\${RUST_LOG:-$RUST_LOG_DEFAULT} $T/bin/$prog_name -f $pre"\$@" 2>>$dir/stratafs.\$\$.log &
     pid=\$!
     echo "  -> foreground pid \$pid, log $dir/stratafs.\$\$.log" >>"\$log"
     i=0
@@ -371,7 +387,7 @@ for a in $("$bb" --list); do
 done
 echo 'root:x:0:0:root:/:/bin/sh' >"$rootfs/etc/passwd"
 echo 'root:x:0:' >"$rootfs/etc/group"
-cp "$helpers"/{mutate,verify,once,layer2}.sh "$rootfs/e2e/"
+cp "$helpers"/{mutate,verify,once,layer2,rdchange,rdview}.sh "$rootfs/e2e/"
 echo "$fstype" >"$rootfs/e2e/fstype"
 (
     cd "$rootfs/data" || exit 1
@@ -400,7 +416,30 @@ echo "$fstype" >"$rootfs/e2e/fstype"
     head -c 3145728 /dev/urandom >big
     md5sum big >big.md5
 )
+# The trees of the redirect_dir scenario (rdchange.sh): documentation to
+# rename, a tree to chown (set-id bits, which a chown clears, a symlink).
+(
+    cd "$rootfs" || exit 1
+    for i in 00 01 02 03 04 05; do
+        mkdir -p "usr/share/doc/pkg-$i/examples"
+        echo "copyright $i" >"usr/share/doc/pkg-$i/copyright"
+        echo "changelog $i" >"usr/share/doc/pkg-$i/changelog"
+        echo "example $i" >"usr/share/doc/pkg-$i/examples/ex"
+    done
+    mkdir -p srv/tree/d1/sub srv/tree/d2 srv/tree/bin
+    echo f1 >srv/tree/d1/f1
+    echo s >srv/tree/d1/sub/s
+    echo f2 >srv/tree/d2/f2
+    head -c 300000 /dev/urandom >srv/tree/d2/big
+    printf '#!/bin/sh\necho id\n' >srv/tree/bin/suid
+    cp srv/tree/bin/suid srv/tree/bin/sgid
+    ln -s d1/f1 srv/tree/link
+)
 chown -R 0:0 "$rootfs"
+chmod 4755 "$rootfs/srv/tree/bin/suid"
+chmod 2755 "$rootfs/srv/tree/bin/sgid"
+chmod 0640 "$rootfs/srv/tree/d1/f1"
+chmod 0700 "$rootfs/srv/tree/d1/sub"
 tar -C "$rootfs" -cf "$T/rootfs.tar" .
 chmod 644 "$T/rootfs.tar"
 
@@ -413,13 +452,20 @@ chmod -R a+rX "$T/buildctx"
 
 # Per-mode configuration.  $1 = mode dir, $2 = root|rootless, $3 = timed
 # (the mount program logs how long each mount took) or native (no mount
-# program: podman's own overlay driver, i.e. the kernel overlay).
+# program: podman's own overlay driver, i.e. the kernel overlay); $4 = more
+# mount options (mountopt) of the store.
 write_configs() {
     local d=$1 mode=$2 home=$1/home
     mkdir -p "$home/.config/containers"
     echo '{"default": [{"type": "insecureAcceptAnything"}]}' >"$home/.config/containers/policy.json"
     printf 'unqualified-search-registries = []\n' >"$d/registries.conf"
-    make_wrapper "$d" "${3:-}"
+    # containers-storage drops metacopy=on from the options it gives a mount
+    # program: it keeps the option only where its metacopy probe, a kernel
+    # overlay mount, passed, and it runs none with a mount program.  The
+    # wrapper adds it.
+    local add=
+    [[ ${3:-} != native && ,${4:-}, == *,metacopy=on,* ]] && add=metacopy=on
+    make_wrapper "$d" "${3:-}" "$add"
     {
         echo '[storage]'
         echo 'driver = "overlay"'
@@ -428,10 +474,10 @@ write_configs() {
         [[ $mode == rootless ]] && echo "rootless_storage_path = \"$d/storage\""
         echo '[storage.options.overlay]'
         if [[ ${3:-} == native ]]; then
-            echo 'mountopt = "nodev"'
+            echo "mountopt = \"nodev${4:+,$4}\""
         else
             echo "mount_program = \"$d/mount-program\""
-            echo 'mountopt = "nodev,fsync=0"'
+            echo "mountopt = \"nodev,fsync=0${4:+,$4}\""
         fi
     } >"$d/storage.conf"
     {
@@ -475,8 +521,11 @@ root_eng_in() {
     (cd "$d" && timeout -k 10 "$cmd_timeout" nsenter --mount="$NS/mnt" env -i $(eng_env "$d") "$@")
 }
 root_eng() { root_eng_in "$T/root" "$@"; }
-rl_eng() {
-    local d=$T/rootless
+rl_eng() { rl_eng_in "$T/rootless" "$@"; }
+# rl_eng_in DIR CMD...: CMD as the rootless user with the configuration of DIR.
+rl_eng_in() {
+    local d=$1
+    shift
     # shellcheck disable=SC2046
     (cd "$d" && timeout -k 10 "$cmd_timeout" nsenter --mount="$NS/mnt" \
         runuser -u "$e2e_user" -- env -i $(eng_env "$d") "XDG_RUNTIME_DIR=$d/run" \
@@ -932,12 +981,212 @@ run_suite() {
     info "$M: mount_program was called $(wc -l <"$log") times (log: $log)"
 }
 
+# ------------------------------------------------------------ redirect_dir
+# A container renames directories with lower content and chowns a lower
+# tree (rdchange.sh) with stratafs mounted redirect_dir=on (and metacopy=on
+# if the binary takes it) through mountopt; `podman commit`; the committed
+# layer (`podman save`) must equal the one podman's native overlay driver
+# (the kernel overlay) makes of the same scenario with the same options, in
+# file list, types, modes, owners, contents and whiteouts.  Fair because
+# containers-storage makes both layers the same way: with a mount program
+# it always diffs naively (walks the mounted container against its mounted
+# parent); the native driver does so too as soon as a test rename of a
+# directory on a mount with the store's mountopt leaves an overlay.redirect
+# record (doesSupportNativeDiff), so neither layer is read from an upper
+# dir's records.  The rootless run (stratafs only: the kernel refuses
+# redirect_dir with userxattr) is compared with the root kernel result.
+rd_opts=redirect_dir=on
+rd_ready=0
+# Once: sets rd_opts to redirect_dir=on,metacopy=on if stratafs mounts with
+# both, writes the build context of the scenario's image.
+rd_prepare() {
+    ((rd_ready)) && return
+    rd_ready=1
+    local p=$T/rd-probe out
+    mkdir -p "$p"/{l,u,w,m}
+    if out=$(inns "$T/bin/$prog_name" -o "lowerdir=$p/l,upperdir=$p/u,workdir=$p/w,redirect_dir=on,metacopy=on" "$p/m" 2>&1); then
+        inns fusermount3 -u "$p/m"
+        rd_opts=redirect_dir=on,metacopy=on
+    else
+        info "redirect_dir: $prog_name refuses metacopy=on, the scenario runs with redirect_dir=on only: $(tail -n 1 <<<"$out")"
+    fi
+    rm -rf "$p"
+    mkdir -p "$T/rdctx"
+    printf 'FROM localhost/base:latest\nRUN %s\n' \
+        'echo l2 >/usr/share/doc/pkg-03/l2file && rm /usr/share/doc/pkg-04/changelog && echo l2 >/srv/tree/d1/l2file' \
+        >"$T/rdctx/Containerfile"
+    chmod -R a+rX "$T/rdctx"
+}
+# Data bytes (SEEK_DATA ranges) of the file $1, and its overlay.metacopy
+# record ("metacopy" or "no-metacopy"; $2 = trusted or user).
+rd_data() {
+    python3 - "$1" "$2" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOFOLLOW)
+n, off = 0, 0
+while True:
+    try:
+        start = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError:
+        break
+    off = os.lseek(fd, start, os.SEEK_HOLE)
+    n += off - start
+try:
+    os.getxattr(sys.argv[1], sys.argv[2] + ".overlay.metacopy", follow_symlinks=False)
+    mc = "metacopy"
+except OSError:
+    mc = "no-metacopy"
+print(n, mc)
+PY
+}
+# rd_run DIR ENGINE_FUNC LABEL XATTR_NS: the scenario in the store of DIR;
+# leaves the container's view in DIR/view.txt and the committed layer's
+# listing in DIR/layer.list.
+rd_run() {
+    local d=$1 ns=$4 upper out f
+    M=$3
+    E=$2
+    rm -f "$d/view.txt" "$d/layer.list"
+    check "podman import localhost/base" "$E" podman import --change 'CMD ["/bin/sh"]' - localhost/base:latest <"$T/rootfs.tar" || return
+    check "podman build localhost/rd (a second layer below the trees)" \
+        p build --network none --pull=never -t localhost/rd -f "$T/rdctx/Containerfile" "$T/rdctx" || return
+    rd_change() { p "${RUN[@]}" --name c-rd localhost/rd sh /e2e/rdchange.sh >"$1"; }
+    check "run c-rd: rename lower dirs, chown -R a lower tree ($rd_opts)" rd_change "$d/view.txt" || return
+    if [[ -n ${5:-} ]]; then
+        if grep -q "upperdir=.*redirect_dir=on" "$d/mount-program.log"; then
+            pass "$M: the engine gave the mount program redirect_dir=on (mountopt)"
+        else
+            fail "$M: the engine gave the mount program redirect_dir=on (mountopt)" "$(tail -n 3 "$d/mount-program.log")"
+        fi
+        if [[ $rd_opts == *metacopy=on* ]] && ! grep -q "upperdir=.*metacopy=on" "$d/mount-program.log"; then
+            info "$M: the engine dropped metacopy=on from mountopt (kept for the kernel overlay only); the wrapper adds it"
+        fi
+    fi
+    # What the upper dir holds: the renamed directory with a redirect record
+    # and none of its lower files; with metacopy, metadata-only copies.
+    upper=$(p inspect --format '{{.GraphDriver.Data.UpperDir}}' c-rd 2>&1)
+    out=$(python3 -c 'import os, sys; print(os.getxattr(sys.argv[1], sys.argv[2], follow_symlinks=False).decode())' \
+        "$upper/usr/share/doc2" "$ns.overlay.redirect" 2>&1)
+    f=$(cd "$upper" 2>/dev/null && find usr/share/doc2 -type f -size +0 | sort | tr '\n' ' ')
+    if [[ $out == *doc && $f == "usr/share/doc2/pkg-00/added " ]]; then
+        pass "$M: upper dir: usr/share/doc2 redirects to $out, no lower file copied"
+    else
+        fail "$M: upper dir: usr/share/doc2 has a redirect, no lower file copied" "redirect: $out"$'\n'"files with data: $f"
+    fi
+    if [[ $rd_opts == *metacopy=on* ]]; then
+        out=$(rd_data "$upper/srv/tree/d2-renamed/big" "$ns" 2>&1)
+        if [[ $out == "0 metacopy" ]]; then
+            pass "$M: upper dir: the chowned srv/tree/d2/big is a metadata-only copy"
+        else
+            fail "$M: upper dir: the chowned srv/tree/d2/big is a metadata-only copy" "data bytes, record: $out"
+        fi
+    fi
+    check "podman commit c-rd localhost/rd-committed" p commit --pause=false c-rd localhost/rd-committed || return
+    rm -f "$d/rd.tar"
+    check "podman save localhost/rd-committed" p save --format docker-archive -o "$d/rd.tar" localhost/rd-committed || return
+    check "list the committed layer" sh -c 'python3 "$0" "$1" >"$2"' "$helpers/layerlist.py" "$d/rd.tar" "$d/layer.list" || return
+    out=$(p "${RUN[@]}" --rm localhost/rd-committed sh /e2e/rdview.sh 2>&1)
+    if [[ -s $d/view.txt && $out == "$(cat "$d/view.txt")" ]]; then
+        pass "$M: the committed image shows the container's view ($(wc -l <"$d/view.txt") lines)"
+    else
+        fail "$M: the committed image shows the container's view" "$(diff "$d/view.txt" <(echo "$out") | head -n 30)"
+    fi
+    p rm -f -t 0 c-rd >/dev/null 2>&1
+}
+# rd_layer_checks LIST: what the committed layer must hold, whoever made it.
+rd_layer_checks() {
+    local l=$1 bad=0 want
+    for want in '^f .* usr/share/\.wh\.doc ' '^f .* usr/share/doc2/pkg-00/added ' \
+        '^f .* 0:0 usr/share/doc2/pkg-03/l2file ' '^f .* 0:0 usr/share/doc2/pkg-00/copyright ' \
+        '^f .* srv/tree/\.wh\.d2 ' '^f 0640 1234:5678 srv/tree/d1/f1 ' '^d 0700 1234:5678 srv/tree/d1/sub$' \
+        '^f 0755 1234:5678 srv/tree/bin/suid ' '^f 0755 1234:5678 srv/tree/bin/sgid ' \
+        '^f .* 1234:5678 srv/tree/d2-renamed/big 300000 ' '^f .* 1234:5678 srv/tree/moved/examples/ex ' \
+        '^l .* 1234:5678 srv/tree/link -> d1/f1$'; do
+        grep -qE "$want" "$l" || { echo "missing: $want"; bad=1; }
+    done
+    grep -qE ' usr/share/doc2/pkg-01/copyright |usr/share/doc2/pkg-02/' "$l" && { echo "removed or moved entries in doc2"; bad=1; }
+    ((bad)) && cat "$l"
+    return $bad
+}
+# rd_compare LIST_A LIST_B VIEW_A VIEW_B WHAT
+rd_compare() {
+    if [[ -s $1 && -s $2 ]] && cmp -s "$1" "$2"; then
+        pass "$M: committed layer equals the kernel overlay's ($5; $(wc -l <"$1") entries: type, mode, owner, size, sha256, whiteouts)"
+    else
+        fail "$M: committed layer equals the kernel overlay's ($5)" "$(diff "$2" "$1" | head -n 40)"
+    fi
+    if [[ -s $3 ]] && cmp -s "$3" "$4"; then
+        pass "$M: the container's view equals the kernel overlay's ($5)"
+    else
+        fail "$M: the container's view equals the kernel overlay's ($5)" "$(diff "$4" "$3" | head -n 30)"
+    fi
+}
+rd_eng_mp() { root_eng_in "$T/rd-mp" "$@"; }
+rd_eng_k() { root_eng_in "$T/rd-k" "$@"; }
+rd_eng_rl() { rl_eng_in "$T/rl-rd" "$@"; }
+rd_root() {
+    say "==== redirect_dir: rename and chown of lower trees, commit, against the kernel overlay (root) ===="
+    rd_prepare
+    local s out
+    for s in rd-mp rd-k; do
+        mkdir -p "$T/$s"/{tmp,home,storage,runroot}
+        touch "$T/$s/ready"
+    done
+    write_configs "$T/rd-mp" root "" "$rd_opts"
+    write_configs "$T/rd-k" root native "$rd_opts"
+    # Both stores diff naively (see above), or the comparison is not fair.
+    M=rd-root
+    for s in mp k; do
+        out=$(rd_eng_$s podman info --format '{{json .Store.GraphStatus}}' 2>&1)
+        if [[ $out == *'"Native Overlay Diff":"false"'* ]]; then
+            pass "$M: the $s store diffs layers naively (podman info: $(tr -d '\n' <<<"$out" | cut -c1-160))"
+        else
+            fail "$M: the $s store diffs layers naively" "$out"
+        fi
+    done
+    rd_run "$T/rd-mp" rd_eng_mp "rd-root-$prog_name" trusted mp
+    rd_run "$T/rd-k" rd_eng_k rd-root-kernel trusted
+    M=rd-root
+    if [[ -s $T/rd-k/layer.list ]]; then
+        check "the kernel overlay's committed layer holds the rename and the chown" rd_layer_checks "$T/rd-k/layer.list"
+    fi
+    check "$prog_name's committed layer holds the rename and the chown" rd_layer_checks "$T/rd-mp/layer.list"
+    rd_compare "$T/rd-mp/layer.list" "$T/rd-k/layer.list" "$T/rd-mp/view.txt" "$T/rd-k/view.txt" "root, $rd_opts"
+    for s in mp k; do
+        rd_eng_$s podman rm -a -f -t 0 >/dev/null 2>&1
+    done
+}
+
+rd_rootless() {
+    say "==== redirect_dir: the same scenario rootless ===="
+    local d=$T/rl-rd
+    rd_prepare
+    mkdir -p "$d"/{tmp,run}
+    write_configs "$d" rootless "" "$rd_opts"
+    chown -R "$e2e_user:" "$d"
+    chmod 700 "$d/run"
+    touch "$d/ready"
+    rd_run "$d" rd_eng_rl "rd-rootless-$prog_name" user mp
+    M=rd-rootless
+    check "$prog_name's committed layer holds the rename and the chown" rd_layer_checks "$d/layer.list"
+    if [[ -s $T/rd-k/layer.list ]]; then
+        rd_compare "$d/layer.list" "$T/rd-k/layer.list" "$d/view.txt" "$T/rd-k/view.txt" "rootless against root, $rd_opts"
+    else
+        skip "rd-rootless: comparison with the kernel overlay" "no root kernel result (--rootless-only or its run failed)"
+    fi
+    rd_eng_rl podman rm -a -f -t 0 >/dev/null 2>&1
+    local pp
+    pp=$(cat "$d/run/libpod/tmp/pause.pid" 2>/dev/null)
+    [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
+}
+
 # ------------------------------------------------------------ root
 if ((do_root)); then
     mkdir -p "$T/root"/{tmp,home,storage,runroot}
     write_configs "$T/root" root
     touch "$T/root/ready"
     run_suite root root_eng
+    [[ $prog_name == stratafs ]] && rd_root
 fi
 
 # ------------------------------------------------------------ rootless
@@ -989,6 +1238,7 @@ if ((do_rootless)); then
         run_suite rootless rl_eng
         pp=$(cat "$T/rootless/run/libpod/tmp/pause.pid" 2>/dev/null)
         [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
+        [[ $prog_name == stratafs ]] && rd_rootless
     else
         skip "rootless: all checks" "$reason"
     fi

@@ -11,6 +11,7 @@ and compiles the C helper first.
 """
 import argparse
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -476,12 +477,42 @@ def pid_alive(pid):
         return False
 
 
+def options_refused(ctx, binary, extra):
+    """Why the stratafs binary refuses the mount options `extra` (its
+    message), or None if it mounts with them; probed once per binary and
+    options on an empty stack. A refusal for another reason than one of
+    these options is fatal."""
+    key = (binary, extra)
+    if key not in ctx.refused:
+        ctx.counter += 1
+        d = os.path.join(ctx.rundir, f"{ctx.counter:05d}-probe")
+        dirs = [os.path.join(d, x) for x in ("lower", "upper", "work", "mnt")]
+        for x in dirs:
+            os.makedirs(x)
+        opts = f"lowerdir={dirs[0]},upperdir={dirs[1]},workdir={dirs[2]},{extra}"
+        r = subprocess.run([binary, "-o", opts, dirs[3]], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if r.returncode == 0:
+            sh(["fusermount3", "-u", dirs[3]])
+            ctx.refused[key] = None
+        else:
+            msg = " ".join((r.stderr or r.stdout).split())[-300:]
+            names = [o.split("=", 1)[0] for o in extra.split(",")]
+            if not any(n in msg for n in names):
+                die(f"{binary} does not mount with {extra} on an empty stack: {msg}")
+            ctx.refused[key] = f"{os.path.basename(binary)} refuses {extra}: {msg}"
+            log(f"skipping the rows with {extra} on {binary}: {msg}")
+        shutil.rmtree(d, ignore_errors=True)
+    return ctx.refused[key]
+
+
 class Mount:
     active = []  # for cleanup
 
-    def __init__(self, ctx, fs, lower=None):
+    def __init__(self, ctx, fs, lower=None, extra=None):
         self.ctx, self.fs = ctx, fs
         self.lower = lower or ctx.lower
+        self.extra = extra  # more mount options (MOUNT_OPTIONS)
+        self.skip = None  # why the workload is not run on this mount
         self.proc = None  # a daemon running in the foreground (fuse-overlayfs -d)
         ctx.counter += 1
         self.dir = os.path.join(ctx.rundir, f"{ctx.counter:05d}-{fs}")
@@ -495,6 +526,13 @@ class Mount:
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d)
         opts = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        if self.extra:
+            if self.fs.startswith("stratafs"):
+                binary = self.ctx.baseline if self.fs == "stratafs-baseline" else self.ctx.stratafs
+                self.skip = options_refused(self.ctx, binary, self.extra)
+                if self.skip:
+                    return self
+            opts += "," + self.extra
         if self.fs == "kernel":
             cmd = ["mount", "-t", "overlay", "overlay", "-o", opts, self.mnt]
         elif self.fs == "kernel-volatile":
@@ -1036,6 +1074,123 @@ def wl_statwalk(ctx, m):
             timed(m, f"{v} (warm)", c, check_out=exp, ops=n, unit="entry")]
 
 
+def upper_kib(m):
+    """The upper dir's size (`du -s`, KiB): what an operation copied up,
+    metadata included (on ext4 a file whose extended attributes do not fit
+    in its inode has a block of its own for them, which du counts)."""
+    r = subprocess.run(["du", "-s", "--block-size=1K", m.upper], capture_output=True, text=True)
+    try:
+        return int(r.stdout.split()[0])
+    except (IndexError, ValueError):
+        die(f"du -s {m.upper} failed: {r.stderr.strip()}")
+
+
+def data_bytes(path):
+    """Bytes of file data stored in the regular files under path: the
+    ranges lseek(SEEK_DATA/SEEK_HOLE) finds, so a file copied up with its
+    metadata only (no data, sparse to its size) counts 0."""
+    total = 0
+    for dp, _, fns in os.walk(path):
+        for fn in fns:
+            p = os.path.join(dp, fn)
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # a symlink, a whiteout device, a fifo
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                off = 0
+                while True:
+                    try:
+                        start = os.lseek(fd, off, os.SEEK_DATA)
+                    except OSError:
+                        break  # ENXIO: no data after off
+                    off = os.lseek(fd, start, os.SEEK_HOLE)
+                    total += off - start
+            finally:
+                os.close(fd)
+    return total
+
+
+def skipped(m, variant):
+    """The row of a workload not run on mount m (m.skip says why)."""
+    return {"variant": variant, "fs": m.fs, "seconds": None, "skipped": m.skip, "options": m.extra}
+
+
+def with_upper(m, res, check=None):
+    """Adds the upper dir's size and the mount options to measurement res;
+    `check` is a mismatch (a string) or None."""
+    os.sync()
+    res.update(upper_kib=upper_kib(m), upper_data=data_bytes(m.upper), options=m.extra)
+    if check:
+        res["mismatch"] = check
+        log(f"WARNING: {res['variant']} on {m.fs}: {check}")
+    return [res]
+
+
+def count_tree(path, uid=None):
+    """Entries under path, path included (with uid: those not owned by it)."""
+    test = "" if uid is None else f" ! -uid {uid}"
+    r = subprocess.run(f"find {path}{test} | wc -l", shell=True, capture_output=True, text=True)
+    return int(r.stdout.strip() or -1)
+
+
+def lower_tree(ctx, m):
+    """The 12k-entry lower tree of mvdir and chowntree (the one rmrf
+    removes): its path in mount m and its entries, itself included."""
+    return f"{m.mnt}/{ctx.manifest['rm_tree']}", ctx.manifest["rm_tree_files"] + 1
+
+
+def wl_mvdir(ctx, m):
+    src, n = lower_tree(ctx, m)
+    v = f"mv of a {kn(n)}-entry lower dir"
+    if m.skip:
+        return [skipped(m, v)]
+    dst = src + ".moved"
+    # Per command: one rename with redirect_dir, a copy of every entry without.
+    res = timed(m, v, f"mv {src} {dst}", ops=1, unit="command")
+    got = count_tree(dst)
+    bad = None if got == n and not os.path.lexists(src) else \
+        f"after the mv: {got} entries at the new name (expected {n}), old name {'still there' if os.path.lexists(src) else 'gone'}"
+    return with_upper(m, res, bad)
+
+
+CHOWN_ID = 4321
+
+
+def wl_chowntree(ctx, m):
+    t, n = lower_tree(ctx, m)
+    v = f"chown -R of a {kn(n)}-entry lower tree"
+    if m.skip:
+        return [skipped(m, v)]
+    res = timed(m, v, f"chown -R {CHOWN_ID}:{CHOWN_ID} {t}", ops=n, unit="entry")
+    other = count_tree(t, CHOWN_ID)
+    return with_upper(m, res, f"{other} entries not owned by {CHOWN_ID} after the chown -R" if other else None)
+
+
+def head_md5(path, size=1 << 20):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read(size)).hexdigest()
+
+
+def wl_chownbig(ctx, m):
+    mib = ctx.manifest["big_file_mib"]
+    rel = "var/lib/images/big1g.bin"
+    v = f"chown of the {mib} MiB lower file"
+    if m.skip:
+        return [skipped(m, v)]
+    f = f"{m.mnt}/{rel}"
+    res = timed(m, v, f"chown {CHOWN_ID}:{CHOWN_ID} {f}", ops=1, unit="file")
+    st = os.stat(f)
+    bad = None
+    if st.st_uid != CHOWN_ID or st.st_size != mib << 20:
+        bad = f"owner {st.st_uid}, size {st.st_size} after the chown"
+    elif head_md5(f) != head_md5(lower_path(ctx, rel)):
+        bad = "its first MiB differs from the lower file's after the chown"
+    return with_upper(m, res, bad)
+
+
 WORKLOADS = [
     ("find", wl_find, MAIN_FS),
     ("du", wl_du, MAIN_FS),
@@ -1053,9 +1208,29 @@ WORKLOADS = [
     ("make", wl_make, MAIN_FS),
     ("statwalk", wl_statwalk, MAIN_FS),
     ("memory", wl_memory, ["stratafs", "fuse-overlayfs"]),
+    ("mvdir", wl_mvdir, MAIN_FS),
+    ("chowntree", wl_chowntree, MAIN_FS),
+    ("chownbig", wl_chownbig, MAIN_FS),
 ]
 # Workloads on another stack than the main one: name -> stack.
 OTHER_STACK = {"statwalk": "walk"}
+# More mount options of some workloads: name -> fs -> options (a stratafs
+# variant without its own entry takes stratafs's). The kernel renames
+# directories and copies metadata only with these (as root); stratafs gets
+# the same options where it has them (index is the kernel's inode index, of
+# no use to stratafs) and the rows are skipped, with the binary's reason,
+# where it refuses them; fuse-overlayfs has neither and copies.
+KERNEL_NOCOPY = "index=on,redirect_dir=on,metacopy=on"
+MOUNT_OPTIONS = {
+    "mvdir": {"kernel": KERNEL_NOCOPY, "stratafs": "redirect_dir=on"},
+    "chowntree": {"kernel": KERNEL_NOCOPY, "stratafs": "redirect_dir=on,metacopy=on"},
+    "chownbig": {"kernel": KERNEL_NOCOPY, "stratafs": "redirect_dir=on,metacopy=on"},
+}
+
+
+def mount_options(wname, fs):
+    opts = MOUNT_OPTIONS.get(wname, {})
+    return opts.get(fs, opts.get("stratafs") if fs.startswith("stratafs") else None)
 
 
 # --------------------------------------------------------------------------
@@ -1089,9 +1264,14 @@ def summarize(result):
     for v in order:
         summ[v] = {}
         for fs, rs in out[v].items():
+            secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
             summ[v][fs] = {
-                "seconds": median([r["seconds"] for r in rs]),
-                "min": min(r["seconds"] for r in rs), "max": max(r["seconds"] for r in rs),
+                "seconds": median(secs),
+                "min": min(secs, default=None), "max": max(secs, default=None),
+                "skipped": sorted({r["skipped"] for r in rs if r.get("skipped")}),
+                "upper_kib": median([r.get("upper_kib") for r in rs]),
+                "upper_data": median([r.get("upper_data") for r in rs]),
+                "options": next((r["options"] for r in rs if r.get("options")), None),
                 "cpu": median([r.get("cpu") for r in rs]),
                 "rss_before": median([r.get("rss_before") for r in rs]),
                 "rss_after": median([r.get("rss_after") for r in rs]),
@@ -1166,7 +1346,7 @@ def render(result, title):
                  f"max {max(loads):.1f}" + (" (**the machine was busy with other work; expect noise**)"
                                             if statistics.median(loads) > 3.0 else ""))
     L.append("")
-    notes = []
+    notes, skips = [], []
     if order:  # timing tables (absent when only `memory` ran)
         L.append("Ratio = time / kernel overlay time (lower is better, 1.00× = as fast as the kernel).")
         L.append("")
@@ -1177,13 +1357,19 @@ def render(result, title):
             k = s.get("kernel", {}).get("seconds")
             st = s.get("stratafs", {}).get("seconds")
             fo = s.get("fuse-overlayfs", {}).get("seconds")
-            L.append(f"| {v} | {fmt_t(k)} | {fmt_t(st)} | {ratio(st, k)} | {fmt_t(fo)} | {ratio(fo, k)} |")
+
+            def tcell(fs, t, s=s):
+                return "skipped" if t is None and s.get(fs, {}).get("skipped") else fmt_t(t)
+            L.append(f"| {v} | {tcell('kernel', k)} | {tcell('stratafs', st)} | {ratio(st, k)} | "
+                     f"{tcell('fuse-overlayfs', fo)} | {ratio(fo, k)} |")
             if "kernel-volatile" in s:
                 kv = s["kernel-volatile"]["seconds"]
                 L.append(f"| {v}, vs kernel `volatile` | {fmt_t(kv)} | {fmt_t(st)} | {ratio(st, kv)} | {fmt_t(fo)} | {ratio(fo, kv)} |")
             for fs, x in s.items():
                 for mm in x["mismatch"]:
                     notes.append(f"{v} on {fs}: {mm}")
+                for why in x["skipped"]:
+                    skips.append(f"{v} on {fs}: {why}")
         L.append("")
         L.append("Daemon CPU time (utime+stime of the FUSE daemon during the timed command, median) and "
                  "daemon RSS before → after the command (MiB, median):")
@@ -1212,9 +1398,15 @@ def render(result, title):
         L.append(f"Daemon CPU per entry of a cold `find` walk ({n} entries): " + ", ".join(parts) + ".")
         L.append("")
     L += render_harness(summ, order)
+    L += render_upper(summ, order)
     mem, mem_notes = render_memory(result)
     L += mem
     notes += mem_notes
+    if skips:
+        L.append("**Skipped** (a mount option the binary refuses; no number):")
+        L.append("")
+        L += [f"- {x}" for x in skips]
+        L.append("")
     if notes:
         L.append("**Result mismatches** (a filesystem returned something other than the kernel overlay's view):")
         L.append("")
@@ -1222,6 +1414,40 @@ def render(result, title):
             L.append(f"- {n}")
         L.append("")
     return "\n".join(L)
+
+
+def fmt_kib(k):
+    if k is None:
+        return "–"
+    return f"{k:.0f} KiB" if k < 10240 else f"{k / 1024:.0f} MiB" if k < 10 << 20 else f"{k / 2**20:.1f} GiB"
+
+
+def render_upper(summ, order):
+    """Table of the rows that measured the upper dir after the operation
+    (mvdir, chowntree, chownbig): its size and the mount options."""
+    rows = [v for v in order if any(x.get("upper_kib") is not None or x.get("options") for x in summ[v].values())]
+    if not rows:
+        return []
+    fss = [fs for fs in ("kernel", "stratafs", "fuse-overlayfs") if any(fs in summ[v] for v in rows)]
+    L = ["Upper dir after the operation (median): its size (`du -s`, metadata included: on ext4 a file whose "
+         "extended attributes do not fit in its inode has a 4 KiB block for them) and, in brackets, the file data in "
+         "it (the ranges `lseek` SEEK_DATA finds in its regular files; a metadata-only copy has none): what was copied "
+         "up. The options column names each row's mount options (fuse-overlayfs has neither redirect_dir nor "
+         "metacopy: it copies).",
+         "",
+         "| operation | " + " | ".join(f"{fs}: upper | {fs}: options" for fs in fss) + " |",
+         "|---|" + "---:|---|" * len(fss)]
+    for v in rows:
+        cells = []
+        for fs in fss:
+            x = summ[v].get(fs, {})
+            size = "skipped" if x.get("upper_kib") is None and x.get("skipped") else fmt_kib(x.get("upper_kib"))
+            if x.get("upper_data") is not None:
+                size += f" ({fmt_kib(x['upper_data'] / 1024)})"
+            cells.append(f"{size} | {'`' + x['options'] + '`' if x.get('options') else '–'}")
+        L.append(f"| {v} | " + " | ".join(cells) + " |")
+    L.append("")
+    return L
 
 
 def render_harness(summ, order):
@@ -1485,15 +1711,18 @@ def run_pass(ctx, a, only, runs, counts):
         for rep in range(runs):
             order = fss[rep % len(fss):] + fss[:rep % len(fss)]
             for fs in order:
-                with Mount(ctx, fs, lower) as m:
+                with Mount(ctx, fs, lower, mount_options(wname, fs)) as m:
                     drop_caches()
                     res = fn(ctx, m)
                 for r in res:
                     r.update(workload=wname, rep=rep)
                     out.append(r)
                 log(f"{what}: {wname} rep {rep + 1}/{runs} {fs:16s} " +
-                    "  ".join(f"{r['variant']}={fmt_t(r['seconds'])}" +
-                              (f" cpu={r['cpu']:.2f}s" if r.get("cpu") is not None else "") for r in res))
+                    "  ".join(f"{r['variant']}=" + ("skipped" if r.get("skipped") else fmt_t(r["seconds"])) +
+                              (f" cpu={r['cpu']:.2f}s" if r.get("cpu") is not None else "") +
+                              (f" upper={fmt_kib(r['upper_kib'])} (data {fmt_kib(r['upper_data'] / 1024)})"
+                               if r.get("upper_kib") is not None else "")
+                              for r in res))
     return out
 
 
@@ -1561,6 +1790,7 @@ def main():
     ctx.stratafs = a.stratafs
     ctx.baseline = os.path.abspath(a.baseline) if a.baseline else None
     ctx.counter = 0
+    ctx.refused = {}  # (binary, options) -> why it refuses them (options_refused)
     os.makedirs(a.dir, exist_ok=True)
     ctx.stack, ctx.manifest = ensure_stack(a.dir, a.smoke)
     ctx.lower = ":".join(os.path.join(ctx.stack, "layers", l) for l in ("l4", "l3", "l2", "l1", "l0"))

@@ -43,7 +43,16 @@ struct Cli {
     /// none written, the rename fails with EXDEV; nofollow: a record is
     /// refused with EPERM. A kernel mount reads records written as root
     /// with redirect_dir=on; rootless ones (user.overlay.redirect) only
-    /// stratafs follows), metacopy=off (metacopy=on is refused).
+    /// stratafs follows), metacopy=on|off (on: chown, chmod, utimes and
+    /// setxattr of a lower file copy its metadata only, marked
+    /// overlay.metacopy, and the data stays below until the first open for
+    /// writing or truncate, as the kernel overlay does; use it where
+    /// metadata of big lower trees changes, such as chown -R in container
+    /// builds; implies redirect_dir=on and conflicts with another explicit
+    /// value; default off, which refuses such files with EPERM as the
+    /// kernel does. A kernel mount with metacopy=on reads such uppers
+    /// written as root; rootless ones (user.overlay.metacopy) only
+    /// stratafs reads).
     /// Test harness (docs/HARNESS.md): faults=FILE (fault rules, TOML
     /// [[rule]] tables with op, path, errno, delay_ms, short, corrupt,
     /// size/mode/mtime, noop, probability, seed, nth, after, times, pid,

@@ -130,10 +130,10 @@ impl Overlay {
             Some(g) => ids.gid.chown_to_disk(g)?,
             None => None,
         };
-        let data = if set.size == Some(0) {
-            Data::Empty
-        } else {
-            Data::All
+        let data = match set.size {
+            Some(0) => Data::Empty,
+            Some(_) => Data::All,
+            None => Data::Meta,
         };
         let up = self.copy_up(&node, data)?;
         if set.mode.is_some() && node.kind == FileType::Symlink {
@@ -450,7 +450,7 @@ impl Overlay {
     fn copy_up_for_xattr(&self, node: &Arc<Node>) -> Result<Arc<OwnedFd>> {
         match self.upper_fd(node)? {
             Some(u) => Ok(u),
-            None => self.copy_up(node, Data::All),
+            None => self.copy_up(node, Data::Meta),
         }
     }
 }

@@ -25,6 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, X
 
 use super::index::IndexEntry;
 use super::inodes::ROOT_INO;
+use super::metacopy;
 use super::node::Node;
 use super::notify::Invalidate;
 use super::obj::Obj;
@@ -44,6 +45,11 @@ pub(crate) enum Data {
     All,
     /// Metadata only; the copy is empty (the caller truncates anyway).
     Empty,
+    /// Metadata only, for a change of metadata (owner, mode, times,
+    /// xattrs): with `metacopy=on` a lower regular file with one link gets
+    /// a metadata copy (`overlay.metacopy`) whose data stays in the lower
+    /// file; else, and for every other object, the same as `All`.
+    Meta,
 }
 
 const CHUNK: usize = 1 << 20;
@@ -60,6 +66,9 @@ impl Overlay {
     pub(crate) fn ensure_upper(&self, node: &Arc<Node>, data: Data) -> Result<()> {
         self.writable()?;
         if node.has_upper() {
+            if data != Data::Meta {
+                self.copy_data_up(node, data)?;
+            }
             // A hard-linked file whose copy is in the index: a change
             // through one of its names links that name up.
             return self.link_up_recent(node);
@@ -205,7 +214,7 @@ impl Overlay {
                 name: name.clone(),
             };
             self.inodes.move_node(node, parent, name.clone(), |st| {
-                st.set_upper_only(upper);
+                st.set_upper(upper);
                 st.set_detached(false);
             });
             // The old location, if it still named the node, is an alias now.
@@ -259,10 +268,20 @@ impl Overlay {
         if !entry.exists {
             let work = self.stack.work()?;
             let tmp = self.stack.tmp_name();
+            let meta = data == Data::Meta
+                && self.stack.metacopy
+                && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+            let data = match data {
+                Data::Meta if !meta => Data::All,
+                d => d,
+            };
             let made = build_copy(&self.stack, layer, &tmp, lower, st, data).and_then(|copy| {
                 origin::write(&self.stack, &copy, &entry.record);
                 self.carry_override(layer, lower, st, &copy)?;
                 self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
+                if meta {
+                    self.mark_metacopy(&copy)?;
+                }
                 match rustix::fs::linkat(
                     work,
                     tmp.as_slice(),
@@ -278,7 +297,7 @@ impl Overlay {
             let _ = tree::remove_tree(work, &tmp, false);
             made?;
             entry.exists = true;
-            let bytes = if data == Data::Empty {
+            let bytes = if data != Data::All {
                 0
             } else {
                 st.st_size as u64
@@ -316,10 +335,17 @@ impl Overlay {
                 // A hard-linked file: its copy is in the index; the name
                 // the change goes through gets a link to it.
                 let index = self.stack.index.as_ref().ok_or(Errno::IO)?;
+                let copy = entry.obj(index);
+                let meta = metacopy::is_marked(&self.stack, &copy, &entry.name)?;
                 {
                     let mut s = node.state.write();
                     s.set_indexed(true);
-                    s.set_upper_only(entry.obj(index));
+                    if meta {
+                        // (A metadata copy keeps its lower file: the data.)
+                        s.set_upper(copy);
+                    } else {
+                        s.set_upper_only(copy);
+                    }
                 }
                 self.link_up_recent(node)?;
                 self.invalidate(Invalidate::Attr(node.ino));
@@ -340,12 +366,25 @@ impl Overlay {
         // objects unless they are hard links it cannot index.
         let record = (node.is_dir() || st.st_nlink == 1)
             .then(|| origin::record_of(&self.stack, lower_layer, &lower_obj));
+        // A metadata copy needs its origin: it is how a later mount knows
+        // to look for the marker.
+        let meta = data == Data::Meta
+            && self.stack.metacopy
+            && node.kind == FileType::RegularFile
+            && record.as_ref().is_some_and(|r| !r.is_empty());
+        let data = match data {
+            Data::Meta if !meta => Data::All,
+            d => d,
+        };
         let built =
             build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, data).and_then(|copy| {
                 if let Some(r) = &record {
                     origin::write(&self.stack, &copy, r);
                 }
                 self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
+                if meta {
+                    self.mark_metacopy(&copy)?;
+                }
                 Ok(copy)
             });
         let copy = match built {
@@ -378,15 +417,18 @@ impl Overlay {
             }
             let _ = fd::set_times(&*pup, &fd::times_of(&pst));
             let mut s = node.state.write();
+            let at = Obj::At {
+                dir: pup.clone(),
+                name: name.clone(),
+            };
             match copy {
                 Some(dir) => s.set_upper(Obj::Fd(dir)),
-                None => s.set_upper_only(Obj::At {
-                    dir: pup.clone(),
-                    name: name.clone(),
-                }),
+                // (A metadata copy keeps its lower file: the data.)
+                None if meta => s.set_upper(at),
+                None => s.set_upper_only(at),
             }
         }
-        let bytes = if node.is_dir() || data == Data::Empty {
+        let bytes = if node.is_dir() || data != Data::All {
             0
         } else {
             st.st_size as u64
@@ -397,6 +439,86 @@ impl Overlay {
             // merged (nlink 1), a copied hard link has its own count.
             self.invalidate(Invalidate::Attr(node.ino));
         }
+        Ok(())
+    }
+
+    /// Copy the data of the metadata copy `node` up (`Data::All`; with
+    /// `Data::Empty` the copy is truncated instead, for an `O_TRUNC` open),
+    /// as the kernel overlay does: into the upper file itself (its inode,
+    /// names, times and records stay), fsync'ed, then the marker goes. The
+    /// marker is what says where the data is, so a crash at any step shows
+    /// either the lower data or the whole copy.
+    fn copy_data_up(&self, node: &Arc<Node>, data: Data) -> Result<()> {
+        if node.metacopy_data().is_none() {
+            return Ok(());
+        }
+        let _g = node.copy_lock.lock(node.ino);
+        let Some(src) = node.metacopy_data() else {
+            return Ok(());
+        };
+        let up = self.upper_fd(node)?.ok_or(Errno::IO)?;
+        let ust = rustix::fs::fstat(&*up)?;
+        let mode = ust.st_mode & 0o7777;
+        // The owner may write a file whose mode says it may not (rootless).
+        let (dst, restore) = match fd::reopen(&*up, OFlags::WRONLY) {
+            Ok(f) => (f, false),
+            Err(Errno::ACCESS) => {
+                fd::set_mode(&*up, mode | 0o200)?;
+                (fd::reopen(&*up, OFlags::WRONLY)?, true)
+            }
+            Err(e) => return Err(e),
+        };
+        let copied = (|| {
+            let mut bytes = 0;
+            if data == Data::Empty {
+                rustix::fs::ftruncate(&dst, 0)?;
+            } else {
+                let s = src.obj.open(OFlags::RDONLY)?;
+                let sst = rustix::fs::fstat(&s)?;
+                let no_clone = AtomicBool::new(false);
+                let refused = self
+                    .stack
+                    .layers
+                    .get(src.layer)
+                    .map_or(&no_clone, |l| &l.clone_refused);
+                if sst.st_size > 0 {
+                    copy_data(&s, &dst, &sst, refused)?;
+                }
+                rustix::fs::ftruncate(&dst, ust.st_size as u64)?;
+                bytes = ust.st_size as u64;
+            }
+            if self.stack.fsync {
+                rustix::fs::fsync(&dst)?;
+            }
+            fd::set_times(&dst, &fd::times_of(&ust))?;
+            Ok(bytes)
+        })();
+        if restore {
+            fd::set_mode(&*up, mode)?;
+        }
+        let bytes = copied?;
+        let t = self.stack.formats.trusted();
+        for ns in [t, !t] {
+            match xattr::remove(&*up, Ovl::Metacopy.name(ns)) {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        node.state.write().drop_lowers();
+        self.events.copied_up(bytes);
+        Ok(())
+    }
+
+    /// Mark the copy being built as a metadata copy: set last, as its
+    /// presence says the data is below. Not fsync'ed: like the kernel,
+    /// which syncs a copy only when it copied data, a metadata copy costs
+    /// no disk flush (an fsync per file made `chown -R` of a 12k-entry
+    /// tree take 47 s against the kernel's 1.8 s). The marker and the
+    /// copy's inode reach the journal together, before the rename that
+    /// publishes them.
+    fn mark_metacopy(&self, copy: &OwnedFd) -> Result<()> {
+        let name = self.stack.formats.ovl(Ovl::Metacopy);
+        xattr::set(copy, name, b"", XattrFlags::empty())?;
         Ok(())
     }
 
@@ -445,7 +567,10 @@ fn build_copy(
                 OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )?;
-            if data == Data::All && st.st_size > 0 {
+            if data == Data::Meta {
+                // A metadata copy has the size, no data (sparse).
+                rustix::fs::ftruncate(&dst, st.st_size as u64)?;
+            } else if data == Data::All && st.st_size > 0 {
                 let src = lower.open(OFlags::RDONLY)?;
                 let no_clone = AtomicBool::new(false);
                 let refused = stack
@@ -455,7 +580,8 @@ fn build_copy(
                 copy_data(&src, &dst, st, refused)?;
             }
             finish_copy(stack, &dst, lower, st)?;
-            if stack.fsync {
+            // (A metadata copy is not fsync'ed: see `mark_metacopy`.)
+            if stack.fsync && data != Data::Meta {
                 rustix::fs::fsync(&dst)?;
             }
             Ok(dst)

@@ -170,7 +170,7 @@ impl Overlay {
             found.top.layer,
             &found.top.obj,
             &found.stat,
-            super::copyup::Data::All,
+            super::copyup::Data::Meta,
         )?
         else {
             return Ok(NameGone::Nothing);
@@ -203,9 +203,16 @@ impl Overlay {
         let Some(node) = self.inodes.get(id) else {
             return;
         };
+        let copy = entry.obj(index);
+        // A metadata copy keeps its lower file: the data.
+        let meta = super::metacopy::is_marked(&self.stack, &copy, &entry.name).unwrap_or(false);
         let mut st = node.state.write();
         if st.origin(node.ino) == Some(id) && !st.has_upper() {
-            st.set_upper_only(entry.obj(index));
+            if meta {
+                st.set_upper(copy);
+            } else {
+                st.set_upper_only(copy);
+            }
             st.set_indexed(true);
         }
     }

@@ -61,9 +61,14 @@ impl Overlay {
                 self.ensure_upper(&node, data)?;
             }
         }
-        let (fd, on_upper) = self.with_top(&node, |layer, top| {
-            Ok((top.open(flags)?, self.stack.is_upper(layer)))
-        })?;
+        let (fd, on_upper) = match node.metacopy_data() {
+            // A metadata copy is read from its lower data file until its
+            // data is copied up (an open for writing did that above).
+            Some(data) if !wants_write(flags) => (data.obj.open(flags)?, false),
+            _ => self.with_top(&node, |layer, top| {
+                Ok((top.open(flags)?, self.stack.is_upper(layer)))
+            })?,
+        };
         if flags.contains(OFlags::TRUNC) && self.privileges_left_to_us(&node, kill_suidgid) {
             if let Some(up) = self.upper_fd(&node)? {
                 if self.drop_privileges(&up, kill_suidgid)?.changed {
@@ -101,7 +106,7 @@ impl Overlay {
 
     /// The fd to use for I/O on the open file `f`.
     fn file_fd(&self, f: &OpenFile) -> Result<Arc<OwnedFd>> {
-        if !f.on_upper.load(Ordering::Acquire) && f.node.has_upper() {
+        if !f.on_upper.load(Ordering::Acquire) && f.node.data_on_upper() {
             let mut cur = f.fd.write();
             if !f.on_upper.load(Ordering::Acquire) {
                 *cur = Arc::new(self.with_top(&f.node, |_, up| up.open(f.flags))?);
@@ -116,7 +121,8 @@ impl Overlay {
     /// `node`.
     pub(crate) fn handle_stat(&self, fh: u64, node: &Node) -> Option<Stat> {
         let f = self.handles.file(fh).ok()?;
-        if f.node.ino != node.ino {
+        if f.node.ino != node.ino || node.metacopy_data().is_some() {
+            // A metadata copy's descriptor is its data file's.
             return None;
         }
         let fd = self.io_fd(fh).ok()?;

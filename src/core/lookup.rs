@@ -97,7 +97,7 @@ impl Overlay {
             let stat = self.stat_node(&node)?;
             return Ok(Some(Entry { node, stat }));
         }
-        Ok(Some(self.attach(parent, name, found)))
+        self.attach(parent, name, found).map(Some)
     }
 
     /// Without an index: if `found` is another name of a lower hard-linked

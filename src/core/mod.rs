@@ -8,7 +8,8 @@
 //! held), `resolve` and `listing` (pure functions over layer directories),
 //! `fdbudget` (descriptor budget decisions), `events` (counters for metrics), `locks` (lock order), `node`,
 //! `inodes` (the inode table and lookup references), `handles`, `notify`,
-//! `overlay` (the shared state), then the operations: `copyup`, `lookup`,
+//! `overlay` (the shared state), `metacopy` (where a metadata copy's data is),
+//! then the operations: `copyup`, `lookup`,
 //! `namespace`, `io`, `attrs`, and `background`.
 pub(crate) mod attrs;
 pub(crate) mod background;
@@ -23,6 +24,7 @@ pub(crate) mod io;
 pub(crate) mod listing;
 pub(crate) mod locks;
 pub(crate) mod lookup;
+pub(crate) mod metacopy;
 pub(crate) mod names;
 pub(crate) mod namespace;
 pub(crate) mod node;

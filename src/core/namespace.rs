@@ -338,7 +338,10 @@ impl Overlay {
         if !dir.has_upper() && resolve::exists(&dir.dir_layers(), name)? {
             return Err(Errno::EXIST);
         }
-        let src = self.copy_up(&node, Data::All)?;
+        let src = self.copy_up(&node, Data::Meta)?;
+        // As the kernel: a metadata copy with several names finds its data
+        // by an absolute path (written before any directory is locked).
+        self.mark_moved_file(&node, true, false)?;
         let pup = self.copy_up(&dir, Data::All)?;
         let _g = dir.change_listing();
         let slot = free_slot(&dir, &pup, name)?;
@@ -515,10 +518,10 @@ impl Overlay {
                 return Err(Errno::NOTEMPTY);
             }
         }
-        self.copy_up(&src_node, Data::All)?;
+        self.copy_up(&src_node, Data::Meta)?;
         if exchange {
             if let Some(dn) = &dst_node {
-                self.copy_up(dn, Data::All)?;
+                self.copy_up(dn, Data::Meta)?;
             }
         }
         let p1 = self.copy_up(&d1, Data::All)?;
@@ -657,7 +660,7 @@ impl Overlay {
         to: &Node,
     ) -> Result<()> {
         if !node.is_dir() {
-            return Ok(());
+            return self.mark_moved_file(node, !samedir, true);
         }
         if !node.has_lowers() {
             if to.has_lowers() {
@@ -678,6 +681,43 @@ impl Overlay {
             Some(Ok(Redirect::Relative(own))) => self.absolute_redirect(parent, &own)?,
             None => self.absolute_redirect(parent, name)?,
             Some(Err(_)) => return Err(Errno::INVAL),
+        };
+        if value.len() > redirect::MAX_WRITE {
+            return Err(Errno::XDEV);
+        }
+        self.stack.formats.set_ovl(&*u, Ovl::Redirect, &value)
+    }
+
+    /// Before the metadata copy `node` moves to another directory
+    /// (`absolute`) or to another name in the same one, or gets another
+    /// name (`link`, also `absolute`): its data is found through a
+    /// redirect, as the kernel overlay writes it: relative (the old name)
+    /// within the parent for a file with one lower link, else absolute; an
+    /// absolute one is kept. Nothing for other files. The caller holds the
+    /// write lock of the directory the node is in (`locked`) or none.
+    fn mark_moved_file(&self, node: &Node, absolute: bool, locked: bool) -> Result<()> {
+        let Some(data) = node.metacopy_data() else {
+            return Ok(());
+        };
+        let (upper, parent, own) = {
+            let st = node.state.read();
+            (st.upper(), st.parent(), st.name().clone())
+        };
+        let u = if locked {
+            upper.ok_or(Errno::IO)?.fd()?
+        } else {
+            self.upper_fd(node)?.ok_or(Errno::IO)?
+        };
+        let absolute = absolute || data.obj.stat()?.st_nlink > 1;
+        let key = self.stack.formats.ovl(Ovl::Redirect);
+        let old = xattr::get(&*u, key).ok();
+        let value = match old.as_deref().map(redirect::parse) {
+            Some(Ok(Redirect::Absolute(_))) => return Ok(()),
+            Some(Ok(Redirect::Relative(_))) if !absolute => return Ok(()),
+            None if !absolute => own.to_vec(),
+            Some(Ok(Redirect::Relative(was))) => self.absolute_redirect(parent, &was)?,
+            None => self.absolute_redirect(parent, &own)?,
+            Some(Err(_)) => return Err(Errno::IO),
         };
         if value.len() > redirect::MAX_WRITE {
             return Err(Errno::XDEV);

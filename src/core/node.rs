@@ -74,7 +74,8 @@ enum Backing {
 struct Merged {
     upper: Option<Obj>,
     /// For directories: the lower directories merged below, top first.
-    /// For other objects without an upper copy: the lower object itself.
+    /// For other objects without an upper copy: the lower object itself;
+    /// for a metadata copy (`metacopy=on`): the lower file with its data.
     lowers: Vec<LayerObj>,
 }
 
@@ -222,6 +223,12 @@ impl NodeState {
     /// Back the node by `upper` alone (a copied-up non-directory).
     pub(crate) fn set_upper_only(&mut self, upper: Obj) {
         self.set_objects(Some(upper), Vec::new());
+    }
+
+    /// Drop the lower objects (a metadata copy whose data was copied up).
+    pub(crate) fn drop_lowers(&mut self) {
+        let upper = self.upper();
+        self.set_objects(upper, Vec::new());
     }
 
     fn take_lowers(&mut self) -> Vec<LayerObj> {
@@ -587,6 +594,30 @@ impl Node {
     /// Whether the node has an upper object.
     pub(crate) fn has_upper(&self) -> bool {
         self.state.read().has_upper()
+    }
+
+    /// For a metadata copy (`metacopy=on`): the lower file its data is in.
+    /// A regular file with an upper copy keeps a lower object only then.
+    pub(crate) fn metacopy_data(&self) -> Option<LayerObj> {
+        if self.is_dir() {
+            return None;
+        }
+        let st = self.state.read();
+        if !st.has_upper() {
+            return None;
+        }
+        st.first_lower().map(|(layer, obj)| LayerObj {
+            layer,
+            obj,
+            index: None,
+        })
+    }
+
+    /// Whether the node's data is in the upper layer (it has an upper copy
+    /// that is not a metadata copy).
+    pub(crate) fn data_on_upper(&self) -> bool {
+        let st = self.state.read();
+        st.has_upper() && (self.is_dir() || st.lower_count() == 0)
     }
 
     /// Whether the node is backed by lower objects (for a directory: is

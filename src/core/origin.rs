@@ -63,10 +63,15 @@ pub(crate) fn write(stack: &Stack, copy: &OwnedFd, record: &[u8]) {
 
 /// The origin record of `obj` (either namespace), if it has one.
 pub(crate) fn recorded(stack: &Stack, obj: &Obj) -> Option<Vec<u8>> {
+    recorded_ns(stack, obj).map(|(v, _)| v)
+}
+
+/// `recorded`, and whether the record is in the trusted namespace.
+fn recorded_ns(stack: &Stack, obj: &Obj) -> Option<(Vec<u8>, bool)> {
     let t = stack.formats.trusted();
-    obj.get_xattr(Ovl::Origin.name(t))
-        .or_else(|_| obj.get_xattr(Ovl::Origin.name(!t)))
-        .ok()
+    [t, !t]
+        .into_iter()
+        .find_map(|ns| obj.get_xattr(Ovl::Origin.name(ns)).ok().map(|v| (v, ns)))
 }
 
 /// Where the upper object `upper` came from. `candidates` are the lower
@@ -77,10 +82,30 @@ pub(crate) fn source(
     upper: &Obj,
     candidates: impl FnOnce() -> Vec<(usize, Obj)>,
 ) -> Source {
-    let Some(v) = recorded(stack, upper) else {
-        return legacy_source(upper);
+    source_ns(stack, upper, candidates).0
+}
+
+/// `source`, and the namespace its record was found in (trusted or not;
+/// `None` without a record): the other records of a copy are written in
+/// the same one.
+pub(crate) fn source_ns(
+    stack: &Stack,
+    upper: &Obj,
+    candidates: impl FnOnce() -> Vec<(usize, Obj)>,
+) -> (Source, Option<bool>) {
+    let Some((v, ns)) = recorded_ns(stack, upper) else {
+        return (legacy_source(upper), None);
     };
-    let Origin::Known(r) = origin::decode(&v) else {
+    (source_of_record(stack, upper, &v, candidates), Some(ns))
+}
+
+fn source_of_record(
+    stack: &Stack,
+    upper: &Obj,
+    v: &[u8],
+    candidates: impl FnOnce() -> Vec<(usize, Obj)>,
+) -> Source {
+    let Origin::Known(r) = origin::decode(v) else {
         return legacy_source(upper);
     };
     for (layer, c) in candidates() {

@@ -19,6 +19,7 @@ use super::fdbudget;
 use super::handles::HandleTable;
 use super::inodes::{InodeTable, LookupRef, ROOT_INO};
 use super::listing::{self, DirEntry};
+use super::metacopy;
 use super::names::Name;
 use super::node::{Node, NodeState};
 use super::notify::{Invalidate, KernelCache};
@@ -186,11 +187,16 @@ impl Overlay {
 
     /// Attributes of a node, as reported to clients.
     pub(crate) fn stat_node(&self, node: &Node) -> Result<Stat> {
-        self.with_top(node, |layer, obj| {
+        let mut st = self.with_top(node, |layer, obj| {
             let mut st = obj.stat()?;
             self.present_node(node, layer, obj, &mut st);
             Ok(st)
-        })
+        })?;
+        if let Some(data) = node.metacopy_data() {
+            // As the kernel: a metadata copy's blocks are its data file's.
+            st.st_blocks = data.obj.stat()?.st_blocks;
+        }
+        Ok(st)
     }
 
     /// Turn the on-disk stat of `node`'s top object into what clients see:
@@ -302,7 +308,9 @@ impl Overlay {
     }
 
     /// Make (or find) the node for a resolved name and record the name.
-    pub(crate) fn attach(&self, parent: u64, name: &[u8], found: Found) -> Entry<'_> {
+    /// Fails only for a metadata copy whose data cannot be found
+    /// (`core::metacopy`).
+    pub(crate) fn attach(&self, parent: u64, name: &[u8], found: Found) -> Result<Entry<'_>> {
         let mut stat = found.stat;
         self.present(found.top.layer, &found.top.obj, &mut stat);
         let kind = FileType::from_raw_mode(stat.st_mode);
@@ -315,12 +323,19 @@ impl Overlay {
                 (None, std::iter::once(found.top).chain(below).collect())
             };
         let is_dir = kind == FileType::Directory;
-        let (mut ino, origin, mut indexed) = match &upper {
-            None => {
+        let (source, record_ns) = match &upper {
+            Some(u) => {
+                let (s, ns) = self.source_of(parent, name, u, &lowers);
+                (Some(s), ns)
+            }
+            None => (None, None),
+        };
+        let (mut ino, origin, mut indexed) = match (&upper, source) {
+            (None, _) | (Some(_), None) => {
                 let id = self.inodes.ino_for(stat.st_dev, stat.st_ino);
                 (id, (!is_dir).then_some(id), false)
             }
-            Some(u) => match self.source_of(parent, name, u, &lowers) {
+            (Some(u), Some(source)) => match source {
                 Source::Lower(l) => {
                     let id = self.inodes.ino_for(l.st_dev, l.st_ino);
                     let ino = if origin::numbered_by_copy(&self.stack, &stat) {
@@ -353,11 +368,32 @@ impl Overlay {
                 },
             },
         };
+        if let Some(u) = upper
+            .as_ref()
+            .filter(|_| kind == FileType::RegularFile && origin.is_some() && lowers.is_empty())
+        {
+            let dirs = self
+                .inodes
+                .get(parent)
+                .map(|p| p.lower_dirs())
+                .unwrap_or_default();
+            if let Some((data_st, data)) =
+                metacopy::data_of(&self.stack, &dirs, name, u, record_ns)?
+            {
+                stat.st_blocks = data_st.st_blocks;
+                lowers = vec![data];
+            }
+        }
         if upper.is_none() && !is_dir && stat.st_nlink > 1 {
             // A lower hard link whose copy is in the index shows the copy.
-            if let Some((obj, st)) = self.indexed_copy(&lowers) {
+            if let Some((obj, mut st)) = self.indexed_copy(&lowers) {
+                if metacopy::is_marked(&self.stack, &obj, name)? {
+                    // A metadata copy: the data is this lower file's.
+                    st.st_blocks = stat.st_blocks;
+                } else {
+                    lowers.clear();
+                }
                 upper = Some(obj);
-                lowers.clear();
                 stat = st;
                 indexed = true;
                 if origin::numbered_by_copy(&self.stack, &stat) {
@@ -388,7 +424,7 @@ impl Overlay {
                         self.new_dir_node();
                     }
                     self.inodes.set_dentry(parent, shared, node.node());
-                    return Entry { node, stat };
+                    return Ok(Entry { node, stat });
                 }
                 Some(_) if self.same_object(&node, origin, &stat, kind) => {
                     // Another name of the same inode (a hard link), or a
@@ -401,7 +437,7 @@ impl Overlay {
                         NodeState::detached,
                         |st| st.set_detached(false),
                     );
-                    return Entry { node, stat };
+                    return Ok(Entry { node, stat });
                 }
                 // Taken by an unrelated object (an inode number reused after
                 // a delete while the old node lives on): use a fresh id (the
@@ -511,8 +547,15 @@ impl Overlay {
     /// Where the upper object `upper` at (`parent`, `name`) came from; the
     /// candidates are the lower objects at the same name (`lowers` for a
     /// directory, else found in the parent's lower layers).
-    fn source_of(&self, parent: u64, name: &[u8], upper: &Obj, lowers: &[LayerObj]) -> Source {
-        origin::source(&self.stack, upper, || {
+    /// Also says in which namespace the record was (see `origin::source_ns`).
+    fn source_of(
+        &self,
+        parent: u64,
+        name: &[u8],
+        upper: &Obj,
+        lowers: &[LayerObj],
+    ) -> (Source, Option<bool>) {
+        origin::source_ns(&self.stack, upper, || {
             if !lowers.is_empty() {
                 return lowers.iter().map(|l| (l.layer, l.obj.clone())).collect();
             }

@@ -64,7 +64,7 @@ enum Target {
 }
 
 /// What one layer holds at the target.
-enum Hit {
+pub(crate) enum Hit {
     Missing,
     /// A whiteout, a non-directory below a directory, or an opaque
     /// ancestor on a path: nothing further down counts.
@@ -191,7 +191,7 @@ pub(crate) fn resolve_in(
 
 /// What the layer directory `l` holds at `name`; `more_below` when the
 /// parent has layers below `l` (only then do `.wh.` files count).
-fn hit_in(l: &LayerFd, name: &[u8], more_below: bool) -> Result<Hit> {
+pub(crate) fn hit_in(l: &LayerFd, name: &[u8], more_below: bool) -> Result<Hit> {
     let st = match stat_in(l, name) {
         Ok(st) => st,
         Err(Errno::NOENT) => {
@@ -230,10 +230,11 @@ fn hit_in(l: &LayerFd, name: &[u8], more_below: bool) -> Result<Hit> {
 
 /// Walk `parts` from the root of layer `layer`, one name at a time. A
 /// missing name means the layer has nothing there; a whiteout (of either
-/// form) or a non-directory on the way ends the search. Also says whether
-/// a directory on the way is opaque (the walk goes on in this layer, as
-/// the kernel's does, but no layer below counts).
-fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
+/// form) or a non-directory on the way ends the search; a non-directory
+/// at the end is the object found. Also says whether a directory on the
+/// way is opaque (the walk goes on in this layer, as the kernel's does,
+/// but no layer below counts).
+pub(crate) fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
     let Some(root) = stack.layers.get(layer) else {
         return Ok((Hit::End, false));
     };
@@ -252,6 +253,17 @@ fn walk(stack: &Stack, layer: usize, parts: &[Vec<u8>]) -> Result<(Hit, bool)> {
             Err(e) => return Err(e),
         };
         if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            if i == last && !whiteout::is_whiteout(&st) {
+                let obj = LayerObj {
+                    layer,
+                    obj: Obj::At {
+                        dir,
+                        name: Name::from(&p[..]),
+                    },
+                    index: None,
+                };
+                return Ok((Hit::Object(st, obj), opaque_on_path));
+            }
             return Ok((Hit::End, opaque_on_path));
         }
         dir = Arc::new(fd::open_dir_path(&*dir, p)?);

@@ -11,6 +11,8 @@
 //! * `nlink`: the merged link count of an indexed inode;
 //! * `redirect`: where a renamed directory's lower part is (absolute or
 //!   relative path), checked before it is followed;
+//! * `metacopy`: the marker of a regular file whose data is in a lower
+//!   layer (empty, or a header and an fs-verity digest);
 //! * `override_stat`: owner and mode kept in an xattr;
 //! * `idmap`: how on-disk ids are shown (`uidmapping=`, `squash_to_*`);
 //! * `xattr_names`: which xattrs are the overlay's own (never shown) and
@@ -18,6 +20,7 @@
 //! * `upper`: which of the formats the upper filesystem accepts, probed at
 //!   mount, and the writers that fall back accordingly.
 pub(crate) mod idmap;
+pub(crate) mod metacopy;
 pub(crate) mod nlink;
 pub(crate) mod opaque;
 pub(crate) mod origin;

@@ -33,6 +33,8 @@ pub(crate) enum Ovl {
     Uuid,
     /// `overlay.redirect`: where a renamed directory's lower part is.
     Redirect,
+    /// `overlay.metacopy`: a regular file whose data is in a lower layer.
+    Metacopy,
 }
 
 impl Ovl {
@@ -51,6 +53,8 @@ impl Ovl {
             (Ovl::Uuid, false) => b"user.overlay.uuid",
             (Ovl::Redirect, true) => b"trusted.overlay.redirect",
             (Ovl::Redirect, false) => b"user.overlay.redirect",
+            (Ovl::Metacopy, true) => b"trusted.overlay.metacopy",
+            (Ovl::Metacopy, false) => b"user.overlay.metacopy",
         }
     }
 }

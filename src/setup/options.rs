@@ -114,6 +114,12 @@ pub(crate) struct MountOptions {
     /// `redirect_dir=`: whether renamed directories record where their
     /// lower part is, and whether such records are followed.
     pub(crate) redirect_dir: RedirectDir,
+    /// Whether `redirect_dir=` was given (`metacopy=on` conflicts with any
+    /// value but `on`, as on the kernel).
+    pub(crate) redirect_dir_given: bool,
+    /// `metacopy=on`: a change of metadata only (chown, chmod, utimes,
+    /// setxattr) copies a lower regular file's metadata up, not its data.
+    pub(crate) metacopy: bool,
     /// Options that were accepted but not understood (warned about).
     pub(crate) warnings: Vec<String>,
 }
@@ -453,13 +459,18 @@ impl MountOptions {
                             "bad value for redirect_dir: {v:?} (on, follow, nofollow or off)"
                         )))
                     }
-                }
+                };
+                self.redirect_dir_given = true;
             }
             "metacopy" => {
-                if parse_bool(key, need(key, value)?)? {
-                    return Err(SetupError::new(
-                        "metacopy=on is not supported (metadata-only copy-up); use metacopy=off",
-                    ));
+                self.metacopy = match need(key, value)? {
+                    "on" => true,
+                    "off" => false,
+                    v => {
+                        return Err(SetupError::new(format!(
+                            "bad value for metacopy: {v:?} (on or off)"
+                        )))
+                    }
                 }
             }
             k if ACCEPTED_NOOPS.contains(&k) => {}
@@ -470,6 +481,20 @@ impl MountOptions {
 
     /// Check the combination of options (not the directories themselves).
     pub(crate) fn validate(&self) -> Result<(), SetupError> {
+        // As the kernel: metacopy=on needs redirects (a renamed metadata
+        // copy finds its data through one), so it turns redirect_dir=on,
+        // and an explicit other value conflicts.
+        if self.metacopy && self.redirect_dir_given && self.redirect_dir != RedirectDir::On {
+            let v = match self.redirect_dir {
+                RedirectDir::Off => "off",
+                RedirectDir::Follow => "follow",
+                RedirectDir::NoFollow => "nofollow",
+                RedirectDir::On => "on",
+            };
+            return Err(SetupError::new(format!(
+                "conflicting options: metacopy=on,redirect_dir={v}"
+            )));
+        }
         if self.lowerdirs.is_empty() {
             return Err(SetupError::new(
                 "no lower directory given: use -o lowerdir=DIR[:DIR...]",
@@ -521,6 +546,9 @@ pub(crate) fn parse_mount_args(
     }
     opts.mountpoint = PathBuf::from(mnt);
     opts.validate()?;
+    if opts.metacopy {
+        opts.redirect_dir = RedirectDir::On;
+    }
     Ok(opts)
 }
 
@@ -549,7 +577,7 @@ mod tests {
     }
 
     #[test]
-    fn redirect_dir_values_and_metacopy_refused() -> Result<(), SetupError> {
+    fn redirect_dir_values() -> Result<(), SetupError> {
         assert_eq!(parse("lowerdir=/l")?.redirect_dir, RedirectDir::Off);
         for (v, want, follow, write) in [
             ("on", RedirectDir::On, true, true),
@@ -566,12 +594,45 @@ mod tests {
         }
         assert!(parse("lowerdir=/l,redirect_dir=yes").is_err());
         assert!(parse("lowerdir=/l,redirect_dir").is_err());
-        let e = parse("lowerdir=/l,metacopy=on")
-            .err()
-            .map(|e| e.to_string());
-        assert!(e.is_some_and(|e| e.contains("metacopy=on")));
         let o = parse("lowerdir=/l,metacopy=off,userxattr")?;
         assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        assert!(!o.metacopy);
+        Ok(())
+    }
+
+    /// The kernel's rules: metacopy=on turns redirect_dir=on, in either
+    /// order with an explicit `on`; any other explicit value conflicts.
+    #[test]
+    fn metacopy_implies_redirects_and_refuses_conflicts() -> Result<(), SetupError> {
+        assert!(!parse("lowerdir=/l")?.metacopy);
+        for o in [
+            "lowerdir=/l,metacopy=on",
+            "lowerdir=/l,metacopy=on,redirect_dir=on",
+            "lowerdir=/l,redirect_dir=on,metacopy=on",
+            "lowerdir=/l,metacopy=on,userxattr",
+            "lowerdir=/l,redirect_dir=off,metacopy=off,metacopy=on,redirect_dir=on",
+        ] {
+            let got = parse(o)?;
+            assert!(got.metacopy, "{o}");
+            assert_eq!(got.redirect_dir, RedirectDir::On, "{o}");
+        }
+        for v in ["off", "follow", "nofollow"] {
+            for o in [
+                format!("lowerdir=/l,metacopy=on,redirect_dir={v}"),
+                format!("lowerdir=/l,redirect_dir={v},metacopy=on"),
+            ] {
+                let e = parse(&o).err().map(|e| e.to_string());
+                assert_eq!(
+                    e.as_deref(),
+                    Some(format!("conflicting options: metacopy=on,redirect_dir={v}").as_str()),
+                    "{o}"
+                );
+            }
+            let o = parse(&format!("lowerdir=/l,metacopy=off,redirect_dir={v}"))?;
+            assert!(!o.metacopy);
+        }
+        assert!(parse("lowerdir=/l,metacopy=yes").is_err());
+        assert!(parse("lowerdir=/l,metacopy").is_err());
         Ok(())
     }
 

@@ -77,6 +77,9 @@ pub(crate) struct Stack {
     pub(crate) open_handles: bool,
     /// `redirect_dir=`: whether redirects are followed and written.
     pub(crate) redirect: RedirectDir,
+    /// `metacopy=on`: changes of metadata only copy a lower regular file's
+    /// metadata up (`overlay.metacopy`), not its data.
+    pub(crate) metacopy: bool,
     tmp_counter: AtomicU64,
     /// The daemon's process id, part of every temporary name (read once:
     /// each read is a system call).
@@ -334,6 +337,7 @@ impl Stack {
             fsync: opts.fsync,
             open_handles,
             redirect: opts.redirect_dir,
+            metacopy: opts.metacopy,
             tmp_counter: AtomicU64::new(0),
             pid: std::process::id(),
             fresh_owner,

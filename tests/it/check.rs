@@ -1124,3 +1124,57 @@ fn redirects_are_checked_and_followed_below_renamed_directories() {
         show(&r)
     );
 }
+
+/// `stratafs check` validates metadata copies: a refused marker, a
+/// redirect to nothing, a data source that is a directory are warnings;
+/// good ones (also renamed ones) are not; rootless ones are noted as read
+/// by stratafs only.
+#[test]
+fn metadata_copies_are_checked() {
+    let st = stack(
+        vec![Layer::new()
+            .file("good", "g")
+            .file("moved", "m")
+            .file("badmark", "b")
+            .file("ghost", "h")
+            .file("dirsrc", "d")
+            .dir("adir")],
+        Layer::new(),
+    )
+    .build(Markers::AsWritten);
+    let m = st.mount_strata_with("metacopy=on");
+    for n in ["good", "moved", "badmark", "ghost", "dirsrc"] {
+        assert_ok(sys::chmod(&st.m(n), 0o600), n);
+    }
+    assert_ok(sys::rename(&st.m("moved"), &st.m("adir/moved")), "rename");
+    drop(m);
+    let mark = if OpaqueForm::kernel() == OpaqueForm::Trusted {
+        "trusted.overlay.metacopy"
+    } else {
+        "user.overlay.metacopy"
+    };
+    let key = crate::redirect::redirect_key();
+    assert_ok(lsetxattr(&st.u("badmark"), mark, b"\x00\x09", 0), "badmark");
+    assert_ok(lsetxattr(&st.u("ghost"), key, b"/nothing", 0), "ghost");
+    assert_ok(lsetxattr(&st.u("dirsrc"), key, b"adir", 0), "dirsrc");
+    let r = run(&opts(&st, true, false));
+    let mut warned: Vec<_> = r
+        .of_kind(Kind::Metacopy)
+        .filter(|f| f.severity == Severity::Warning)
+        .map(|f| f.path.to_string_lossy().into_owned())
+        .collect();
+    warned.sort();
+    assert_eq!(warned, ["badmark", "dirsrc", "ghost"], "{}", show(&r));
+    let stratafs_only = r
+        .of_kind(Kind::Metacopy)
+        .filter(|f| f.what.contains("read by stratafs only"))
+        .count();
+    // (Every marker but the refused one.)
+    assert_eq!(
+        stratafs_only,
+        if is_rootless() { 4 } else { 0 },
+        "{}",
+        show(&r)
+    );
+    assert_eq!(r.of_kind(Kind::Redirect).count(), 0, "{}", show(&r));
+}

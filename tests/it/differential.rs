@@ -9,7 +9,9 @@
 //!   `STRATAFS_DIFF_SEED=<case seed> STRATAFS_DIFF_CASES=1`.
 //! * `STRATAFS_DIFF_OPS`   – operations per sequence (default 40, min 30).
 //! * Every odd case (as root) mounts both sides with `redirect_dir=on`,
-//!   so that renames of directories with lower content are compared too.
+//!   so that renames of directories with lower content are compared too;
+//!   every other of those (seed % 4 == 3) with `metacopy=on`, so that
+//!   metadata-only copy-ups are compared too.
 //! * `STRATAFS_DIFF_SUBJECT=kernel` – run the kernel overlay on both sides
 //!   (self-check of the harness: must report zero divergences).
 
@@ -731,13 +733,29 @@ struct Case {
     /// with lower content succeed (every other case as root; the kernel
     /// refuses the option rootless).
     redirect: bool,
+    /// Both sides mounted with `metacopy=on` (which implies
+    /// `redirect_dir=on`): metadata changes copy metadata only.
+    metacopy: bool,
 }
 
 impl Case {
     /// The mount options the case adds on both sides.
     fn extra(&self) -> &'static str {
-        if self.redirect {
+        if self.metacopy {
+            "metacopy=on"
+        } else if self.redirect {
             "redirect_dir=on"
+        } else {
+            ""
+        }
+    }
+
+    /// The options of the remount: metadata copies need `metacopy=on`
+    /// (without it they are refused, as on the kernel); redirects are
+    /// followed by default.
+    fn remount_extra(&self) -> &'static str {
+        if self.metacopy {
+            "metacopy=on"
         } else {
             ""
         }
@@ -749,11 +767,13 @@ fn gen_case(seed: u64, nops: usize) -> Case {
     let spec = gen_stack(&mut rng);
     let ops = (0..nops).map(|_| gen_op(&mut rng)).collect();
     let redirect = seed % 2 == 1 && !is_rootless();
+    let metacopy = redirect && seed % 4 == 3;
     let case = Case {
         seed,
         spec,
         ops,
         redirect,
+        metacopy,
     };
     check_generator_avoids_known_divergences(&case);
     case
@@ -980,7 +1000,7 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
 
     // Remount the subject on the same dirs (without redirect_dir=on:
     // redirects are followed by default); the view must not change.
-    let sm2 = mount_subject(&sstack, subj, "");
+    let sm2 = mount_subject(&sstack, subj, case.remount_extra());
     compare_views("view after remount", &sstack.mnt, &kstack.mnt, &opts)?;
     drop(sm2);
     drop(km);

@@ -16,6 +16,7 @@ mod hostile;
 mod kernel_parity;
 mod library;
 mod lifecycle;
+mod metacopy;
 mod ownership;
 mod privileges;
 mod read_path;

@@ -348,13 +348,7 @@ fn sigkill_during_directory_renames_shows_the_old_or_the_new_name() {
     let mut rng = Rng::new(env_u64("STRATAFS_REDIRECT_CRASH_SEED", 0x5244_4952));
     for round in 0..8 {
         let m = s.mount_strata_with("redirect_dir=on");
-        let pid = m.daemon_pid().expect("daemon pid");
-        let delay = std::time::Duration::from_millis(1 + rng.below(30) as u64);
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            // SAFETY: a plain kill(2) of the daemon this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        });
+        let killer = m.sigkill_after(std::time::Duration::from_millis(1 + rng.below(30) as u64));
         let mut under_way = None;
         for n in 0.. {
             let id = *rng.pick(&IDS);

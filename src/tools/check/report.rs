@@ -102,6 +102,9 @@ pub enum Kind {
     /// A redirect record (`overlay.redirect`) that is refused, names
     /// nothing, or that a kernel mount cannot follow.
     Redirect,
+    /// A metadata copy (`overlay.metacopy`) whose marker is refused, whose
+    /// data file the lower layers lack, or that a kernel mount cannot read.
+    Metacopy,
 }
 
 impl Kind {
@@ -128,6 +131,7 @@ impl Kind {
             Kind::OverlayRecord => "overlay-record",
             Kind::IndexEntry => "index-entry",
             Kind::Redirect => "redirect",
+            Kind::Metacopy => "metacopy",
         }
     }
 }

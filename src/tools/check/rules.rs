@@ -13,6 +13,7 @@ use super::report::{Area, Findings, Kind, Problem, Severity};
 use crate::core::obj::LayerFd;
 use crate::core::{origin as core_origin, resolve};
 use crate::error::{describe, show_bytes, Errno};
+use crate::format::metacopy;
 use crate::format::nlink;
 use crate::format::opaque::{self, OPAQUE_FILE, OPAQUE_FO};
 use crate::format::origin::{self, legacy, Origin};
@@ -231,7 +232,13 @@ fn known_xattrs(dir: &OwnedFd, name: Option<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// The kernel records checked on upper entries.
-const RECORDS: [Ovl; 4] = [Ovl::Origin, Ovl::Impure, Ovl::Nlink, Ovl::Redirect];
+const RECORDS: [Ovl; 5] = [
+    Ovl::Origin,
+    Ovl::Impure,
+    Ovl::Nlink,
+    Ovl::Redirect,
+    Ovl::Metacopy,
+];
 
 /// Check one upper directory; returns its subdirectories to scan.
 pub(crate) fn scan_dir(
@@ -472,8 +479,15 @@ fn check_records(
             f.add(problem(Severity::Info, Kind::OverlayRecord, what));
         }
     }
-    if let Some((xname, v)) = has(Ovl::Redirect) {
-        for (severity, what) in redirect_findings(d, name, dir, xname, v) {
+    if let Some((xname, v)) = has(Ovl::Metacopy) {
+        let redirect = has(Ovl::Redirect).map(|(_, r)| r.as_slice());
+        for (severity, what) in metacopy_findings(d, name, dir, xname, v, redirect) {
+            let what = format!("{} {what}", quote(xname));
+            f.add(problem(severity, Kind::Metacopy, what));
+        }
+    }
+    if let Some((xname, v)) = has(Ovl::Redirect).filter(|_| dir) {
+        for (severity, what) in redirect_findings(d, name, xname, v) {
             let what = format!("{}=\"{}\" {what}", quote(xname), quote(v));
             f.add(problem(severity, Kind::Redirect, what));
         }
@@ -534,14 +548,88 @@ fn check_records(
 /// The kernel origin record for an entry with the old record `value`: the
 /// lower object at the same name, when it is the one the old record
 /// names; else why there is none.
-/// What is wrong with the redirect record `v` (named `xname`) of `name`
-/// in `d`: a value the mount refuses, a record where it means nothing, a
-/// target the lower layers do not have, one that points at its own path,
-/// one a kernel mount cannot follow.
-fn redirect_findings(
+/// What is wrong with the metadata copy `name` in `d`, marked `xname`
+/// with the value `v` and with the redirect record `redirect`: a marker
+/// the mount refuses, one where it means nothing, a data file the lower
+/// layers lack (searched as the mount searches, beneath the layer roots),
+/// one a kernel mount cannot read.
+fn metacopy_findings(
     d: &Dir<'_>,
     name: Option<&[u8]>,
     dir: bool,
+    xname: &[u8],
+    v: &[u8],
+    redirect: Option<&[u8]>,
+) -> Vec<(Severity, String)> {
+    const FAILS: &str = "stratafs and the kernel overlay fail lookups of it (EIO)";
+    let mut out = Vec::new();
+    let Some(name) = name.filter(|_| !dir) else {
+        out.push((
+            Severity::Info,
+            "on a directory, where it means nothing".to_string(),
+        ));
+        return out;
+    };
+    if let Err(why) = metacopy::check(v) {
+        out.push((Severity::Warning, format!("is refused ({why}): {FAILS}")));
+        return out;
+    }
+    let target = match redirect.map(redirect::parse) {
+        None => Ok(None),
+        Some(Ok(r)) => Ok(Some(r)),
+        Some(Err(why)) => Err(why),
+    };
+    match (target, d.at.chain, d.at.layers) {
+        (Err(why), _, _) => out.push((
+            Severity::Warning,
+            format!("with a refused redirect ({why}): {FAILS}"),
+        )),
+        (Ok(r), Some(chain), Some(layers)) => {
+            let found = match &r {
+                None => resolve::resolve(chain, name),
+                Some(Redirect::Relative(n)) => resolve::resolve(chain, n),
+                Some(Redirect::Absolute(parts)) => match parts.split_last() {
+                    Some((last, dirs)) => {
+                        let chain = dirs
+                            .iter()
+                            .fold(layers.roots.clone(), |c, p| child_chain(&c, p));
+                        resolve::resolve(&chain, last)
+                    }
+                    None => Ok(None),
+                },
+            };
+            match found {
+                Ok(Some(f)) if f.kind() == FileType::RegularFile => {}
+                Ok(Some(_)) => out.push((
+                    Severity::Warning,
+                    format!("its data source in the lower layers is not a regular file: {FAILS}"),
+                )),
+                _ => out.push((
+                    Severity::Warning,
+                    format!("its data file is missing from the lower layers: {FAILS}"),
+                )),
+            }
+        }
+        _ => {}
+    }
+    if xname == Ovl::Metacopy.name(false) {
+        out.push((
+            Severity::Info,
+            "is read by stratafs only (with metacopy=on): a kernel overlay refuses metacopy=on with userxattr and such files without it (EPERM)"
+                .to_string(),
+        ));
+    }
+    out
+}
+
+/// What is wrong with the redirect record `v` (named `xname`) of the
+/// directory `name` in `d`: a value the mount refuses, a target the lower
+/// layers do not have, one that points at its own path, one a kernel
+/// mount cannot follow. (A file's record is checked with its metadata
+/// copy; a copied file keeps it, as on the kernel.)
+fn redirect_findings(
+    d: &Dir<'_>,
+    name: Option<&[u8]>,
     xname: &[u8],
     v: &[u8],
 ) -> Vec<(Severity, String)> {
@@ -556,14 +644,6 @@ fn redirect_findings(
         }
         Ok(r) => r,
     };
-    if !dir {
-        out.push((
-            Severity::Info,
-            "on a non-directory: only metadata-only copies use one, and stratafs writes none"
-                .to_string(),
-        ));
-        return out;
-    }
     if let (Some(name), Some(chain), Some(layers)) = (name, d.at.chain, d.at.layers) {
         if redirected_chain(chain, &layers.roots, &r).is_empty() {
             out.push((

@@ -131,6 +131,16 @@ impl Mount {
     pub fn daemon_pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
+    /// A thread that kills the daemon with SIGKILL after `delay` (a crash
+    /// at a moment the caller's changes do not know).
+    pub fn sigkill_after(&self, delay: Duration) -> std::thread::JoinHandle<()> {
+        let pid = self.daemon_pid().expect("daemon pid");
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: a plain kill(2) of the daemon this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        })
+    }
     /// Wait for the daemon to exit by itself (after a signal or an
     /// unmount); its exit status, or `None` after `timeout`.
     pub fn wait_daemon(&mut self, timeout: Duration) -> Option<ExitStatus> {

@@ -1,0 +1,181 @@
+//! Metadata-only copies (`metacopy=on`): an upper regular file marked
+//! `overlay.metacopy` holds the metadata; its data is the lower file found
+//! at its name in the parent's lower directories, or where its
+//! `overlay.redirect` says (a relative name in the same parent, an
+//! absolute path from the lower layers' roots), as the kernel overlay
+//! finds it. The data file is the first regular file there that is not
+//! itself a metadata copy; a whiteout, a directory, a missing file or an
+//! opaque directory on the path ends the search with `EIO` (logged). Paths
+//! are walked one name at a time beneath the lower layers' root
+//! descriptors, never following a symlink, and only downwards through the
+//! layers: a record cannot lead outside them or in a loop.
+
+use rustix::fs::{FileType, Stat};
+
+use super::obj::{LayerFd, LayerObj, Obj};
+use super::resolve::{self, Hit};
+use crate::error::{show_bytes, Errno, Result};
+use crate::format::metacopy;
+use crate::format::redirect::{self, Redirect};
+use crate::format::xattr_names::Ovl;
+use crate::setup::stack::Stack;
+
+/// The record `x` of `obj`, in the namespace `ns` (trusted or not) where
+/// that is known, else in the namespace written first, then the other;
+/// `None` when it has none.
+fn record(stack: &Stack, obj: &Obj, x: Ovl, ns: Option<bool>) -> Result<Option<Vec<u8>>> {
+    let t = ns.unwrap_or_else(|| stack.formats.trusted());
+    let both = [t, !t];
+    for ns in &both[..if ns.is_some() { 1 } else { 2 }] {
+        let ns = *ns;
+        match obj.get_xattr(x.name(ns)) {
+            Ok(v) => return Ok(Some(v)),
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Whether the regular file `obj` carries a metacopy marker (checked:
+/// a value the kernel refuses is `EIO`, logged with `what`).
+pub(crate) fn is_marked(stack: &Stack, obj: &Obj, what: &[u8]) -> Result<bool> {
+    marked_in(stack, obj, what, None)
+}
+
+/// `is_marked`, looking in the namespace `ns` only where that is known.
+fn marked_in(stack: &Stack, obj: &Obj, what: &[u8], ns: Option<bool>) -> Result<bool> {
+    let Some(v) = record(stack, obj, Ovl::Metacopy, ns)? else {
+        return Ok(false);
+    };
+    match metacopy::check(&v) {
+        Ok(()) => Ok(true),
+        Err(why) => {
+            log::warn!(
+                "invalid metacopy marker on {} ({} bytes): {why}",
+                show_bytes(what),
+                v.len()
+            );
+            Err(Errno::IO)
+        }
+    }
+}
+
+/// Where the data of the metadata copy `upper` (named `name` in a
+/// directory whose lower directories are `lowers`) is searched.
+enum Target {
+    Name(Vec<u8>),
+    Path(Vec<Vec<u8>>),
+}
+
+/// If the upper regular file `upper` at `name` (in a directory whose lower
+/// directories are `lowers`, top first) is a metadata copy: its data file
+/// and that file's attributes. `ns` is the namespace of its origin record
+/// where known (its other records are in the same one: one system call
+/// for a copy that is not a metadata copy). With `metacopy=off` a
+/// metadata copy is refused (`EPERM`), as the kernel refuses to follow
+/// one.
+pub(crate) fn data_of(
+    stack: &Stack,
+    lowers: &[LayerFd],
+    name: &[u8],
+    upper: &Obj,
+    ns: Option<bool>,
+) -> Result<Option<(Stat, LayerObj)>> {
+    if !marked_in(stack, upper, name, ns)? {
+        return Ok(None);
+    }
+    if !stack.metacopy {
+        log::warn!(
+            "refusing to follow the metacopy file {} (metacopy=off)",
+            show_bytes(name)
+        );
+        return Err(Errno::PERM);
+    }
+    let target = match record(stack, upper, Ovl::Redirect, ns)? {
+        None => Target::Name(name.to_vec()),
+        Some(v) => match redirect::parse(&v) {
+            Ok(Redirect::Relative(n)) => Target::Name(n),
+            Ok(Redirect::Absolute(parts)) => Target::Path(parts),
+            Err(why) => {
+                log::warn!(
+                    "invalid redirect {} on metacopy file {}: {why}; not followed",
+                    show_bytes(&v[..v.len().min(300)]),
+                    show_bytes(name)
+                );
+                return Err(Errno::IO);
+            }
+        },
+    };
+    let found = match &target {
+        Target::Name(n) => search_dirs(stack, lowers, n)?,
+        Target::Path(parts) => search_roots(stack, parts)?,
+    };
+    if found.is_none() {
+        log::warn!(
+            "metacopy file {}: no lower data file found",
+            show_bytes(name)
+        );
+        return Err(Errno::IO);
+    }
+    Ok(found)
+}
+
+/// What one layer's hit says: the data file, go on below, or stop.
+enum Step {
+    Data(Stat, LayerObj),
+    Below,
+    Stop,
+}
+
+fn step(stack: &Stack, hit: Hit, bottom: bool, what: &[u8]) -> Result<Step> {
+    Ok(match hit {
+        Hit::Missing => Step::Below,
+        Hit::End | Hit::Dir(..) => Step::Stop,
+        Hit::Object(st, obj) => {
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+                log::warn!(
+                    "metacopy file {}: the data source is not a regular file",
+                    show_bytes(what)
+                );
+                return Ok(Step::Stop);
+            }
+            // A metadata copy in a lower layer (an earlier upper): its data
+            // is further down at the same place.
+            if !bottom && is_marked(stack, &obj.obj, what)? {
+                Step::Below
+            } else {
+                Step::Data(st, obj)
+            }
+        }
+    })
+}
+
+/// The data file named `name` in the lower directories `lowers`.
+fn search_dirs(stack: &Stack, lowers: &[LayerFd], name: &[u8]) -> Result<Option<(Stat, LayerObj)>> {
+    for (i, l) in lowers.iter().enumerate() {
+        let more = i + 1 < lowers.len();
+        match step(stack, resolve::hit_in(l, name, more)?, !more, name)? {
+            Step::Data(st, obj) => return Ok(Some((st, obj))),
+            Step::Below => {}
+            Step::Stop => break,
+        }
+    }
+    Ok(None)
+}
+
+/// The data file at the path `parts` from the lower layers' roots.
+fn search_roots(stack: &Stack, parts: &[Vec<u8>]) -> Result<Option<(Stat, LayerObj)>> {
+    let first = usize::from(stack.has_upper);
+    let last = stack.layers.len().saturating_sub(1);
+    let what = parts.last().map_or(&b""[..], |p| &p[..]);
+    for layer in first..=last {
+        let (hit, opaque_on_path) = resolve::walk(stack, layer, parts)?;
+        match step(stack, hit, layer == last, what)? {
+            Step::Data(st, obj) => return Ok(Some((st, obj))),
+            Step::Below if !opaque_on_path => {}
+            _ => break,
+        }
+    }
+    Ok(None)
+}

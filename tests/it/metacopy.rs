@@ -1,0 +1,574 @@
+//! `metacopy=on`: a change of metadata only (chown, chmod, utimes,
+//! setxattr) copies a lower file's metadata up, marked `overlay.metacopy`,
+//! and its data stays below until the first open for writing or truncate;
+//! next to the kernel overlay mounted with
+//! `index=on,redirect_dir=on,metacopy=on`. Each reads the other's upper.
+//! Rootless, where the kernel refuses `metacopy=on` with `userxattr`, the
+//! same sequences run on stratafs alone against the expected outcome.
+
+use crate::common::*;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+const BIG: usize = 200_000;
+
+fn lowers() -> TempStackBuilder {
+    stack(
+        vec![Layer::new()
+            .file("big", "b".repeat(BIG))
+            .file("f", "lowerdata")
+            .file("g", "gdata")
+            .file("h", "hdata")
+            .file("t", "tdata")
+            .file("o", "odata")
+            .file("x", "xdata")
+            .file("r", "rdata")
+            .file("d/deep", "deep")],
+        Layer::new(),
+    )
+}
+
+/// The marker's name in the namespace the tests' stacks use.
+fn metacopy_key() -> &'static str {
+    if OpaqueForm::kernel() == OpaqueForm::Trusted {
+        "trusted.overlay.metacopy"
+    } else {
+        "user.overlay.metacopy"
+    }
+}
+
+fn append(p: &Path, data: &[u8]) -> Result<(), i32> {
+    let fd = sys::open(p, libc::O_WRONLY | libc::O_APPEND, 0)?;
+    sys::write(&fd, data).map(|_| ())
+}
+
+/// Metadata changes, then data changes of some of the same files; `r` is
+/// opened for reading before its data is copied up.
+fn changes(m: &Path, held: &mut Option<OwnedFd>) -> Vec<(&'static str, Result<(), i32>)> {
+    let p = |r: &str| m.join(r);
+    let id = other_id();
+    let mut out = vec![
+        ("chown big", sys::lchown(&p("big"), id, id)),
+        ("chmod f", sys::chmod(&p("f"), 0o600)),
+        ("utimes g", sys::lutimes(&p("g"), (1000, 0), (2000, 0))),
+        ("setxattr h", sys::lsetxattr(&p("h"), "user.k", b"v", 0)),
+        ("chmod d/deep", sys::chmod(&p("d/deep"), 0o640)),
+        ("chmod t", sys::chmod(&p("t"), 0o604)),
+        ("chmod o", sys::chmod(&p("o"), 0o606)),
+        ("chmod x", sys::chmod(&p("x"), 0o660)),
+        ("chmod r", sys::chmod(&p("r"), 0o644)),
+    ];
+    *held = sys::open(&p("r"), libc::O_RDONLY, 0).ok();
+    out.extend([
+        ("truncate t", sys::truncate(&p("t"), 2)),
+        ("append o", append(&p("o"), b"+")),
+        (
+            "O_TRUNC x",
+            sys::open(&p("x"), libc::O_WRONLY | libc::O_TRUNC, 0).map(drop),
+        ),
+        ("write r", {
+            sys::open(&p("r"), libc::O_WRONLY, 0).and_then(|fd| sys::pwrite(&fd, b"R", 0).map(drop))
+        }),
+    ]);
+    out
+}
+
+/// A file as stat(2) and read(2) show it: path, size, blocks, mode, uid,
+/// mtime (or link count), contents.
+type Shown = (String, i64, i64, u32, u32, i64, Vec<u8>);
+
+/// Every file of the stack as stat(2) and read(2) show it.
+fn files(m: &Path) -> Vec<Shown> {
+    ["big", "f", "g", "h", "t", "o", "x", "r", "d/deep"]
+        .iter()
+        .map(|n| {
+            let p = m.join(n);
+            let st = assert_ok(sys::lstat(&p), n);
+            let data = assert_ok(sys::read_all(&p), n);
+            (
+                n.to_string(),
+                st.st_size,
+                st.st_blocks,
+                st.st_mode,
+                st.st_uid,
+                st.st_mtime,
+                data,
+            )
+        })
+        .collect()
+}
+
+/// Which upper files carry the marker (and its value), and which carry
+/// an origin and a redirect.
+fn records(upper: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in [
+        "big", "f", "g", "h", "t", "o", "x", "r", "d/deep", "big2", "d/big3",
+    ] {
+        let p = upper.join(n);
+        for x in sys::llistxattr(&p).unwrap_or_default() {
+            if x.ends_with("overlay.metacopy") || x.ends_with("overlay.redirect") {
+                let v = sys::lgetxattr(&p, &x).unwrap_or_default();
+                let short = x.rsplit('.').next().unwrap_or_default().to_string();
+                out.push(format!("{n}: {short}={}", String::from_utf8_lossy(&v)));
+            } else if x.ends_with("overlay.origin") {
+                out.push(format!("{n}: origin"));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What the upper must hold after `changes`: markers on the files whose
+/// metadata only changed, none once the data was copied up.
+const EXPECTED_RECORDS: &[&str] = &[
+    "big: metacopy=",
+    "big: origin",
+    "d/deep: metacopy=",
+    "d/deep: origin",
+    "f: metacopy=",
+    "f: origin",
+    "g: metacopy=",
+    "g: origin",
+    "h: metacopy=",
+    "h: origin",
+    "o: origin",
+    "r: origin",
+    "t: origin",
+    "x: origin",
+];
+
+/// What `changes` leaves in the files' contents.
+fn expected_contents(path: &str) -> Vec<u8> {
+    match path {
+        "big" => "b".repeat(BIG).into_bytes(),
+        "f" => b"lowerdata".to_vec(),
+        "g" => b"gdata".to_vec(),
+        "h" => b"hdata".to_vec(),
+        "t" => b"td".to_vec(),
+        "o" => b"odata+".to_vec(),
+        "x" => Vec::new(),
+        "r" => b"Rdata".to_vec(),
+        _ => b"deep".to_vec(),
+    }
+}
+
+/// The blocks and contents the stratafs mount at `m` shows, checked
+/// against the lower files (a metadata copy's blocks are its data file's)
+/// and the expected contents.
+fn check_alone(s: &Stack, m: &Path, what: &str) {
+    for (n, _, blocks, _, _, _, data) in files(m) {
+        assert_eq!(data, expected_contents(&n), "{what}: contents of {n}");
+        if ["big", "f", "g", "h", "d/deep"].contains(&n.as_str()) {
+            let lower = assert_ok(sys::lstat(&s.l(0, &n)), &n);
+            assert_eq!(blocks, lower.st_blocks, "{what}: blocks of {n}");
+        }
+    }
+}
+
+#[test]
+fn metadata_changes_copy_metadata_only_as_the_kernel_does() {
+    if is_rootless() {
+        let s = lowers().build(Markers::AsWritten);
+        let sm = s.mount_strata_with("metacopy=on");
+        let mut held = None;
+        let got = changes(&s.mnt, &mut held);
+        assert!(got.iter().all(|(_, r)| r.is_ok()), "{got:?}");
+        // An fd opened before the data copy-up reads the new data, as on
+        // the kernel.
+        let fd = held.expect("held fd");
+        assert_eq!(sys::pread(&fd, 5, 0), Ok(b"Rdata".to_vec()));
+        drop(fd);
+        check_alone(&s, &s.mnt, "stratafs");
+        drop(sm);
+        assert_eq!(records(s.upper()), EXPECTED_RECORDS);
+        let up = assert_ok(sys::lstat(&s.u("big")), "upper big");
+        assert!(
+            up.st_blocks < 64,
+            "data was copied: {} blocks",
+            up.st_blocks
+        );
+        let sm = s.mount_strata_with("metacopy=on");
+        check_alone(&s, &s.mnt, "after a remount");
+        drop(sm);
+        return;
+    }
+    let p = Pair::with_options(&lowers(), "metacopy=on");
+    let (mut hs, mut hk) = (None, None);
+    let s_res = changes(&p.s.mnt, &mut hs);
+    let k_res = changes(&p.k.mnt, &mut hk);
+    assert_eq!(s_res, k_res, "results: stratafs (left), kernel (right)");
+    let read = |fd: Option<OwnedFd>| fd.map(|fd| sys::pread(&fd, 5, 0));
+    assert_eq!(
+        read(hs),
+        read(hk),
+        "a descriptor opened before the data copy-up"
+    );
+    p.assert_same_view();
+    p.same("files", files);
+    check_alone(&p.s, &p.s.mnt, "stratafs");
+    let Pair { sm, km, s, k } = p;
+    drop((sm, km));
+    assert_eq!(
+        records(s.upper()),
+        records(k.upper()),
+        "records: stratafs (left), kernel (right)"
+    );
+    assert_eq!(records(s.upper()), EXPECTED_RECORDS);
+    let xs = sys::lgetxattr(&s.u("big"), metacopy_key());
+    let xk = sys::lgetxattr(&k.u("big"), metacopy_key());
+    assert_eq!(xs, xk, "the marker byte for byte");
+    // Each on the other's upper.
+    let want = {
+        let m = s.mount_strata_with("metacopy=on");
+        let f = files(&s.mnt);
+        drop(m);
+        f
+    };
+    let sk = s.mount_kernel_with("metacopy=on");
+    assert_eq!(files(&s.mnt), want, "the kernel on stratafs' upper");
+    drop(sk);
+    let ks = try_mount_stratafs(
+        &format!(
+            "{},metacopy=on",
+            overlay_opts(k.lowers(), Some(k.upper()), Some(k.work()))
+        ),
+        &k.mnt,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let got = files(&k.mnt);
+    drop(ks);
+    let km = k.mount_kernel_with("metacopy=on");
+    assert_eq!(got, files(&k.mnt), "stratafs on the kernel's upper");
+    drop(km);
+}
+
+/// The kernel renames and links metadata copies (relative and absolute
+/// redirects); stratafs, mounted on its upper, finds their data.
+#[test]
+fn stratafs_reads_the_kernels_renamed_and_linked_metadata_copies() {
+    if is_rootless() {
+        skip(
+            "stratafs_reads_the_kernels_renamed_and_linked_metadata_copies",
+            "the kernel refuses metacopy=on rootless",
+        );
+        return;
+    }
+    let k = lowers().build(Markers::Kernel);
+    let km = k.mount_kernel_with("metacopy=on");
+    let m = &k.mnt;
+    assert_ok(sys::lchown(&m.join("f"), 1000, 1000), "chown");
+    assert_ok(sys::rename(&m.join("g"), &m.join("g2")), "same-dir rename");
+    assert_ok(
+        sys::rename(&m.join("h"), &m.join("d/h3")),
+        "cross-dir rename",
+    );
+    assert_ok(sys::chmod(&m.join("big"), 0o600), "chmod");
+    assert_ok(sys::link(&m.join("big"), &m.join("big2")), "link");
+    let names = ["f", "g2", "d/h3", "big", "big2", "d/deep"];
+    let view = |m: &Path| -> Vec<Shown> {
+        names
+            .iter()
+            .map(|n| {
+                let st = assert_ok(sys::lstat(&m.join(n)), n);
+                let data = assert_ok(sys::read_all(&m.join(n)), n);
+                (
+                    n.to_string(),
+                    st.st_size,
+                    st.st_blocks,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_nlink as i64,
+                    data,
+                )
+            })
+            .collect()
+    };
+    let want = view(m);
+    drop(km);
+    let redirect = sys::lgetxattr(&k.u("g2"), "trusted.overlay.redirect");
+    assert_eq!(
+        redirect,
+        Ok(b"g".to_vec()),
+        "the kernel wrote a relative redirect"
+    );
+    let sm = try_mount_stratafs(
+        &format!(
+            "{},metacopy=on",
+            overlay_opts(k.lowers(), Some(k.upper()), Some(k.work()))
+        ),
+        m,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(view(m), want, "stratafs on the kernel's upper");
+    // The first write copies the data up under the new name.
+    assert_ok(append(&m.join("g2"), b"!"), "append");
+    assert_eq!(read_string(&m.join("g2")), "gdata!");
+    drop(sm);
+    assert_errno(
+        sys::lgetxattr(&k.u("g2"), "trusted.overlay.metacopy"),
+        libc::ENODATA,
+        "marker after the data copy-up",
+    );
+}
+
+/// With metacopy=off a metadata copy is refused (EPERM), as the kernel
+/// refuses to follow one; metacopy=on conflicts with other explicit
+/// redirect_dir values at mount.
+#[test]
+fn metacopy_off_refuses_a_metadata_copy_and_conflicts_are_refused() {
+    let s = lowers().build(Markers::AsWritten);
+    let sm = s.mount_strata_with("metacopy=on");
+    assert_ok(sys::chmod(&s.m("f"), 0o600), "chmod");
+    drop(sm);
+    let sm = s.mount_strata();
+    assert_errno(sys::lstat(&s.m("f")), libc::EPERM, "metacopy=off");
+    assert_eq!(read_string(&s.m("g")), "gdata");
+    let log = sm.daemon_stderr();
+    drop(sm);
+    assert!(log.contains("metacopy=off"), "{log}");
+    let e = try_mount_stratafs(
+        &format!("{},metacopy=on,redirect_dir=off", s.overlay_opts()),
+        &s.mnt,
+    )
+    .err()
+    .unwrap_or_default();
+    assert!(
+        e.contains("conflicting options: metacopy=on,redirect_dir=off"),
+        "{e}"
+    );
+}
+
+/// Crafted markers and redirects on metadata copies: a marker the kernel
+/// refuses, redirects that point outside the layers, at `..`, through a
+/// symlink, at a directory or at nothing, are refused (EIO, logged) and
+/// never followed outside a layer root; one naming the file's own name is
+/// just its own lower file.
+#[test]
+fn hostile_metacopy_records_are_refused() {
+    const NAMES: [&str; 8] = [
+        "badmark", "dotdot", "slash", "viasym", "isdir", "nothing", "self", "ok",
+    ];
+    let mut lower = Layer::new()
+        .file("a", "a")
+        .dir("adir")
+        .symlink("link", "/etc");
+    for n in NAMES {
+        lower = lower.file(n, format!("{n}-data"));
+    }
+    let s = stack(vec![lower], Layer::new()).build(Markers::AsWritten);
+    // Metadata copies with real origin records first.
+    let sm = s.mount_strata_with("metacopy=on");
+    for n in NAMES {
+        assert_ok(sys::chmod(&s.m(n), 0o600), n);
+    }
+    drop(sm);
+    let mark = metacopy_key();
+    let key = crate::redirect::redirect_key();
+    assert_ok(
+        sys::lsetxattr(&s.u("badmark"), mark, b"\x01\x04\x00\x00", 0),
+        "badmark",
+    );
+    for (n, v) in [
+        ("dotdot", "/../../etc/passwd"),
+        ("slash", "a/b"),
+        ("viasym", "/link/passwd"),
+        ("isdir", "/adir"),
+        ("nothing", "/none"),
+        ("self", "self"),
+    ] {
+        assert_ok(sys::lsetxattr(&s.u(n), key, v.as_bytes(), 0), n);
+    }
+    let sm = s.mount_strata_with("metacopy=on");
+    assert_eq!(read_string(&s.m("ok")), "ok-data");
+    assert_eq!(read_string(&s.m("self")), "self-data");
+    for n in ["badmark", "dotdot", "slash", "viasym", "isdir", "nothing"] {
+        assert_errno(sys::lstat(&s.m(n)), libc::EIO, n);
+    }
+    let log = sm.daemon_stderr();
+    drop(sm);
+    for want in [
+        "invalid metacopy marker",
+        "invalid redirect",
+        "no lower data file found",
+    ] {
+        assert!(log.contains(want), "{want}: {log}");
+    }
+}
+
+/// Renames and links of lower files and of metadata copies: a redirect
+/// relative within the parent, absolute across directories and for a
+/// link (and for a lower hard link, whose copy is in the index), the data
+/// still found after a remount, the first write copying the data under
+/// the new name; as the kernel does.
+#[test]
+fn renamed_and_linked_metadata_copies_match_the_kernel() {
+    let desc = stack(
+        vec![Layer::new()
+            .file("a", "adata")
+            .file("b", "bdata")
+            .file("c", "cdata")
+            .file("e", "edata")
+            .file("h1", "hdata")
+            .hard_link("h2", "h1")
+            .dir("D")],
+        Layer::new(),
+    );
+    let ops = |m: &Path| -> Vec<(&'static str, Result<(), i32>)> {
+        let p = |r: &str| m.join(r);
+        vec![
+            ("chmod a", sys::chmod(&p("a"), 0o600)),
+            ("a -> a2", sys::rename(&p("a"), &p("a2"))),
+            ("a2 -> D/a3", sys::rename(&p("a2"), &p("D/a3"))),
+            ("b -> b2", sys::rename(&p("b"), &p("b2"))),
+            ("c -> D/c2", sys::rename(&p("c"), &p("D/c2"))),
+            ("link e e2", sys::link(&p("e"), &p("e2"))),
+            ("h1 -> h3", sys::rename(&p("h1"), &p("h3"))),
+            ("append b2", append(&p("b2"), b"!")),
+        ]
+    };
+    let names = ["D/a3", "b2", "D/c2", "e", "e2", "h3", "h2"];
+    let view = |m: &Path| -> Vec<(String, i64, i64, Vec<u8>)> {
+        names
+            .iter()
+            .map(|n| {
+                let st = assert_ok(sys::lstat(&m.join(n)), n);
+                let data = assert_ok(sys::read_all(&m.join(n)), n);
+                (n.to_string(), st.st_size, st.st_nlink as i64, data)
+            })
+            .collect()
+    };
+    let records = |u: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for n in names {
+            for x in sys::llistxattr(&u.join(n)).unwrap_or_default() {
+                if x.ends_with("overlay.metacopy") || x.ends_with("overlay.redirect") {
+                    let v = sys::lgetxattr(&u.join(n), &x).unwrap_or_default();
+                    let short = x.rsplit('.').next().unwrap_or_default().to_string();
+                    out.push(format!("{n}: {short}={}", String::from_utf8_lossy(&v)));
+                }
+            }
+        }
+        out
+    };
+    let want_records = [
+        "D/a3: metacopy=",
+        "D/a3: redirect=/a",
+        "b2: redirect=b",
+        "D/c2: metacopy=",
+        "D/c2: redirect=/c",
+        "e: metacopy=",
+        "e: redirect=/e",
+        "e2: metacopy=",
+        "e2: redirect=/e",
+        "h3: metacopy=",
+        "h3: redirect=/h1",
+    ];
+    let want_view = vec![
+        ("D/a3".to_string(), 5, 1, b"adata".to_vec()),
+        ("b2".to_string(), 6, 1, b"bdata!".to_vec()),
+        ("D/c2".to_string(), 5, 1, b"cdata".to_vec()),
+        ("e".to_string(), 5, 2, b"edata".to_vec()),
+        ("e2".to_string(), 5, 2, b"edata".to_vec()),
+        ("h3".to_string(), 5, 2, b"hdata".to_vec()),
+        ("h2".to_string(), 5, 2, b"hdata".to_vec()),
+    ];
+    if is_rootless() {
+        let s = desc.build(Markers::AsWritten);
+        let sm = s.mount_strata_with("metacopy=on");
+        let got = ops(&s.mnt);
+        assert!(got.iter().all(|(_, r)| r.is_ok()), "{got:?}");
+        assert_eq!(view(&s.mnt), want_view);
+        drop(sm);
+        let mut recs = records(s.upper());
+        // Rootless stacks have no index: the lower hard link is copied
+        // whole.
+        recs.retain(|r| !r.starts_with("h3"));
+        let mut want: Vec<String> = want_records.iter().map(|r| r.to_string()).collect();
+        want.retain(|r| !r.starts_with("h3"));
+        recs.sort();
+        want.sort();
+        assert_eq!(recs, want);
+        let sm = s.mount_strata_with("metacopy=on");
+        assert_eq!(view(&s.mnt), want_view, "after a remount");
+        drop(sm);
+        return;
+    }
+    let p = Pair::with_options(&desc, "metacopy=on");
+    let (rs, rk) = p.both(ops);
+    assert_eq!(rs, rk, "results: stratafs (left), kernel (right)");
+    p.assert_same_view();
+    assert_eq!(p.same("view", view), want_view);
+    let Pair { sm, km, s, k } = p;
+    drop((sm, km));
+    let (mut rs, mut rk) = (records(s.upper()), records(k.upper()));
+    rs.sort();
+    rk.sort();
+    assert_eq!(rs, rk, "records: stratafs (left), kernel (right)");
+    let mut want: Vec<String> = want_records.iter().map(|r| r.to_string()).collect();
+    want.sort();
+    assert_eq!(rs, want);
+    let sm = s.mount_strata_with("metacopy=on");
+    assert_eq!(view(&s.mnt), want_view, "stratafs after a remount");
+    drop(sm);
+    let sk = s.mount_kernel_with("metacopy=on");
+    assert_eq!(view(&s.mnt), want_view, "the kernel on stratafs' upper");
+    drop(sk);
+}
+
+/// Metadata copy-ups and data copy-ups of metadata copies while the daemon
+/// is killed with SIGKILL at a random moment: after a remount every file
+/// shows its lower data or its whole new data (never a partial copy or
+/// the sparse upper), with its old or new mode.
+#[test]
+fn sigkill_during_metadata_and_data_copy_ups_shows_the_old_or_the_new_state() {
+    const N: usize = 12;
+    let body = |i: usize| format!("{i:02}").repeat(300_000);
+    let mut lower = Layer::new();
+    for i in 0..N {
+        lower = lower.file(&format!("f{i}"), body(i));
+    }
+    let s = stack(vec![lower], Layer::new()).build(Markers::AsWritten);
+    let mut appended = [0usize; N];
+    let mut rng = Rng::new(env_u64("STRATAFS_METACOPY_CRASH_SEED", 0x4d43_5059));
+    for round in 0..6 {
+        let m = s.mount_strata_with("metacopy=on");
+        let killer = m.sigkill_after(std::time::Duration::from_millis(1 + rng.below(40) as u64));
+        let mut under_way = None;
+        for n in 0.. {
+            let i = rng.below(N);
+            let f = s.m(&format!("f{i}"));
+            if sys::chmod(&f, 0o600 + (n % 2) as u32 * 0o40).is_err() {
+                break;
+            }
+            under_way = Some(i);
+            if append(&f, b"!").is_err() {
+                break;
+            }
+            appended[i] += 1;
+            under_way = None;
+        }
+        let _ = killer.join();
+        drop(m);
+        let m = s.mount_strata_with("metacopy=on");
+        for (i, done) in appended.iter_mut().enumerate() {
+            let got = assert_ok(sys::read_all(&s.m(&format!("f{i}"))), "read");
+            let want = |k: usize| {
+                let mut v = body(i).into_bytes();
+                v.extend(std::iter::repeat_n(b'!', k));
+                v
+            };
+            if got == want(*done) {
+                continue;
+            }
+            assert!(
+                under_way == Some(i) && got == want(*done + 1),
+                "round {round}: f{i} ({} bytes) is neither state",
+                got.len()
+            );
+            *done += 1;
+        }
+        drop(m);
+    }
+}
