@@ -842,6 +842,19 @@ def wl_stat_missing(ctx, m):
             timed(m, f"stat {kn(n)} missing names (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="name")]
 
 
+def wl_rtt(ctx, m):
+    """The cost of one request that reaches the daemon and needs no work
+    there: lgetxattr of an attribute a lower file lacks (stratafs answers it
+    from what it knows; the kernel overlay asks ext4). The difference per
+    call is the FUSE round trip every other row pays per request."""
+    n = 20000 if ctx.smoke else 200000
+    with open(os.path.join(ctx.stack, "statlist.txt")) as f:
+        path = f.readline().strip()
+    c = helper(ctx, "xattr", path, n)
+    exp = f"ok={n} missing=0 failed=0"
+    return [timed(m, f"getxattr round trip x {kn(n)}", c, cwd=m.mnt, check_out=exp, ops=n, unit="call")]
+
+
 MEMORY_SETTLE_SECONDS = 2.0  # after drop_caches: FORGETs arrive, the daemons free their nodes
 
 
@@ -1207,6 +1220,7 @@ WORKLOADS = [
     ("gitclone", wl_gitclone, MAIN_FS),
     ("make", wl_make, MAIN_FS),
     ("statwalk", wl_statwalk, MAIN_FS),
+    ("rtt", wl_rtt, MAIN_FS),
     ("memory", wl_memory, ["stratafs", "fuse-overlayfs"]),
     ("mvdir", wl_mvdir, MAIN_FS),
     ("chowntree", wl_chowntree, MAIN_FS),

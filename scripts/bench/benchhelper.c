@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 static char buf[1 << 20];
@@ -128,6 +129,16 @@ int main(int argc, char **argv) {
         while (fgets(line, sizeof line, f)) {
             chomp(line);
             if (append_one(line)) { failed++; if (failed < 5) perror(line); } else ok++;
+        }
+    } else if (!strcmp(mode, "xattr")) {
+        /* argv[3] lgetxattr calls of an attribute argv[2] does not have:
+         * nothing for the daemon to do but answer, so the time per call is
+         * a request's round trip through the kernel. */
+        if (argc < 4) return 2;
+        long n = atol(argv[3]);
+        for (long i = 0; i < n; i++) {
+            if (lgetxattr(argv[2], "user.bench.absent", buf, sizeof buf) < 0 && errno == ENODATA) ok++;
+            else { failed++; if (failed < 5) perror(argv[2]); }
         }
     } else if (!strcmp(mode, "walk")) {
         int dfd = open(argv[2], O_RDONLY | O_DIRECTORY);

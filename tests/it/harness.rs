@@ -573,6 +573,15 @@ fn trace_in_memory_layers_and_copy_ups() {
         "taken: {late:#?}"
     );
     m.stop_trace();
+    // A late RELEASE or FORGET may have come between the look above and
+    // the stop: it is kept, and is not what the stop is about.
+    let before_stop = m.take_trace();
+    assert!(
+        before_stop
+            .iter()
+            .all(|r| matches!(r.op, op::Release | op::Forget)),
+        "before the stop: {before_stop:#?}"
+    );
     fs::read(m.path().join("top")).unwrap();
     assert!(m.trace().is_empty(), "stopped");
 }
