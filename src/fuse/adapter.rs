@@ -312,14 +312,8 @@ impl Filesystem for FuseOverlay {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_BIG_WRITES,
-            // Every listing is a READDIRPLUS (no FUSE_READDIRPLUS_AUTO, with
-            // which the kernel asks for attributes only in the first batch
-            // of a directory and then sends a LOOKUP per entry a walker
-            // stats): `du` of 66.8k entries cold 0.59 → 0.38 requests per
-            // entry and 12% faster, `find` (which stats nothing) 5% slower.
-            // Tree walks that stat everything are what container engines do
-            // when they diff a layer.
             InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
             // Shared mmap of files opened with direct I/O (files a fault
             // rule on reads or writes is about).
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
