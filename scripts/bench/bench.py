@@ -1654,6 +1654,7 @@ def update_doc(results_dir, stack_version, files=None, doc_path=DOC):
         body.append(render_counts(counts_result(r), f"Requests and system calls per operation ({kind(r).lower()}, "
                                                      f"{r['meta']['date']})"))
         body.append("")
+    body.append(END_MARK)
     text = "\n".join(body)
     if os.path.exists(doc_path):
         with open(doc_path) as f:

@@ -268,13 +268,7 @@ impl Overlay {
         if !entry.exists {
             let work = self.stack.work()?;
             let tmp = self.stack.tmp_name();
-            let meta = data == Data::Meta
-                && self.stack.metacopy
-                && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-            let data = match data {
-                Data::Meta if !meta => Data::All,
-                d => d,
-            };
+            let (meta, data) = self.meta_copy(data, FileType::from_raw_mode(st.st_mode), true);
             let made = build_copy(&self.stack, layer, &tmp, lower, st, data).and_then(|copy| {
                 origin::write(&self.stack, &copy, &entry.record);
                 self.carry_override(layer, lower, st, &copy)?;
@@ -368,14 +362,8 @@ impl Overlay {
             .then(|| origin::record_of(&self.stack, lower_layer, &lower_obj));
         // A metadata copy needs its origin: it is how a later mount knows
         // to look for the marker.
-        let meta = data == Data::Meta
-            && self.stack.metacopy
-            && node.kind == FileType::RegularFile
-            && record.as_ref().is_some_and(|r| !r.is_empty());
-        let data = match data {
-            Data::Meta if !meta => Data::All,
-            d => d,
-        };
+        let has_origin = record.as_ref().is_some_and(|r| !r.is_empty());
+        let (meta, data) = self.meta_copy(data, node.kind, has_origin);
         let built =
             build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, data).and_then(|copy| {
                 if let Some(r) = &record {
@@ -475,14 +463,8 @@ impl Overlay {
             } else {
                 let s = src.obj.open(OFlags::RDONLY)?;
                 let sst = rustix::fs::fstat(&s)?;
-                let no_clone = AtomicBool::new(false);
-                let refused = self
-                    .stack
-                    .layers
-                    .get(src.layer)
-                    .map_or(&no_clone, |l| &l.clone_refused);
                 if sst.st_size > 0 {
-                    copy_data(&s, &dst, &sst, refused)?;
+                    copy_layer_data(&self.stack, src.layer, &s, &dst, &sst)?;
                 }
                 rustix::fs::ftruncate(&dst, ust.st_size as u64)?;
                 bytes = ust.st_size as u64;
@@ -497,16 +479,29 @@ impl Overlay {
             fd::set_mode(&*up, mode)?;
         }
         let bytes = copied?;
-        let t = self.stack.formats.trusted();
-        for ns in [t, !t] {
-            match xattr::remove(&*up, Ovl::Metacopy.name(ns)) {
-                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
-                Err(e) => return Err(e),
-            }
-        }
+        self.stack.formats.remove_ovl(&*up, Ovl::Metacopy)?;
         node.state.write().drop_lowers();
         self.events.copied_up(bytes);
         Ok(())
+    }
+
+    /// Whether a copy-up of `data` for an object of type `kind` (whose copy
+    /// gets an origin record if `has_origin`) makes a metadata copy, and the
+    /// data to build it with: a `Meta` copy that cannot be one (metacopy
+    /// off, not a regular file, no origin) copies everything.
+    fn meta_copy(&self, data: Data, kind: FileType, has_origin: bool) -> (bool, Data) {
+        let meta = data == Data::Meta
+            && self.stack.metacopy
+            && kind == FileType::RegularFile
+            && has_origin;
+        (
+            meta,
+            if data == Data::Meta && !meta {
+                Data::All
+            } else {
+                data
+            },
+        )
     }
 
     /// Mark the copy being built as a metadata copy: set last, as its
@@ -572,12 +567,7 @@ fn build_copy(
                 rustix::fs::ftruncate(&dst, st.st_size as u64)?;
             } else if data == Data::All && st.st_size > 0 {
                 let src = lower.open(OFlags::RDONLY)?;
-                let no_clone = AtomicBool::new(false);
-                let refused = stack
-                    .layers
-                    .get(layer)
-                    .map_or(&no_clone, |l| &l.clone_refused);
-                copy_data(&src, &dst, st, refused)?;
+                copy_layer_data(stack, layer, &src, &dst, st)?;
             }
             finish_copy(stack, &dst, lower, st)?;
             // (A metadata copy is not fsync'ed: see `mark_metacopy`.)
@@ -651,6 +641,23 @@ fn copy_xattrs(src: &Obj, dst: &OwnedFd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `copy_data` from a file of layer `layer`, which remembers whether its
+/// filesystem refuses clones.
+fn copy_layer_data(
+    stack: &Stack,
+    layer: usize,
+    src: &OwnedFd,
+    dst: &OwnedFd,
+    st: &Stat,
+) -> Result<()> {
+    let no_clone = AtomicBool::new(false);
+    let refused = stack
+        .layers
+        .get(layer)
+        .map_or(&no_clone, |l| &l.clone_refused);
+    copy_data(src, dst, st, refused)
 }
 
 /// Copy the data of `src` (of stat `st`) to the empty file `dst`: cloned

@@ -32,7 +32,7 @@ use crate::format::override_stat::{self, Override};
 use crate::format::xattr_names::Ovl;
 use crate::format::{nlink, opaque};
 use crate::setup::stack::Stack;
-use crate::sys::{fd, xattr};
+use crate::sys::fd;
 
 /// Who is asking: the credentials of the request, as ids on disk.
 #[derive(Debug, Clone, Copy)]
@@ -632,10 +632,7 @@ impl Overlay {
         if entries.iter().any(renumbered) {
             return;
         }
-        let t = self.stack.formats.trusted();
-        for ns in [t, !t] {
-            let _ = xattr::remove(&*u, Ovl::Impure.name(ns));
-        }
+        let _ = self.stack.formats.remove_ovl(&*u, Ovl::Impure);
     }
 }
 

@@ -288,6 +288,22 @@ impl Formats {
         self.set_either(fd.as_fd(), x.name(true), x.name(false), value)
     }
 
+    /// Remove the kernel record `x` of `fd` under both `trusted.` and
+    /// `user.`; a namespace that does not have it (or may not be changed)
+    /// is no error. Both are tried; the first other error is returned.
+    pub(crate) fn remove_ovl(&self, fd: impl AsFd, x: Ovl) -> Result<()> {
+        let fd = fd.as_fd();
+        let t = self.trusted();
+        let mut res = Ok(());
+        for ns in [t, !t] {
+            match xattr::remove(fd, x.name(ns)) {
+                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                Err(e) => res = res.and(Err(e)),
+            }
+        }
+        res
+    }
+
     fn set_either(&self, fd: BorrowedFd<'_>, trusted: &[u8], user: &[u8], v: &[u8]) -> Result<()> {
         if self.trusted() {
             match xattr::set(fd, trusted, v, XattrFlags::empty()) {

@@ -165,3 +165,51 @@ fn a_walk_over_more_directories_than_the_fd_budget_stays_within_it() {
         "daemon held up to {most} descriptors with max_fds={max_fds}"
     );
 }
+
+#[test]
+fn a_daemon_unmounted_from_outside_leaves_the_next_mount_there_alone() {
+    // A container engine unmounts a container's `merged` directory and
+    // mounts it again at once; the old daemon, ending after that, must not
+    // unmount the new mount by its path.
+    let spec = stack(vec![Layer::new().file("f", "x")], Layer::new());
+    let st = spec.build(Markers::Kernel);
+    let mut m = st.mount_strata();
+    assert_eq!(std::fs::read_to_string(st.m("f")).unwrap(), "x");
+    let pid = m.daemon_pid().unwrap() as i32;
+    let next = tempdir();
+    std::fs::write(next.path().join("marker"), "next").unwrap();
+    // The daemon is stopped until the next mount is in place, so that it
+    // sees its session end only then.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let umounted = sys::umount2(&st.mnt, 0);
+    let bound = umounted.and_then(|()| {
+        sys::mount(
+            next.path().to_str().unwrap(),
+            &st.mnt,
+            "",
+            libc::MS_BIND,
+            "",
+        )
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    if let Err(e) = bound {
+        skip(
+            "lifecycle::a_daemon_unmounted_from_outside_leaves_the_next_mount_there_alone",
+            &format!("cannot unmount and bind-mount here (errno {e})"),
+        );
+        return;
+    }
+    let status = m.wait_daemon(Duration::from_secs(10));
+    let still = std::fs::read_to_string(st.mnt.join("marker"));
+    let _ = sys::umount2(&st.mnt, 0);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "daemon exit after the unmount"
+    );
+    assert_eq!(
+        still.ok().as_deref(),
+        Some("next"),
+        "the mount placed after the unmount was unmounted by the old daemon"
+    );
+}
