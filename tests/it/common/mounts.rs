@@ -109,6 +109,22 @@ pub fn mount_copies_elsewhere(dev: &str) -> Vec<String> {
     out
 }
 
+/// Aborts the FUSE connection of the filesystem with device `dev`
+/// (`0:minor`) through a private mount of fusectl (as root), as the kernel
+/// ends it at the filesystem's last unmount; whether that was done.
+fn abort_connection(dev: &str) -> bool {
+    let Some(minor) = dev.strip_prefix("0:") else {
+        return false;
+    };
+    let dir = super::env::tempdir();
+    if sys::mount("fusectl", dir.path(), "fusectl", 0, "").is_err() {
+        return false;
+    }
+    let done = fs::write(dir.path().join(minor).join("abort"), "1").is_ok();
+    let _ = sys::umount2(dir.path(), libc::MNT_DETACH);
+    done
+}
+
 /// Number of mounts stacked on `mnt`.
 pub fn mounts_at(mnt: &Path) -> usize {
     mountinfo().iter().filter(|m| m.mount_point == mnt).count()
@@ -245,21 +261,40 @@ impl Mount {
                 }
                 let mut child = self.child.take()?;
                 let st = wait_timeout(&mut child, Duration::from_secs(10));
-                if st.is_none() {
-                    let copies = dev.map(|d| mount_copies_elsewhere(&d)).unwrap_or_default();
-                    eprintln!(
-                        "warning: stratafs daemon did not exit after unmount; killing it \
-                         (mount namespaces of other processes holding a copy of the mount: {})",
-                        if copies.is_empty() {
-                            "none".to_string()
-                        } else {
-                            copies.join(", ")
-                        }
-                    );
-                    let _ = child.kill();
-                    let _ = child.wait();
+                if st.is_some() {
+                    return st;
                 }
-                st
+                let copies = dev
+                    .as_deref()
+                    .map(mount_copies_elsewhere)
+                    .unwrap_or_default();
+                if let (false, Some(dev)) = (copies.is_empty(), dev.as_deref()) {
+                    // Copies of the mount that processes of other mount
+                    // namespaces hold keep the connection alive; end it as
+                    // the last unmount would, and the daemon has to exit.
+                    eprintln!(
+                        "note: a copy of the mount is held by {}; aborting the connection",
+                        copies.join(", ")
+                    );
+                    if abort_connection(dev) {
+                        let st = wait_timeout(&mut child, Duration::from_secs(10));
+                        if st.is_some() {
+                            return st;
+                        }
+                    }
+                }
+                eprintln!(
+                    "warning: stratafs daemon did not exit after unmount; killing it \
+                     (copies of the mount held elsewhere: {})",
+                    if copies.is_empty() {
+                        "none".to_string()
+                    } else {
+                        copies.join(", ")
+                    }
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                None
             }
         }
     }
