@@ -578,3 +578,157 @@ fn sigkill_during_metadata_and_data_copy_ups_shows_the_old_or_the_new_state() {
         drop(m);
     }
 }
+
+/// File contents for an assertion message: short ones as they are, long
+/// ones by size and hash.
+fn short(data: Vec<u8>) -> Vec<u8> {
+    use std::hash::{Hash, Hasher};
+    if data.len() <= 64 {
+        return data;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    format!("<{} bytes, hash {:016x}>", data.len(), h.finish()).into_bytes()
+}
+
+/// An upper the kernel left with metadata copies (a chown, renames),
+/// used as the top lower layer of a new stack: reads come from the data
+/// files below, `st_blocks` is theirs, and changes copy the metadata or
+/// the data (from the data file) up, as the kernel mounted the same way
+/// does. A metadata copy in the bottom layer, with no data below, is EIO on
+/// both.
+#[test]
+fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
+    if is_rootless() {
+        skip(
+            "metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel",
+            "the kernel refuses metacopy=on rootless",
+        );
+        return;
+    }
+    let k = lowers().build(Markers::Kernel);
+    let km = k.mount_kernel_with("metacopy=on");
+    let m = &k.mnt;
+    assert_ok(sys::lchown(&m.join("f"), 1000, 1000), "chown");
+    assert_ok(sys::chmod(&m.join("t"), 0o600), "chmod");
+    assert_ok(sys::chmod(&m.join("o"), 0o600), "chmod");
+    assert_ok(sys::rename(&m.join("g"), &m.join("g2")), "same-dir rename");
+    assert_ok(
+        sys::rename(&m.join("h"), &m.join("d/h3")),
+        "cross-dir rename",
+    );
+    assert_ok(sys::chmod(&m.join("big"), 0o600), "chmod");
+    drop(km);
+    assert_eq!(
+        sys::lgetxattr(&k.u("t"), "trusted.overlay.metacopy"),
+        Ok(Vec::new()),
+        "the kernel left a metadata copy"
+    );
+    // The kernel's upper is the top lower layer now.
+    let mut lowers = vec![k.upper().to_path_buf()];
+    lowers.extend(k.lowers().iter().cloned());
+    let dirs = tempdir();
+    let d = |n: &str| {
+        let p = dirs.path().join(n);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        p
+    };
+    let (su, sw, sm_dir, ku, kw, km_dir) = (d("su"), d("sw"), d("sm"), d("ku"), d("kw"), d("km"));
+    let sm = try_mount_stratafs(
+        &format!(
+            "{},metacopy=on",
+            overlay_opts(&lowers, Some(&su), Some(&sw))
+        ),
+        &sm_dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let km = mount_kernel_with(
+        &lowers,
+        Some(&ku),
+        Some(&kw),
+        &km_dir,
+        "redirect_dir=on,metacopy=on",
+    );
+    let names = ["f", "g2", "d/h3", "big", "t", "o", "x", "d/deep"];
+    let view = |m: &Path| -> Vec<Shown> {
+        names
+            .iter()
+            .map(|n| {
+                let st = assert_ok(sys::lstat(&m.join(n)), n);
+                let data = short(assert_ok(sys::read_all(&m.join(n)), n));
+                (
+                    n.to_string(),
+                    st.st_size,
+                    st.st_blocks,
+                    st.st_mode,
+                    st.st_uid,
+                    st.st_nlink as i64,
+                    data,
+                )
+            })
+            .collect()
+    };
+    let before = view(&km_dir);
+    assert_eq!(view(&sm_dir), before, "stratafs (left), kernel (right)");
+    assert!(
+        before
+            .iter()
+            .any(|s| s.0 == "t" && s.6 == short(b"tdata".to_vec())),
+        "{before:?}"
+    );
+    // A metadata change of a lower metadata copy, data copy-ups from the
+    // data file through a redirect, a truncate.
+    let change = |m: &Path| {
+        vec![
+            sys::lchown(&m.join("f"), 1001, 1001),
+            append(&m.join("g2"), b"!"),
+            append(&m.join("t"), b"+"),
+            sys::truncate(&m.join("big"), 7),
+            sys::chmod(&m.join("d/h3"), 0o640),
+        ]
+    };
+    assert_eq!(change(&sm_dir), change(&km_dir), "results");
+    assert_eq!(view(&sm_dir), view(&km_dir), "after the changes");
+    assert_eq!(read_string(&sm_dir.join("t")), "tdata+");
+    assert_eq!(read_string(&sm_dir.join("big")), "bbbbbbb");
+    drop((sm, km));
+    let (mut s, mut k2) = (snapshot_upper(&su), snapshot_upper(&ku));
+    normalise_upper(&mut s, &lowers);
+    normalise_upper(&mut k2, &lowers);
+    let diff = diff_snapshots(&s, &k2, &CmpOpts::with_dir_nlink());
+    assert!(
+        diff.is_empty(),
+        "upper: stratafs (left), kernel (right):\n{}\n{}--\n{}",
+        diff.join("\n"),
+        fmt_snapshot(&s),
+        fmt_snapshot(&k2)
+    );
+    // A metadata copy with no data below it: EIO on both.
+    let bottom = d("bottom");
+    std::fs::write(bottom.join("m"), b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_ok(sys::truncate(&bottom.join("m"), 5), "truncate");
+    assert_ok(
+        sys::lsetxattr(&bottom.join("m"), "trusted.overlay.metacopy", b"", 0),
+        "marker",
+    );
+    let only = [bottom.clone()];
+    let (su2, sw2, ku2, kw2) = (d("su2"), d("sw2"), d("ku2"), d("kw2"));
+    let sm = try_mount_stratafs(
+        &format!(
+            "{},metacopy=on",
+            overlay_opts(&only, Some(&su2), Some(&sw2))
+        ),
+        &sm_dir,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let km = mount_kernel_with(
+        &only,
+        Some(&ku2),
+        Some(&kw2),
+        &km_dir,
+        "redirect_dir=on,metacopy=on",
+    );
+    assert_errno(sys::lstat(&sm_dir.join("m")), libc::EIO, "stratafs");
+    assert_errno(sys::lstat(&km_dir.join("m")), libc::EIO, "kernel");
+    drop((sm, km));
+}
