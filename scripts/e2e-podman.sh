@@ -1088,7 +1088,7 @@ PY
 # leaves the container's view in DIR/view.txt and the committed layer's
 # listing in DIR/layer.list.
 rd_run() {
-    local d=$1 ns=$4 upper out f
+    local d=$1 ns=$4 upper out f n
     M=$3
     E=$2
     rm -f "$d/view.txt" "$d/layer.list"
@@ -1119,11 +1119,15 @@ rd_run() {
         fail "$M: upper dir: usr/share/doc2 has a redirect, no lower file copied" "redirect: $out"$'\n'"files with data: $f"
     fi
     if [[ $rd_opts == *metacopy=on* ]]; then
-        out=$(rd_data "$ns" "$upper/srv/tree/d2-renamed/big" 2>&1)
-        if [[ $out == "1 files, 0 with data, 0 without a record" ]]; then
-            pass "$M: upper dir: the chowned srv/tree/d2/big is a metadata-only copy"
+        # Every file of the chowned tree (big and a hard link among them),
+        # as many as the view lists.
+        n=$(grep -cE '^-[^ ]* [^ ]* srv/tree/' "$d/view.txt")
+        out=$(rd_data "$ns" "$upper/srv/tree" 2>&1)
+        if [[ $out == "$n files, 0 with data, 0 without a record" && -f $upper/srv/tree/d2-renamed/big ]]; then
+            pass "$M: upper dir: the files of the chowned srv/tree are metadata-only copies ($(head -n 1 <<<"$out"))"
         else
-            fail "$M: upper dir: the chowned srv/tree/d2/big is a metadata-only copy" "data bytes, record: $out"
+            fail "$M: upper dir: the files of the chowned srv/tree are metadata-only copies" \
+                "want: $n files, 0 with data, 0 without a record"$'\n'"got:  $out"
         fi
     fi
     check "podman commit c-rd localhost/rd-committed" p commit --pause=false c-rd localhost/rd-committed || return
