@@ -12,18 +12,32 @@ use std::path::Path;
 
 const BIG: usize = 200_000;
 
+/// The atime and mtime of the lower files.
+const T0: i64 = 1_500_000_000;
+
 fn lowers() -> TempStackBuilder {
     stack(
+        // Fixed times: both sides' stacks are built, each in its own
+        // second, and the times of the lower files are compared.
         vec![Layer::new()
             .file("big", "b".repeat(BIG))
+            .times(T0, T0)
             .file("f", "lowerdata")
+            .times(T0, T0)
             .file("g", "gdata")
+            .times(T0, T0)
             .file("h", "hdata")
+            .times(T0, T0)
             .file("t", "tdata")
+            .times(T0, T0)
             .file("o", "odata")
+            .times(T0, T0)
             .file("x", "xdata")
+            .times(T0, T0)
             .file("r", "rdata")
-            .file("d/deep", "deep")],
+            .times(T0, T0)
+            .file("d/deep", "deep")
+            .times(T0, T0)],
         Layer::new(),
     )
 }
@@ -273,24 +287,7 @@ fn stratafs_reads_the_kernels_renamed_and_linked_metadata_copies() {
     assert_ok(sys::chmod(&m.join("big"), 0o600), "chmod");
     assert_ok(sys::link(&m.join("big"), &m.join("big2")), "link");
     let names = ["f", "g2", "d/h3", "big", "big2", "d/deep"];
-    let view = |m: &Path| -> Vec<Shown> {
-        names
-            .iter()
-            .map(|n| {
-                let st = assert_ok(sys::lstat(&m.join(n)), n);
-                let data = assert_ok(sys::read_all(&m.join(n)), n);
-                (
-                    n.to_string(),
-                    st.st_size,
-                    st.st_blocks,
-                    st.st_mode,
-                    st.st_uid,
-                    st.st_nlink as i64,
-                    data,
-                )
-            })
-            .collect()
-    };
+    let view = |m: &Path| with_nlink(m, &names);
     let want = view(m);
     drop(km);
     let redirect = sys::lgetxattr(&k.u("g2"), "trusted.overlay.redirect");
@@ -591,6 +588,27 @@ fn short(data: Vec<u8>) -> Vec<u8> {
     format!("<{} bytes, hash {:016x}>", data.len(), h.finish()).into_bytes()
 }
 
+/// The files `names` below `m` as stat(2) and read(2) show them, with the
+/// link count in place of the mtime (long contents by size and hash).
+fn with_nlink(m: &Path, names: &[&str]) -> Vec<Shown> {
+    names
+        .iter()
+        .map(|n| {
+            let st = assert_ok(sys::lstat(&m.join(n)), n);
+            let data = short(assert_ok(sys::read_all(&m.join(n)), n));
+            (
+                n.to_string(),
+                st.st_size,
+                st.st_blocks,
+                st.st_mode,
+                st.st_uid,
+                st.st_nlink as i64,
+                data,
+            )
+        })
+        .collect()
+}
+
 /// An upper the kernel left with metadata copies (a chown, renames),
 /// used as the top lower layer of a new stack: reads come from the data
 /// files below, `st_blocks` is theirs, and changes copy the metadata or
@@ -647,47 +665,33 @@ fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
         p
     };
-    let (su, sw, sm_dir, ku, kw, km_dir) = (d("su"), d("sw"), d("sm"), d("ku"), d("kw"), d("km"));
-    let sm = try_mount_stratafs(
-        &format!(
-            "{},metacopy=on",
-            overlay_opts(&lowers, Some(&su), Some(&sw))
-        ),
-        &sm_dir,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let km = mount_kernel_with(
-        &lowers,
-        Some(&ku),
-        Some(&kw),
-        &km_dir,
-        "redirect_dir=on,metacopy=on",
-    );
-    let names = ["f", "g2", "d/h3", "big", "t", "o", "x", "d/deep"];
-    let view = |m: &Path| -> Vec<Shown> {
-        names
-            .iter()
-            .map(|n| {
-                let st = assert_ok(sys::lstat(&m.join(n)), n);
-                let data = short(assert_ok(sys::read_all(&m.join(n)), n));
-                (
-                    n.to_string(),
-                    st.st_size,
-                    st.st_blocks,
-                    st.st_mode,
-                    st.st_uid,
-                    st.st_nlink as i64,
-                    data,
-                )
-            })
-            .collect()
+    let (sm_dir, km_dir) = (d("sm"), d("km"));
+    // Both mounted with metacopy=on on `lowers`, each with a fresh upper
+    // and work dir named after `tag`.
+    let mount_both = |lowers: &[std::path::PathBuf], tag: &str| {
+        let (su, sw) = (d(&format!("su{tag}")), d(&format!("sw{tag}")));
+        let (ku, kw) = (d(&format!("ku{tag}")), d(&format!("kw{tag}")));
+        let sm = try_mount_stratafs(
+            &format!("{},metacopy=on", overlay_opts(lowers, Some(&su), Some(&sw))),
+            &sm_dir,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let km = mount_kernel_with(
+            lowers,
+            Some(&ku),
+            Some(&kw),
+            &km_dir,
+            "redirect_dir=on,metacopy=on",
+        );
+        (sm, km, su, ku)
     };
+    let (sm, km, su, ku) = mount_both(&lowers, "");
+    let names = ["f", "g2", "d/h3", "big", "t", "o", "x", "d/deep"];
+    let view = |m: &Path| with_nlink(m, &names);
     let before = view(&km_dir);
     assert_eq!(view(&sm_dir), before, "stratafs (left), kernel (right)");
     assert!(
-        before
-            .iter()
-            .any(|s| s.0 == "t" && s.6 == short(b"tdata".to_vec())),
+        before.iter().any(|s| s.0 == "t" && s.6 == b"tdata"),
         "{before:?}"
     );
     // A metadata change of a lower metadata copy, data copy-ups from the
@@ -725,23 +729,7 @@ fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
         sys::lsetxattr(&bottom.join("m"), "trusted.overlay.metacopy", b"", 0),
         "marker",
     );
-    let only = [bottom.clone()];
-    let (su2, sw2, ku2, kw2) = (d("su2"), d("sw2"), d("ku2"), d("kw2"));
-    let sm = try_mount_stratafs(
-        &format!(
-            "{},metacopy=on",
-            overlay_opts(&only, Some(&su2), Some(&sw2))
-        ),
-        &sm_dir,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let km = mount_kernel_with(
-        &only,
-        Some(&ku2),
-        Some(&kw2),
-        &km_dir,
-        "redirect_dir=on,metacopy=on",
-    );
+    let (sm, km, _, _) = mount_both(&[bottom], "2");
     assert_errno(sys::lstat(&sm_dir.join("m")), libc::EIO, "stratafs");
     assert_errno(sys::lstat(&km_dir.join("m")), libc::EIO, "kernel");
     drop((sm, km));
