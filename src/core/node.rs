@@ -74,8 +74,9 @@ enum Backing {
 struct Merged {
     upper: Option<Obj>,
     /// For directories: the lower directories merged below, top first.
-    /// For other objects without an upper copy: the lower object itself;
-    /// for a metadata copy (`metacopy=on`): the lower file with its data.
+    /// For other objects without an upper copy: the lower object itself
+    /// (then the data file, if that is a metadata copy); for a metadata
+    /// copy (`metacopy=on`): the lower file with its data.
     lowers: Vec<LayerObj>,
 }
 
@@ -98,6 +99,14 @@ impl Links {
     fn is_empty(&self) -> bool {
         self.aliases.is_empty() && self.recent.is_none() && self.origin.is_none()
     }
+}
+
+/// A regular file whose upper copy is a metadata copy keeps of its lower
+/// objects only the last, its data file (a lower metadata copy above it
+/// goes).
+pub(crate) fn keep_data_lower(lowers: &mut Vec<LayerObj>) {
+    let above = lowers.len().saturating_sub(1);
+    lowers.drain(..above);
 }
 
 impl NodeState {
@@ -229,6 +238,28 @@ impl NodeState {
     pub(crate) fn drop_lowers(&mut self) {
         let upper = self.upper();
         self.set_objects(upper, Vec::new());
+    }
+
+    /// Of the lower objects keep only the last (a metadata copy's data
+    /// file; a lower metadata copy above it goes): `keep_data_lower`.
+    pub(crate) fn keep_data_lower(&mut self) {
+        let upper = self.upper();
+        let mut lowers = self.take_lowers();
+        keep_data_lower(&mut lowers);
+        self.set_objects(upper, lowers);
+    }
+
+    /// The lower object at `i`, top first.
+    pub(crate) fn lower_at(&self, i: usize) -> Option<LayerObj> {
+        match &self.backing {
+            Backing::Merged(m) => m.lowers.get(i).cloned(),
+            _ if i == 0 => self.first_lower().map(|(layer, obj)| LayerObj {
+                layer,
+                obj,
+                index: None,
+            }),
+            _ => None,
+        }
     }
 
     fn take_lowers(&mut self) -> Vec<LayerObj> {
@@ -597,20 +628,15 @@ impl Node {
     }
 
     /// For a metadata copy (`metacopy=on`): the lower file its data is in.
-    /// A regular file with an upper copy keeps a lower object only then.
+    /// A regular file with an upper copy keeps a lower object only then
+    /// (the data); one without keeps a second lower object only when the
+    /// first is a metadata copy of a lower layer (the second is the data).
     pub(crate) fn metacopy_data(&self) -> Option<LayerObj> {
         if self.is_dir() {
             return None;
         }
         let st = self.state.read();
-        if !st.has_upper() {
-            return None;
-        }
-        st.first_lower().map(|(layer, obj)| LayerObj {
-            layer,
-            obj,
-            index: None,
-        })
+        st.lower_at(usize::from(!st.has_upper()))
     }
 
     /// Whether the node's data is in the upper layer (it has an upper copy
