@@ -721,6 +721,26 @@ fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
         fmt_snapshot(&s),
         fmt_snapshot(&k2)
     );
+    // Three layers: the kernel's upper of that stack on top. Its metadata
+    // copies lead through those of the layer below (one with an absolute
+    // redirect, one with a relative one) to the data.
+    let mut three = vec![ku.clone()];
+    three.extend(lowers.iter().cloned());
+    let (sm, km, _, _) = mount_both(&three, "3");
+    let shown = view(&km_dir);
+    assert_eq!(
+        view(&sm_dir),
+        shown,
+        "three layers: stratafs (left), kernel (right)"
+    );
+    assert!(
+        shown.iter().any(|s| s.0 == "d/h3" && s.6 == b"hdata"),
+        "{shown:?}"
+    );
+    assert_eq!(read_string(&sm_dir.join("f")), "lowerdata");
+    assert_ok(append(&sm_dir.join("d/h3"), b"!"), "append");
+    assert_eq!(read_string(&sm_dir.join("d/h3")), "hdata!");
+    drop((sm, km));
     // A metadata copy with no data below it: EIO on both.
     let bottom = d("bottom");
     std::fs::write(bottom.join("m"), b"").unwrap_or_else(|e| panic!("{e}"));
