@@ -435,3 +435,47 @@ fn a_whiteout_on_a_redirect_path_hides_the_layers_below() {
         drop(m);
     }
 }
+
+/// A rename that fails with ENOTEMPTY still copies the source up and marks
+/// the target's parent impure (as the kernel does); the next listing of
+/// that parent, which holds nothing with an origin, drops the mark again
+/// on both, also when the parent's listing had been read (and could be
+/// cached by the kernel) before the failed rename.
+#[test]
+fn a_failed_rename_leaves_no_impure_mark_after_the_next_listing() {
+    let desc = stack(
+        vec![Layer::new().file("C/g", "g")],
+        Layer::new().file("A/D/x", "x"),
+    );
+    let impure = |upper: &Path| {
+        let key = redirect_key().replace("redirect", "impure");
+        sys::lgetxattr(&upper.join("A"), &key).ok()
+    };
+    let run = |m: &Path| {
+        let before = list_dir(&m.join("A"));
+        let r = sys::rename(&m.join("C"), &m.join("A/D"));
+        let after = list_dir(&m.join("A"));
+        (before, r, after)
+    };
+    let want = (
+        Ok(vec!["D".to_string()]),
+        Err(libc::ENOTEMPTY),
+        Ok(vec!["D".to_string()]),
+    );
+    if is_rootless() {
+        // The kernel refuses redirect_dir=on with userxattr.
+        let s = desc.build(Markers::AsWritten);
+        let sm = s.mount_strata_with("redirect_dir=on");
+        assert_eq!(run(&s.mnt), want);
+        drop(sm);
+        assert_eq!(impure(s.upper()), None);
+        return;
+    }
+    let p = Pair::with_options(&desc, "redirect_dir=on");
+    let (s, k) = p.both(run);
+    assert_eq!(s, k, "stratafs (left), kernel (right)");
+    assert_eq!(s, want);
+    p.assert_same_upper();
+    assert_eq!(impure(p.s.upper()), None, "stratafs' upper");
+    assert_eq!(impure(p.k.upper()), None, "the kernel's upper");
+}
