@@ -435,3 +435,43 @@ fn a_whiteout_on_a_redirect_path_hides_the_layers_below() {
         drop(m);
     }
 }
+
+/// The overlay marks of the upper directory `dir`: `impure` (either
+/// namespace) or nothing.
+fn impure_mark(dir: &Path) -> Vec<String> {
+    sys::llistxattr(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| n.ends_with("overlay.impure"))
+        .collect()
+}
+
+#[test]
+fn a_rename_refused_by_a_full_upper_directory_leaves_it_unmarked_after_a_listing() {
+    // The kernel marks the target's parent impure before the upper rename
+    // finds the target not empty, and drops the mark at its next read of
+    // that upper-only directory; stratafs did so only when the kernel had
+    // no listing of it cached.
+    let spec = stack(
+        vec![Layer::new().file("m/f", "f")],
+        Layer::new().dir("m").file("u/full/x", "x"),
+    );
+    let run = |mnt: &Path| {
+        list_dir(&mnt.join("u")).unwrap();
+        let r = sys::rename2(&mnt.join("m"), &mnt.join("u/full"), 0);
+        assert_eq!(r, Err(libc::ENOTEMPTY));
+        list_dir(&mnt.join("u")).unwrap();
+    };
+    let s = spec.build(Markers::Kernel);
+    let sm = s.mount_strata_with("redirect_dir=on");
+    run(&s.mnt);
+    drop(sm);
+    assert_eq!(impure_mark(&s.u("u")), Vec::<String>::new(), "stratafs");
+    if !is_rootless() {
+        let k = spec.build(Markers::Kernel);
+        let km = k.mount_kernel_with("redirect_dir=on");
+        run(&k.mnt);
+        drop(km);
+        assert_eq!(impure_mark(&k.u("u")), Vec::<String>::new(), "kernel");
+    }
+}
