@@ -32,12 +32,17 @@
 # COPY of the .debs, RUN dpkg -i), more files in `untar`, and 3 runs each.
 #
 # redirect_dir (root, then rootless): stores with redirect_dir=on (and
-# metacopy=on if the binary mounts with it) in mountopt (containers-storage
-# drops metacopy=on for a mount program: the wrapper adds it); a container renames
-# lower directories and chowns a lower tree (scripts/e2e/rdchange.sh), is
-# committed and saved; the committed layer must equal the one podman's native
-# overlay driver (the kernel overlay, same options, root) makes of the same
-# scenario, and the stratafs upper dir must hold a redirect instead of copies.
+# metacopy=on if the binary mounts with it) and index=on in mountopt
+# (containers-storage drops metacopy=on for a mount program: the wrapper adds
+# it); a podman container renames lower directories and chowns a lower tree
+# with a hard-linked file in it (scripts/e2e/rdchange.sh), is committed and
+# saved; then a buildah container (from, run, commit) renames a lower
+# directory, moves subtrees out of and into it, chowns it and one name of a
+# hard-linked lower file (scripts/e2e/bdchange.sh).  Each committed layer must
+# equal the one made of the same scenario with podman's and buildah's native
+# overlay driver (the kernel overlay, same options, root), hard links
+# included, and the stratafs upper dir must hold redirects and metadata-only
+# copies instead of copied data.
 #
 # The mount_program is a wrapper that logs its argv (one line per call) and
 # execs stratafs; the checks also look for `fuse.stratafs` as the container's
@@ -259,6 +264,7 @@ cleanup() {
         if [[ -f $T/rl-rd/ready ]]; then
             local pp
             rl_eng_in "$T/rl-rd" podman rm -a -f -t 0 >/dev/null 2>&1
+            rl_eng_in "$T/rl-rd" buildah rm --all >/dev/null 2>&1
             pp=$(cat "$T/rl-rd/run/libpod/tmp/pause.pid" 2>/dev/null)
             [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
         fi
@@ -387,7 +393,7 @@ for a in $("$bb" --list); do
 done
 echo 'root:x:0:0:root:/:/bin/sh' >"$rootfs/etc/passwd"
 echo 'root:x:0:' >"$rootfs/etc/group"
-cp "$helpers"/{mutate,verify,once,layer2,rdchange,rdview}.sh "$rootfs/e2e/"
+cp "$helpers"/{mutate,verify,once,layer2,rdchange,rdview,bdchange}.sh "$rootfs/e2e/"
 echo "$fstype" >"$rootfs/e2e/fstype"
 (
     cd "$rootfs/data" || exit 1
@@ -416,8 +422,9 @@ echo "$fstype" >"$rootfs/e2e/fstype"
     head -c 3145728 /dev/urandom >big
     md5sum big >big.md5
 )
-# The trees of the redirect_dir scenario (rdchange.sh): documentation to
-# rename, a tree to chown (set-id bits, which a chown clears, a symlink).
+# The trees of the redirect_dir scenario (rdchange.sh, bdchange.sh):
+# documentation to rename, a tree to chown (set-id bits, which a chown
+# clears, a symlink), hard links.
 (
     cd "$rootfs" || exit 1
     for i in 00 01 02 03 04 05; do
@@ -434,6 +441,15 @@ echo "$fstype" >"$rootfs/e2e/fstype"
     printf '#!/bin/sh\necho id\n' >srv/tree/bin/suid
     cp srv/tree/bin/suid srv/tree/bin/sgid
     ln -s d1/f1 srv/tree/link
+    # Hard-linked lower files: one inode with names inside the chowned tree
+    # and one outside it; one with three names of which one is chowned.
+    mkdir -p srv/links/sub
+    echo linked >srv/tree/d1/linked
+    ln srv/tree/d1/linked srv/tree/d2/linked2
+    ln srv/tree/d1/linked srv/links/outside
+    echo pair >srv/links/pair-a
+    ln srv/links/pair-a srv/links/pair-b
+    ln srv/links/pair-a srv/links/sub/pair-c
 )
 chown -R 0:0 "$rootfs"
 chmod 4755 "$rootfs/srv/tree/bin/suid"
@@ -987,7 +1003,14 @@ run_suite() {
 # if the binary takes it) through mountopt; `podman commit`; the committed
 # layer (`podman save`) must equal the one podman's native overlay driver
 # (the kernel overlay) makes of the same scenario with the same options, in
-# file list, types, modes, owners, contents and whiteouts.  Fair because
+# file list, types, modes, owners, contents, whiteouts and hard links.  The
+# same with buildah (bdchange.sh: `buildah from`, `buildah run`, `buildah
+# commit`) in the same stores.  Both chown hard-linked lower files (a name
+# in the chowned tree whose other names are outside it; one name of three):
+# the kernel keeps such a file one inode across the copy-up only with
+# index=on (the module default is off, containers-storage passes mountopt
+# as it is), which is what stratafs always does, so mountopt has index=on
+# too (stratafs takes it and has nothing to change).  Fair because
 # containers-storage makes both layers the same way: with a mount program
 # it always diffs naively (walks the mounted container against its mounted
 # parent); the native driver does so too as soon as a test rename of a
@@ -995,10 +1018,10 @@ run_suite() {
 # record (doesSupportNativeDiff), so neither layer is read from an upper
 # dir's records.  The rootless run (stratafs only: the kernel refuses
 # redirect_dir with userxattr) is compared with the root kernel result.
-rd_opts=redirect_dir=on
+rd_opts=redirect_dir=on,index=on
 rd_ready=0
-# Once: sets rd_opts to redirect_dir=on,metacopy=on if stratafs mounts with
-# both, writes the build context of the scenario's image.
+# Once: sets rd_opts to redirect_dir=on,metacopy=on,index=on if stratafs
+# mounts with metacopy=on, writes the build context of the scenario's image.
 rd_prepare() {
     ((rd_ready)) && return
     rd_ready=1
@@ -1006,7 +1029,7 @@ rd_prepare() {
     mkdir -p "$p"/{l,u,w,m}
     if out=$(inns "$T/bin/$prog_name" -o "lowerdir=$p/l,upperdir=$p/u,workdir=$p/w,redirect_dir=on,metacopy=on" "$p/m" 2>&1); then
         inns fusermount3 -u "$p/m"
-        rd_opts=redirect_dir=on,metacopy=on
+        rd_opts=redirect_dir=on,metacopy=on,index=on
     else
         info "redirect_dir: $prog_name refuses metacopy=on, the scenario runs with redirect_dir=on only: $(tail -n 1 <<<"$out")"
     fi
@@ -1017,33 +1040,55 @@ rd_prepare() {
         >"$T/rdctx/Containerfile"
     chmod -R a+rX "$T/rdctx"
 }
-# Data bytes (SEEK_DATA ranges) of the file $1, and its overlay.metacopy
-# record ("metacopy" or "no-metacopy"; $2 = trusted or user).
+# rd_data NS PATH...: whether the regular files PATH (directories: every
+# regular file below) are metadata-only copies: "N files, 0 with data, 0
+# without a record" counts the files, those with data bytes (SEEK_DATA
+# ranges) and those without an NS.overlay.metacopy record (NS = trusted or
+# user), and names the first few of either kind.
 rd_data() {
-    python3 - "$1" "$2" <<'PY'
+    python3 - "$@" <<'PY'
 import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NOFOLLOW)
-n, off = 0, 0
-while True:
+ns, paths = sys.argv[1], sys.argv[2:]
+def data_bytes(path):
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    n, off = 0, 0
     try:
-        start = os.lseek(fd, off, os.SEEK_DATA)
+        while True:
+            try:
+                start = os.lseek(fd, off, os.SEEK_DATA)
+            except OSError:
+                break
+            off = os.lseek(fd, start, os.SEEK_HOLE)
+            n += off - start
+    finally:
+        os.close(fd)
+    return n
+files = []
+for p in paths:
+    if os.path.isdir(p) and not os.path.islink(p):
+        for d, _, names in os.walk(p):
+            files += [os.path.join(d, n) for n in names]
+    else:
+        files.append(p)
+files = sorted(f for f in files if os.path.isfile(f) and not os.path.islink(f))
+with_data, no_record = [], []
+for f in files:
+    if data_bytes(f):
+        with_data.append(f)
+    try:
+        os.getxattr(f, ns + ".overlay.metacopy", follow_symlinks=False)
     except OSError:
-        break
-    off = os.lseek(fd, start, os.SEEK_HOLE)
-    n += off - start
-try:
-    os.getxattr(sys.argv[1], sys.argv[2] + ".overlay.metacopy", follow_symlinks=False)
-    mc = "metacopy"
-except OSError:
-    mc = "no-metacopy"
-print(n, mc)
+        no_record.append(f)
+print(f"{len(files)} files, {len(with_data)} with data, {len(no_record)} without a record")
+for f in (with_data + no_record)[:10]:
+    print("  " + f)
 PY
 }
 # rd_run DIR ENGINE_FUNC LABEL XATTR_NS: the scenario in the store of DIR;
 # leaves the container's view in DIR/view.txt and the committed layer's
 # listing in DIR/layer.list.
 rd_run() {
-    local d=$1 ns=$4 upper out f
+    local d=$1 ns=$4 upper out f n
     M=$3
     E=$2
     rm -f "$d/view.txt" "$d/layer.list"
@@ -1074,11 +1119,15 @@ rd_run() {
         fail "$M: upper dir: usr/share/doc2 has a redirect, no lower file copied" "redirect: $out"$'\n'"files with data: $f"
     fi
     if [[ $rd_opts == *metacopy=on* ]]; then
-        out=$(rd_data "$upper/srv/tree/d2-renamed/big" "$ns" 2>&1)
-        if [[ $out == "0 metacopy" ]]; then
-            pass "$M: upper dir: the chowned srv/tree/d2/big is a metadata-only copy"
+        # Every file of the chowned tree (big and a hard link among them),
+        # as many as the view lists.
+        n=$(grep -cE '^-[^ ]* [^ ]* srv/tree/' "$d/view.txt")
+        out=$(rd_data "$ns" "$upper/srv/tree" 2>&1)
+        if [[ $out == "$n files, 0 with data, 0 without a record" && -f $upper/srv/tree/d2-renamed/big ]]; then
+            pass "$M: upper dir: the files of the chowned srv/tree are metadata-only copies ($(head -n 1 <<<"$out"))"
         else
-            fail "$M: upper dir: the chowned srv/tree/d2/big is a metadata-only copy" "data bytes, record: $out"
+            fail "$M: upper dir: the files of the chowned srv/tree are metadata-only copies" \
+                "want: $n files, 0 with data, 0 without a record"$'\n'"got:  $out"
         fi
     fi
     check "podman commit c-rd localhost/rd-committed" p commit --pause=false c-rd localhost/rd-committed || return
@@ -1093,6 +1142,83 @@ rd_run() {
     fi
     p rm -f -t 0 c-rd >/dev/null 2>&1
 }
+# bd_run DIR ENGINE_FUNC LABEL XATTR_NS [mp]: the buildah part in the store
+# of DIR, after rd_run (its image localhost/rd); leaves the container's view
+# in DIR/bd-view.txt and the committed layer's listing in DIR/bd-layer.list.
+bd_run() {
+    local d=$1 ns=$4 upper out want n0 n b=b-rd
+    M=$3
+    E=$2
+    rm -f "$d/bd-view.txt" "$d/bd-layer.list"
+    n0=$(wc -l 2>/dev/null <"$d/mount-program.log")
+    check "buildah from localhost/rd" "$E" buildah from --pull-never --name "$b" localhost/rd || return
+    bd_change() { "$E" buildah run --network none "$b" -- sh /e2e/bdchange.sh >"$1"; }
+    if ! check "buildah run: rename a lower dir, move subtrees, chown -R, chown a hard link ($rd_opts)" \
+        bd_change "$d/bd-view.txt"; then
+        "$E" buildah rm "$b" >/dev/null 2>&1
+        return 1
+    fi
+    if [[ -n ${5:-} ]]; then
+        if tail -n +"$((n0 + 1))" "$d/mount-program.log" | grep -q "upperdir=.*redirect_dir=on"; then
+            pass "$M: buildah gave the mount program redirect_dir=on (mountopt)"
+        else
+            fail "$M: buildah gave the mount program redirect_dir=on (mountopt)" "$(tail -n 3 "$d/mount-program.log")"
+        fi
+    fi
+    # The working container's upper dir: the one layer that has doc-b (until
+    # the commit).
+    upper=$(find "$d/storage/overlay" -mindepth 5 -maxdepth 5 -path '*/diff/usr/share/doc-b' -type d 2>/dev/null)
+    upper=${upper%/usr/share/doc-b}
+    out=$(python3 -c 'import os, sys
+for p in sys.argv[3:]:
+    print(p, os.getxattr(os.path.join(sys.argv[1], p), sys.argv[2], follow_symlinks=False).decode())' \
+        "$upper" "$ns.overlay.redirect" usr/share/doc-b srv/pkg-05 usr/share/doc-b/d1 2>&1)
+    want="usr/share/doc-b doc"$'\n'"srv/pkg-05 /usr/share/doc/pkg-05"$'\n'"usr/share/doc-b/d1 /srv/tree/d1"
+    if [[ $out == "$want" ]]; then
+        pass "$M: upper dir: the renamed and moved directories redirect to their lower names"
+    else
+        fail "$M: upper dir: the renamed and moved directories redirect to their lower names" "want: $want"$'\n'"got:  $out"
+    fi
+    if [[ $rd_opts == *metacopy=on* ]]; then
+        # Not moved after the rename: no file in srv/pkg-05; chowned: each
+        # file in doc-b (a hard link among them, as the view lists them) and
+        # the one name.
+        n=$(($(grep -cE '^-[^ ]* [^ ]* usr/share/doc-b/' "$d/bd-view.txt") + 1))
+        out=$(rd_data "$ns" "$upper/usr/share/doc-b" "$upper/srv/links/pair-a" 2>&1)
+        if [[ $out == "$n files, 0 with data, 0 without a record" && -z $(find "$upper/srv/pkg-05" -type f 2>/dev/null) ]]; then
+            pass "$M: upper dir: the chowned files are metadata-only copies ($(head -n 1 <<<"$out")), none in the moved srv/pkg-05"
+        else
+            fail "$M: upper dir: the chowned files are metadata-only copies, none in the moved srv/pkg-05" \
+                "want: $n files, 0 with data, 0 without a record"$'\n'"got:  $out"$'\n'"$(find "$upper/srv/pkg-05" -type f 2>&1)"
+        fi
+    fi
+    check "buildah commit $b localhost/bd-committed" "$E" buildah commit --quiet "$b" localhost/bd-committed
+    "$E" buildah rm "$b" >/dev/null 2>&1
+    rm -f "$d/bd.tar"
+    check "podman save localhost/bd-committed" p save --format docker-archive -o "$d/bd.tar" localhost/bd-committed || return
+    check "list the committed layer" sh -c 'python3 "$0" "$1" >"$2"' "$helpers/layerlist.py" "$d/bd.tar" "$d/bd-layer.list" || return
+    out=$(p "${RUN[@]}" --rm localhost/bd-committed sh /e2e/rdview.sh 2>&1)
+    if [[ -s $d/bd-view.txt && $out == "$(cat "$d/bd-view.txt")" ]]; then
+        pass "$M: the committed image shows the buildah container's view ($(wc -l <"$d/bd-view.txt") lines)"
+    else
+        fail "$M: the committed image shows the buildah container's view" "$(diff "$d/bd-view.txt" <(echo "$out") | head -n 30)"
+    fi
+}
+# bd_layer_checks LIST: what the layer buildah committed must hold.
+bd_layer_checks() {
+    local l=$1 bad=0 want
+    for want in '^f .* usr/share/\.wh\.doc ' '^f .* srv/tree/\.wh\.d1 ' \
+        '^f .* 4321:8765 usr/share/doc-b/pkg-00/copyright ' '^f .* 4321:8765 usr/share/doc-b/pkg-03/l2file ' \
+        '^d 0700 4321:8765 usr/share/doc-b/d1/sub$' '^f 0640 4321:8765 usr/share/doc-b/d1/f1 ' \
+        '^d .* 0:0 srv/pkg-05$' '^f .* 0:0 srv/pkg-05/examples/ex '; do
+        grep -qE "$want" "$l" || { echo "missing: $want"; bad=1; }
+    done
+    grep -qE ' usr/share/doc-b/pkg-05|usr/share/doc-b/pkg-04/changelog ' "$l" && { echo "moved or removed entries in doc-b"; bad=1; }
+    hl_group "$l" 4321:8765 srv/links/outside srv/tree/d2/linked2 usr/share/doc-b/d1/linked || bad=1
+    hl_group "$l" 1234:5678 srv/links/pair-a srv/links/pair-b srv/links/sub/pair-c || bad=1
+    ((bad)) && cat "$l"
+    return $bad
+}
 # rd_layer_checks LIST: what the committed layer must hold, whoever made it.
 rd_layer_checks() {
     local l=$1 bad=0 want
@@ -1105,13 +1231,29 @@ rd_layer_checks() {
         grep -qE "$want" "$l" || { echo "missing: $want"; bad=1; }
     done
     grep -qE ' usr/share/doc2/pkg-01/copyright |usr/share/doc2/pkg-02/' "$l" && { echo "removed or moved entries in doc2"; bad=1; }
+    # The chowned inode's name outside the tree changed with it; the other
+    # hard-linked file was not touched.
+    hl_group "$l" 1234:5678 srv/links/outside srv/tree/d1/linked srv/tree/d2-renamed/linked2 || bad=1
+    grep -qE ' srv/links/(sub/)?pair-' "$l" && { echo "unchanged hard links in the layer"; bad=1; }
     ((bad)) && cat "$l"
+    return $bad
+}
+# hl_group LIST OWNER FIRST NAME...: the names of one hard-linked file are
+# in the layer LIST, owned by OWNER: FIRST (the first in path order, which
+# the layer's writer meets first) as a file, the others as hard links to it.
+hl_group() {
+    local l=$1 owner=$2 first=$3 n bad=0
+    shift 3
+    grep -qE "^f [0-7]{4} $owner $first [0-9]+ " "$l" || { echo "missing: $first as a file of $owner"; bad=1; }
+    for n in "$@"; do
+        grep -qxE "h [0-7]{4} $owner $n -> $first" "$l" || { echo "missing: $n as a hard link of $owner to $first"; bad=1; }
+    done
     return $bad
 }
 # rd_compare LIST_A LIST_B VIEW_A VIEW_B WHAT
 rd_compare() {
     if [[ -s $1 && -s $2 ]] && cmp -s "$1" "$2"; then
-        pass "$M: committed layer equals the kernel overlay's ($5; $(wc -l <"$1") entries: type, mode, owner, size, sha256, whiteouts)"
+        pass "$M: committed layer equals the kernel overlay's ($5; $(wc -l <"$1") entries: type, mode, owner, size, sha256, whiteouts, hard links)"
     else
         fail "$M: committed layer equals the kernel overlay's ($5)" "$(diff "$2" "$1" | head -n 40)"
     fi
@@ -1145,13 +1287,21 @@ rd_root() {
         fi
     done
     rd_run "$T/rd-mp" rd_eng_mp "rd-root-$prog_name" trusted mp
+    bd_run "$T/rd-mp" rd_eng_mp "rd-root-$prog_name" trusted mp
     rd_run "$T/rd-k" rd_eng_k rd-root-kernel trusted
+    bd_run "$T/rd-k" rd_eng_k rd-root-kernel trusted
     M=rd-root
     if [[ -s $T/rd-k/layer.list ]]; then
         check "the kernel overlay's committed layer holds the rename and the chown" rd_layer_checks "$T/rd-k/layer.list"
     fi
     check "$prog_name's committed layer holds the rename and the chown" rd_layer_checks "$T/rd-mp/layer.list"
     rd_compare "$T/rd-mp/layer.list" "$T/rd-k/layer.list" "$T/rd-mp/view.txt" "$T/rd-k/view.txt" "root, $rd_opts"
+    M=bd-root
+    if [[ -s $T/rd-k/bd-layer.list ]]; then
+        check "the kernel overlay's layer committed by buildah holds the renames and the chowns" bd_layer_checks "$T/rd-k/bd-layer.list"
+    fi
+    check "$prog_name's layer committed by buildah holds the renames and the chowns" bd_layer_checks "$T/rd-mp/bd-layer.list"
+    rd_compare "$T/rd-mp/bd-layer.list" "$T/rd-k/bd-layer.list" "$T/rd-mp/bd-view.txt" "$T/rd-k/bd-view.txt" "buildah, root, $rd_opts"
     for s in mp k; do
         rd_eng_$s podman rm -a -f -t 0 >/dev/null 2>&1
     done
@@ -1167,6 +1317,7 @@ rd_rootless() {
     chmod 700 "$d/run"
     touch "$d/ready"
     rd_run "$d" rd_eng_rl "rd-rootless-$prog_name" user mp
+    bd_run "$d" rd_eng_rl "rd-rootless-$prog_name" user mp
     M=rd-rootless
     check "$prog_name's committed layer holds the rename and the chown" rd_layer_checks "$d/layer.list"
     if [[ -s $T/rd-k/layer.list ]]; then
@@ -1174,7 +1325,15 @@ rd_rootless() {
     else
         skip "rd-rootless: comparison with the kernel overlay" "no root kernel result (--rootless-only or its run failed)"
     fi
+    M=bd-rootless
+    check "$prog_name's layer committed by buildah holds the renames and the chowns" bd_layer_checks "$d/bd-layer.list"
+    if [[ -s $T/rd-k/bd-layer.list ]]; then
+        rd_compare "$d/bd-layer.list" "$T/rd-k/bd-layer.list" "$d/bd-view.txt" "$T/rd-k/bd-view.txt" "buildah, rootless against root, $rd_opts"
+    else
+        skip "bd-rootless: comparison with the kernel overlay" "no root kernel result (--rootless-only or its run failed)"
+    fi
     rd_eng_rl podman rm -a -f -t 0 >/dev/null 2>&1
+    rd_eng_rl buildah rm --all >/dev/null 2>&1
     local pp
     pp=$(cat "$d/run/libpod/tmp/pause.pid" 2>/dev/null)
     [[ -n "$pp" ]] && kill "$pp" 2>/dev/null
