@@ -26,9 +26,9 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, X
 use super::index::IndexEntry;
 use super::inodes::ROOT_INO;
 use super::metacopy;
-use super::node::Node;
+use super::node::{keep_data_lower, Node};
 use super::notify::Invalidate;
-use super::obj::Obj;
+use super::obj::{LayerObj, Obj};
 use super::origin;
 use super::overlay::Overlay;
 use super::resolve;
@@ -259,6 +259,7 @@ impl Overlay {
         lower: &Obj,
         st: &Stat,
         data: Data,
+        data_file: Option<&LayerObj>,
     ) -> Result<Option<(IndexEntry, Arc<OwnedFd>)>> {
         let (Some(index), Some(mut entry)) =
             (self.stack.index.as_ref(), self.index_entry(layer, lower))
@@ -269,25 +270,26 @@ impl Overlay {
             let work = self.stack.work()?;
             let tmp = self.stack.tmp_name();
             let (meta, data) = self.meta_copy(data, FileType::from_raw_mode(st.st_mode), true);
-            let made = build_copy(&self.stack, layer, &tmp, lower, st, data).and_then(|copy| {
-                origin::write(&self.stack, &copy, &entry.record);
-                self.carry_override(layer, lower, st, &copy)?;
-                self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
-                if meta {
-                    self.mark_metacopy(&copy)?;
-                }
-                match rustix::fs::linkat(
-                    work,
-                    tmp.as_slice(),
-                    &**index,
-                    &*entry.name,
-                    AtFlags::empty(),
-                ) {
-                    // Made meanwhile through another name: use that.
-                    Ok(()) | Err(Errno::EXIST) => Ok(()),
-                    Err(e) => Err(e),
-                }
-            });
+            let made =
+                build_copy(&self.stack, layer, &tmp, lower, st, data, data_file).and_then(|copy| {
+                    origin::write(&self.stack, &copy, &entry.record);
+                    self.carry_override(layer, lower, st, &copy)?;
+                    self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
+                    if meta {
+                        self.mark_metacopy(&copy)?;
+                    }
+                    match rustix::fs::linkat(
+                        work,
+                        tmp.as_slice(),
+                        &**index,
+                        &*entry.name,
+                        AtFlags::empty(),
+                    ) {
+                        // Made meanwhile through another name: use that.
+                        Ok(()) | Err(Errno::EXIST) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                });
             let _ = tree::remove_tree(work, &tmp, false);
             made?;
             entry.exists = true;
@@ -315,6 +317,8 @@ impl Overlay {
             let lower = st.lowers.first().map(|l| (l.layer, l.obj.clone()));
             (st.parent, st.name.clone(), lower, st.detached)
         };
+        // A metadata copy of a lower layer: the data is elsewhere.
+        let data_file = node.metacopy_data();
         if detached {
             // The name is gone; there is no place to copy it to.
             return Err(Errno::STALE);
@@ -325,7 +329,9 @@ impl Overlay {
             None => lower_obj.stat()?,
         };
         if !node.is_dir() && st.st_nlink > 1 {
-            if let Some((entry, _)) = self.ensure_index(lower_layer, &lower_obj, &st, data)? {
+            if let Some((entry, _)) =
+                self.ensure_index(lower_layer, &lower_obj, &st, data, data_file.as_ref())?
+            {
                 // A hard-linked file: its copy is in the index; the name
                 // the change goes through gets a link to it.
                 let index = self.stack.index.as_ref().ok_or(Errno::IO)?;
@@ -335,8 +341,10 @@ impl Overlay {
                     let mut s = node.state.write();
                     s.indexed = true;
                     s.upper = Some(copy);
-                    if !meta {
+                    if meta {
                         // (A metadata copy keeps its lower file: the data.)
+                        keep_data_lower(&mut s.lowers);
+                    } else {
                         s.lowers.clear();
                     }
                 }
@@ -363,17 +371,25 @@ impl Overlay {
         // to look for the marker.
         let has_origin = record.as_ref().is_some_and(|r| !r.is_empty());
         let (meta, data) = self.meta_copy(data, node.kind, has_origin);
-        let built =
-            build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, data).and_then(|copy| {
-                if let Some(r) = &record {
-                    origin::write(&self.stack, &copy, r);
-                }
-                self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
-                if meta {
-                    self.mark_metacopy(&copy)?;
-                }
-                Ok(copy)
-            });
+        let built = build_copy(
+            &self.stack,
+            lower_layer,
+            &tmp,
+            &lower_obj,
+            &st,
+            data,
+            data_file.as_ref(),
+        )
+        .and_then(|copy| {
+            if let Some(r) = &record {
+                origin::write(&self.stack, &copy, r);
+            }
+            self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
+            if meta {
+                self.mark_metacopy(&copy)?;
+            }
+            Ok(copy)
+        });
         let copy = match built {
             // A directory node keeps its copy's (`O_PATH`) descriptor; the
             // descriptor a file was written through is closed here.
@@ -411,8 +427,10 @@ impl Overlay {
                     name: name.clone(),
                 },
             });
-            if !node.is_dir() && !meta {
+            if meta {
                 // (A metadata copy keeps its lower file: the data.)
+                keep_data_lower(&mut s.lowers);
+            } else if !node.is_dir() {
                 s.lowers.clear();
             }
         }
@@ -461,12 +479,7 @@ impl Overlay {
             if data == Data::Empty {
                 rustix::fs::ftruncate(&dst, 0)?;
             } else {
-                let s = src.obj.open(OFlags::RDONLY)?;
-                let sst = rustix::fs::fstat(&s)?;
-                if sst.st_size > 0 {
-                    copy_layer_data(&self.stack, src.layer, &s, &dst, &sst)?;
-                }
-                rustix::fs::ftruncate(&dst, ust.st_size as u64)?;
+                copy_from_data_file(&self.stack, &src, &dst, ust.st_size as u64)?;
                 bytes = ust.st_size as u64;
             }
             if self.stack.fsync {
@@ -551,6 +564,7 @@ fn build_copy(
     lower: &Obj,
     st: &Stat,
     data: Data,
+    data_file: Option<&LayerObj>,
 ) -> Result<OwnedFd> {
     let work = stack.work()?;
     let kind = FileType::from_raw_mode(st.st_mode);
@@ -566,8 +580,14 @@ fn build_copy(
                 // A metadata copy has the size, no data (sparse).
                 rustix::fs::ftruncate(&dst, st.st_size as u64)?;
             } else if data == Data::All && st.st_size > 0 {
-                let src = lower.open(OFlags::RDONLY)?;
-                copy_layer_data(stack, layer, &src, &dst, st)?;
+                match data_file {
+                    // `lower` is a metadata copy (of a lower layer).
+                    Some(d) => copy_from_data_file(stack, d, &dst, st.st_size as u64)?,
+                    None => {
+                        let src = lower.open(OFlags::RDONLY)?;
+                        copy_layer_data(stack, layer, &src, &dst, st)?;
+                    }
+                }
             }
             finish_copy(stack, &dst, lower, st)?;
             // (A metadata copy is not fsync'ed: see `mark_metacopy`.)
@@ -658,6 +678,18 @@ fn copy_layer_data(
         .get(layer)
         .map_or(&no_clone, |l| &l.clone_refused);
     copy_data(src, dst, st, refused)
+}
+
+/// Copy the data of a metadata copy from its data file `src` into `dst`,
+/// which then has the metadata copy's size `size`.
+fn copy_from_data_file(stack: &Stack, src: &LayerObj, dst: &OwnedFd, size: u64) -> Result<()> {
+    let s = src.obj.open(OFlags::RDONLY)?;
+    let sst = rustix::fs::fstat(&s)?;
+    if sst.st_size > 0 {
+        copy_layer_data(stack, src.layer, &s, dst, &sst)?;
+    }
+    rustix::fs::ftruncate(dst, size)?;
+    Ok(())
 }
 
 /// Copy the data of `src` (of stat `st`) to the empty file `dst`: cloned

@@ -171,6 +171,7 @@ impl Overlay {
             &found.top.obj,
             &found.stat,
             super::copyup::Data::Meta,
+            None,
         )?
         else {
             return Ok(NameGone::Nothing);

@@ -5,7 +5,12 @@
 //! absolute path from the lower layers' roots), as the kernel overlay
 //! finds it. The data file is the first regular file there that is not
 //! itself a metadata copy; a whiteout, a directory, a missing file or an
-//! opaque directory on the path ends the search with `EIO` (logged). Paths
+//! opaque directory on the path ends the search with `EIO` (logged). A
+//! metadata copy in a lower layer (an earlier upper used as a lower) is
+//! followed the same way, in the layers below its own, when the mount has
+//! `metacopy=on` (the kernel checks every lower file's marker; with
+//! `metacopy=off` stratafs does not, to save a system call per lower
+//! file, and such a file shows its sparse content). Paths
 //! are walked one name at a time beneath the lower layers' root
 //! descriptors, never following a symlink, and only downwards through the
 //! layers: a record cannot lead outside them or in a loop.
@@ -68,11 +73,13 @@ enum Target {
     Path(Vec<Vec<u8>>),
 }
 
-/// If the upper regular file `upper` at `name` (in a directory whose lower
-/// directories are `lowers`, top first) is a metadata copy: its data file
-/// and that file's attributes. `ns` is the namespace of its origin record
-/// where known (its other records are in the same one: one system call
-/// for a copy that is not a metadata copy). With `metacopy=off` a
+/// If the regular file `upper` at `name` is a metadata copy: its data file
+/// and that file's attributes. `upper` is an upper file or a file of a
+/// lower layer (an earlier upper); its data is searched in the layers from
+/// `from` down: in `lowers`, the lower directories of its parent from that
+/// layer on (top first), or from the layers' roots for an absolute
+/// redirect. `ns` is the namespace of its records where known (one system
+/// call for a file that is not a metadata copy). With `metacopy=off` a
 /// metadata copy is refused (`EPERM`), as the kernel refuses to follow
 /// one.
 pub(crate) fn data_of(
@@ -81,6 +88,7 @@ pub(crate) fn data_of(
     name: &[u8],
     upper: &Obj,
     ns: Option<bool>,
+    from: usize,
 ) -> Result<Option<(Stat, LayerObj)>> {
     if !marked_in(stack, upper, name, ns)? {
         return Ok(None);
@@ -109,7 +117,7 @@ pub(crate) fn data_of(
     };
     let found = match &target {
         Target::Name(n) => search_dirs(stack, lowers, n)?,
-        Target::Path(parts) => search_roots(stack, parts)?,
+        Target::Path(parts) => search_roots(stack, parts, from)?,
     };
     if found.is_none() {
         log::warn!(
@@ -128,7 +136,7 @@ enum Step {
     Stop,
 }
 
-fn step(stack: &Stack, hit: Hit, bottom: bool, what: &[u8]) -> Result<Step> {
+fn step(stack: &Stack, hit: Hit, what: &[u8]) -> Result<Step> {
     Ok(match hit {
         Hit::Missing => Step::Below,
         Hit::End | Hit::Dir(..) => Step::Stop,
@@ -141,8 +149,9 @@ fn step(stack: &Stack, hit: Hit, bottom: bool, what: &[u8]) -> Result<Step> {
                 return Ok(Step::Stop);
             }
             // A metadata copy in a lower layer (an earlier upper): its data
-            // is further down at the same place.
-            if !bottom && is_marked(stack, &obj.obj, what)? {
+            // is further down at the same place (none below the bottom
+            // layer: no data found, as on the kernel).
+            if is_marked(stack, &obj.obj, what)? {
                 Step::Below
             } else {
                 Step::Data(st, obj)
@@ -155,7 +164,7 @@ fn step(stack: &Stack, hit: Hit, bottom: bool, what: &[u8]) -> Result<Step> {
 fn search_dirs(stack: &Stack, lowers: &[LayerFd], name: &[u8]) -> Result<Option<(Stat, LayerObj)>> {
     for (i, l) in lowers.iter().enumerate() {
         let more = i + 1 < lowers.len();
-        match step(stack, resolve::hit_in(l, name, more)?, !more, name)? {
+        match step(stack, resolve::hit_in(l, name, more)?, name)? {
             Step::Data(st, obj) => return Ok(Some((st, obj))),
             Step::Below => {}
             Step::Stop => break,
@@ -164,14 +173,18 @@ fn search_dirs(stack: &Stack, lowers: &[LayerFd], name: &[u8]) -> Result<Option<
     Ok(None)
 }
 
-/// The data file at the path `parts` from the lower layers' roots.
-fn search_roots(stack: &Stack, parts: &[Vec<u8>]) -> Result<Option<(Stat, LayerObj)>> {
-    let first = usize::from(stack.has_upper);
+/// The data file at the path `parts` from the roots of the layers from
+/// `first` down.
+fn search_roots(
+    stack: &Stack,
+    parts: &[Vec<u8>],
+    first: usize,
+) -> Result<Option<(Stat, LayerObj)>> {
     let last = stack.layers.len().saturating_sub(1);
     let what = parts.last().map_or(&b""[..], |p| &p[..]);
     for layer in first..=last {
         let (hit, opaque_on_path) = resolve::walk(stack, layer, parts)?;
-        match step(stack, hit, layer == last, what)? {
+        match step(stack, hit, what)? {
             Step::Data(st, obj) => return Ok(Some((st, obj))),
             Step::Below if !opaque_on_path => {}
             _ => break,

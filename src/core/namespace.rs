@@ -511,10 +511,11 @@ impl Overlay {
                         if !samedir {
                             let p2 = self.copy_up(&d2, Data::All)?;
                             self.impure_if_origin(&src_node, &p2);
-                            // The kernel drops that mark again at its next
-                            // read of an upper-only directory that holds no
-                            // copy (`drop_stale_impure`); a listing the
-                            // kernel kept cached would skip that read.
+                            // Its names do not change, but the mark must
+                            // go at the next listing if nothing in it has
+                            // an origin (as the kernel's next readdir
+                            // drops it): the kernel may not serve that
+                            // listing from its cache.
                             d2.mark_listing_changed();
                         }
                         self.mark_moved_dir(&src_node, (parent, name), samedir, &d2)?;

@@ -31,8 +31,9 @@ pub(crate) struct NodeState {
     /// The object in the upper layer, once there is one.
     pub(crate) upper: Option<Obj>,
     /// For directories: the lower directories merged below, top first.
-    /// For other objects without an upper copy: the lower object itself;
-    /// for a metadata copy (`metacopy=on`): the lower file with its data.
+    /// For other objects without an upper copy: the lower object itself
+    /// (then the data file, if that is a metadata copy); for a metadata
+    /// copy (`metacopy=on`): the lower file with its data.
     pub(crate) lowers: Vec<LayerObj>,
     /// The name was removed (unlink, rmdir, rename over it); the node lives
     /// on only for open files and kernel references.
@@ -49,6 +50,14 @@ pub(crate) struct NodeState {
     /// file kept in the index): its link count in the merged view is kept
     /// in `overlay.nlink`.
     pub(crate) indexed: bool,
+}
+
+/// A regular file whose upper copy is a metadata copy keeps of its lower
+/// objects only the last, its data file (a lower metadata copy above it
+/// goes).
+pub(crate) fn keep_data_lower(lowers: &mut Vec<LayerObj>) {
+    let above = lowers.len().saturating_sub(1);
+    lowers.drain(..above);
 }
 
 impl NodeState {
@@ -235,14 +244,15 @@ impl Node {
     }
 
     /// For a metadata copy (`metacopy=on`): the lower file its data is in.
-    /// A regular file with an upper copy keeps a lower object only then.
+    /// A regular file with an upper copy keeps a lower object only then
+    /// (the data); one without keeps a second lower object only when the
+    /// first is a metadata copy of a lower layer (the second is the data).
     pub(crate) fn metacopy_data(&self) -> Option<LayerObj> {
         if self.is_dir() {
             return None;
         }
         let st = self.state.read();
-        st.upper.as_ref()?;
-        st.lowers.first().cloned()
+        st.lowers.get(usize::from(st.upper.is_none())).cloned()
     }
 
     /// Whether the node's data is in the upper layer (it has an upper copy

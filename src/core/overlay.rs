@@ -21,7 +21,7 @@ use super::inodes::{InodeTable, LookupRef, ROOT_INO};
 use super::listing::{self, DirEntry};
 use super::metacopy;
 use super::names::Name;
-use super::node::{Node, NodeState};
+use super::node::{keep_data_lower, Node, NodeState};
 use super::notify::{Invalidate, KernelCache};
 use super::obj::{LayerFd, LayerObj, Obj};
 use super::origin::{self, Source};
@@ -379,10 +379,32 @@ impl Overlay {
                 .map(|p| p.lower_dirs())
                 .unwrap_or_default();
             if let Some((data_st, data)) =
-                metacopy::data_of(&self.stack, &dirs, name, u, record_ns)?
+                metacopy::data_of(&self.stack, &dirs, name, u, record_ns, 1)?
             {
                 stat.st_blocks = data_st.st_blocks;
                 lowers = vec![data];
+            }
+        }
+        if let Some(top) = lowers
+            .first()
+            .filter(|_| upper.is_none() && kind == FileType::RegularFile && self.stack.metacopy)
+        {
+            // A metadata copy in a lower layer: the data is below it.
+            let from = top.layer + 1;
+            let dirs: Vec<LayerFd> = self
+                .inodes
+                .get(parent)
+                .map(|p| p.lower_dirs())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| d.layer >= from)
+                .collect();
+            let ns = Some(self.stack.formats.trusted());
+            if let Some((data_st, data)) =
+                metacopy::data_of(&self.stack, &dirs, name, &top.obj, ns, from)?
+            {
+                stat.st_blocks = data_st.st_blocks;
+                lowers.push(data);
             }
         }
         if upper.is_none() && !is_dir && stat.st_nlink > 1 {
@@ -391,6 +413,7 @@ impl Overlay {
                 if metacopy::is_marked(&self.stack, &obj, name)? {
                     // A metadata copy: the data is this lower file's.
                     st.st_blocks = stat.st_blocks;
+                    keep_data_lower(&mut lowers);
                 } else {
                     lowers.clear();
                 }

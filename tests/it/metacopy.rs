@@ -12,18 +12,32 @@ use std::path::Path;
 
 const BIG: usize = 200_000;
 
+/// The atime and mtime of the lower files.
+const T0: i64 = 1_500_000_000;
+
 fn lowers() -> TempStackBuilder {
     stack(
+        // Fixed times: both sides' stacks are built, each in its own
+        // second, and the times of the lower files are compared.
         vec![Layer::new()
             .file("big", "b".repeat(BIG))
+            .times(T0, T0)
             .file("f", "lowerdata")
+            .times(T0, T0)
             .file("g", "gdata")
+            .times(T0, T0)
             .file("h", "hdata")
+            .times(T0, T0)
             .file("t", "tdata")
+            .times(T0, T0)
             .file("o", "odata")
+            .times(T0, T0)
             .file("x", "xdata")
+            .times(T0, T0)
             .file("r", "rdata")
-            .file("d/deep", "deep")],
+            .times(T0, T0)
+            .file("d/deep", "deep")
+            .times(T0, T0)],
         Layer::new(),
     )
 }
@@ -91,7 +105,13 @@ fn files(m: &Path) -> Vec<Shown> {
                 st.st_blocks,
                 st.st_mode,
                 st.st_uid,
-                st.st_mtime,
+                // The files `changes` writes get the time of the write, on
+                // each side in its own second.
+                if ["t", "o", "x", "r"].contains(n) {
+                    0
+                } else {
+                    st.st_mtime
+                },
                 data,
             )
         })
@@ -267,24 +287,7 @@ fn stratafs_reads_the_kernels_renamed_and_linked_metadata_copies() {
     assert_ok(sys::chmod(&m.join("big"), 0o600), "chmod");
     assert_ok(sys::link(&m.join("big"), &m.join("big2")), "link");
     let names = ["f", "g2", "d/h3", "big", "big2", "d/deep"];
-    let view = |m: &Path| -> Vec<Shown> {
-        names
-            .iter()
-            .map(|n| {
-                let st = assert_ok(sys::lstat(&m.join(n)), n);
-                let data = assert_ok(sys::read_all(&m.join(n)), n);
-                (
-                    n.to_string(),
-                    st.st_size,
-                    st.st_blocks,
-                    st.st_mode,
-                    st.st_uid,
-                    st.st_nlink as i64,
-                    data,
-                )
-            })
-            .collect()
-    };
+    let view = |m: &Path| with_nlink(m, &names);
     let want = view(m);
     drop(km);
     let redirect = sys::lgetxattr(&k.u("g2"), "trusted.overlay.redirect");
@@ -571,4 +574,163 @@ fn sigkill_during_metadata_and_data_copy_ups_shows_the_old_or_the_new_state() {
         }
         drop(m);
     }
+}
+
+/// File contents for an assertion message: short ones as they are, long
+/// ones by size and hash.
+fn short(data: Vec<u8>) -> Vec<u8> {
+    use std::hash::{Hash, Hasher};
+    if data.len() <= 64 {
+        return data;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    format!("<{} bytes, hash {:016x}>", data.len(), h.finish()).into_bytes()
+}
+
+/// The files `names` below `m` as stat(2) and read(2) show them, with the
+/// link count in place of the mtime (long contents by size and hash).
+fn with_nlink(m: &Path, names: &[&str]) -> Vec<Shown> {
+    names
+        .iter()
+        .map(|n| {
+            let st = assert_ok(sys::lstat(&m.join(n)), n);
+            let data = short(assert_ok(sys::read_all(&m.join(n)), n));
+            (
+                n.to_string(),
+                st.st_size,
+                st.st_blocks,
+                st.st_mode,
+                st.st_uid,
+                st.st_nlink as i64,
+                data,
+            )
+        })
+        .collect()
+}
+
+/// An upper the kernel left with metadata copies (a chown, renames),
+/// used as the top lower layer of a new stack: reads come from the data
+/// files below, `st_blocks` is theirs, and changes copy the metadata or
+/// the data (from the data file) up, as the kernel mounted the same way
+/// does. A metadata copy in the bottom layer, with no data below, is EIO on
+/// both.
+#[test]
+fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
+    if is_rootless() {
+        // The kernel refuses metacopy=on rootless: stratafs alone, on a
+        // lower metadata copy (its own namespace's marker) over data.
+        let s = stack(
+            vec![
+                Layer::new()
+                    .file("m", "\0\0\0\0\0")
+                    .xattr(metacopy_key(), b""),
+                Layer::new().file("m", "mdata"),
+            ],
+            Layer::new(),
+        )
+        .build(Markers::AsWritten);
+        let sm = s.mount_strata_with("metacopy=on");
+        assert_eq!(read_string(&s.mnt.join("m")), "mdata");
+        assert_ok(append(&s.mnt.join("m"), b"!"), "append");
+        assert_eq!(read_string(&s.mnt.join("m")), "mdata!");
+        drop(sm);
+        assert_eq!(std::fs::read(s.u("m")).ok(), Some(b"mdata!".to_vec()));
+        return;
+    }
+    let k = lowers().build(Markers::Kernel);
+    let km = k.mount_kernel_with("metacopy=on");
+    let m = &k.mnt;
+    assert_ok(sys::lchown(&m.join("f"), 1000, 1000), "chown");
+    assert_ok(sys::chmod(&m.join("t"), 0o600), "chmod");
+    assert_ok(sys::chmod(&m.join("o"), 0o600), "chmod");
+    assert_ok(sys::rename(&m.join("g"), &m.join("g2")), "same-dir rename");
+    assert_ok(
+        sys::rename(&m.join("h"), &m.join("d/h3")),
+        "cross-dir rename",
+    );
+    assert_ok(sys::chmod(&m.join("big"), 0o600), "chmod");
+    drop(km);
+    assert_eq!(
+        sys::lgetxattr(&k.u("t"), "trusted.overlay.metacopy"),
+        Ok(Vec::new()),
+        "the kernel left a metadata copy"
+    );
+    // The kernel's upper is the top lower layer now.
+    let mut lowers = vec![k.upper().to_path_buf()];
+    lowers.extend(k.lowers().iter().cloned());
+    let dirs = tempdir();
+    let d = |n: &str| {
+        let p = dirs.path().join(n);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"));
+        p
+    };
+    let (sm_dir, km_dir) = (d("sm"), d("km"));
+    // Both mounted with metacopy=on on `lowers`, each with a fresh upper
+    // and work dir named after `tag`.
+    let mount_both = |lowers: &[std::path::PathBuf], tag: &str| {
+        let (su, sw) = (d(&format!("su{tag}")), d(&format!("sw{tag}")));
+        let (ku, kw) = (d(&format!("ku{tag}")), d(&format!("kw{tag}")));
+        let sm = try_mount_stratafs(
+            &format!("{},metacopy=on", overlay_opts(lowers, Some(&su), Some(&sw))),
+            &sm_dir,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let km = mount_kernel_with(
+            lowers,
+            Some(&ku),
+            Some(&kw),
+            &km_dir,
+            "redirect_dir=on,metacopy=on",
+        );
+        (sm, km, su, ku)
+    };
+    let (sm, km, su, ku) = mount_both(&lowers, "");
+    let names = ["f", "g2", "d/h3", "big", "t", "o", "x", "d/deep"];
+    let view = |m: &Path| with_nlink(m, &names);
+    let before = view(&km_dir);
+    assert_eq!(view(&sm_dir), before, "stratafs (left), kernel (right)");
+    assert!(
+        before.iter().any(|s| s.0 == "t" && s.6 == b"tdata"),
+        "{before:?}"
+    );
+    // A metadata change of a lower metadata copy, data copy-ups from the
+    // data file through a redirect, a truncate.
+    let change = |m: &Path| {
+        vec![
+            sys::lchown(&m.join("f"), 1001, 1001),
+            append(&m.join("g2"), b"!"),
+            append(&m.join("t"), b"+"),
+            sys::truncate(&m.join("big"), 7),
+            sys::chmod(&m.join("d/h3"), 0o640),
+        ]
+    };
+    assert_eq!(change(&sm_dir), change(&km_dir), "results");
+    assert_eq!(view(&sm_dir), view(&km_dir), "after the changes");
+    assert_eq!(read_string(&sm_dir.join("t")), "tdata+");
+    assert_eq!(read_string(&sm_dir.join("big")), "bbbbbbb");
+    drop((sm, km));
+    let (mut s, mut k2) = (snapshot_upper(&su), snapshot_upper(&ku));
+    normalise_upper(&mut s, &lowers);
+    normalise_upper(&mut k2, &lowers);
+    let diff = diff_snapshots(&s, &k2, &CmpOpts::with_dir_nlink());
+    assert!(
+        diff.is_empty(),
+        "upper: stratafs (left), kernel (right):\n{}\n{}--\n{}",
+        diff.join("\n"),
+        fmt_snapshot(&s),
+        fmt_snapshot(&k2)
+    );
+    // A metadata copy with no data below it: EIO on both.
+    let bottom = d("bottom");
+    std::fs::write(bottom.join("m"), b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_ok(sys::truncate(&bottom.join("m"), 5), "truncate");
+    assert_ok(
+        sys::lsetxattr(&bottom.join("m"), "trusted.overlay.metacopy", b"", 0),
+        "marker",
+    );
+    let (sm, km, _, _) = mount_both(&[bottom], "2");
+    assert_errno(sys::lstat(&sm_dir.join("m")), libc::EIO, "stratafs");
+    assert_errno(sys::lstat(&km_dir.join("m")), libc::EIO, "kernel");
+    drop((sm, km));
 }
