@@ -369,18 +369,24 @@ impl Overlay {
                 },
             },
         };
-        if let Some(u) = upper
-            .as_ref()
-            .filter(|_| kind == FileType::RegularFile && origin.is_some() && lowers.is_empty())
-        {
+        // An upper regular file may be a metadata copy: one with an origin
+        // always (stratafs and the kernel write one with each), one without
+        // (the kernel writes none where the lower layers give no file
+        // handles) when metacopy=on.
+        if let Some(u) = upper.as_ref().filter(|_| {
+            kind == FileType::RegularFile
+                && lowers.is_empty()
+                && (origin.is_some() || self.stack.metacopy)
+        }) {
             let dirs = self
                 .inodes
                 .get(parent)
                 .map(|p| p.lower_dirs())
                 .unwrap_or_default();
-            if let Some((data_st, data)) =
-                metacopy::data_of(&self.stack, &dirs, name, u, record_ns, 1)?
-            {
+            // Without an origin record, the records are in the namespace
+            // this mount writes.
+            let ns = record_ns.or(Some(self.stack.formats.trusted()));
+            if let Some((data_st, data)) = metacopy::data_of(&self.stack, &dirs, name, u, ns, 1)? {
                 stat.st_blocks = data_st.st_blocks;
                 lowers = vec![data];
             }

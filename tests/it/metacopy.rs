@@ -734,3 +734,54 @@ fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
     assert_errno(sys::lstat(&km_dir.join("m")), libc::EIO, "kernel");
     drop((sm, km));
 }
+
+/// A metadata copy without an origin record (the kernel writes none where
+/// the lower layers give no file handles; here the record is removed from
+/// one the kernel made): with metacopy=on its data is found at its name,
+/// as the kernel finds it, and a write copies that data up.
+#[test]
+fn a_metadata_copy_without_an_origin_record_shows_its_data() {
+    if is_rootless() {
+        skip(
+            "a_metadata_copy_without_an_origin_record_shows_its_data",
+            "the kernel refuses metacopy=on rootless",
+        );
+        return;
+    }
+    let k = lowers().build(Markers::Kernel);
+    let km = k.mount_kernel_with("metacopy=on");
+    assert_ok(sys::lchown(&k.mnt.join("f"), 1000, 1000), "chown");
+    assert_ok(sys::chmod(&k.mnt.join("big"), 0o600), "chmod");
+    drop(km);
+    for n in ["f", "big"] {
+        assert_ok(
+            sys::lremovexattr(&k.u(n), "trusted.overlay.origin"),
+            "remove the origin record",
+        );
+    }
+    let names = ["f", "big"];
+    let km = k.mount_kernel_with("metacopy=on");
+    let want = with_nlink(&k.mnt, &names);
+    drop(km);
+    assert_eq!(read_string(&k.l(0, "f")), "lowerdata");
+    assert!(
+        want.iter().any(|s| s.0 == "f" && s.6 == b"lowerdata"),
+        "{want:?}"
+    );
+    let sm = try_mount_stratafs(&format!("{},metacopy=on", k.overlay_opts()), &k.mnt)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        with_nlink(&k.mnt, &names),
+        want,
+        "stratafs (left), kernel (right)"
+    );
+    assert_ok(append(&k.mnt.join("f"), b"!"), "append");
+    assert_eq!(read_string(&k.mnt.join("f")), "lowerdata!");
+    drop(sm);
+    assert_eq!(read_string(&k.u("f")), "lowerdata!");
+    assert_errno(
+        sys::lgetxattr(&k.u("f"), "trusted.overlay.metacopy"),
+        libc::ENODATA,
+        "marker after the data copy-up",
+    );
+}
