@@ -1004,13 +1004,16 @@ fn compare_op(i: usize, op: &Op, rs: &OpResult, rk: &OpResult, log: &mut String)
 /// Unmounts the subject; stratafs must exit cleanly and leave nothing in
 /// `W/work` but whiteout templates (char 0/0).
 fn unmount_subject(m: Mount, stack: &Stack, subj: Subject) -> Outcome {
-    let status = m.unmount();
+    let (status, stderr) = m.unmount_with_stderr();
     if subj != Subject::Stratafs {
         return Ok(());
     }
     if let Some(st) = status {
         if !st.success() {
-            return Err(("unmount".into(), format!("stratafs exited with {st}")));
+            return Err((
+                "unmount".into(),
+                format!("stratafs exited with {st}\n--- its stderr ---\n{stderr}"),
+            ));
         }
     }
     let left = stack.work_leftovers();
