@@ -10,6 +10,12 @@
 # (set per binary by this script); they are reported as skipped, not
 # passed. The last line is `rootless: N passed, M failed, K skipped`.
 #
+# Started as root, it first records, as root, the kernel overlay's results
+# of the differential cases with redirect_dir=on and metacopy=on (which the
+# kernel refuses in a user namespace); the rootless run compares stratafs
+# with them (tests/it/differential.rs, "Rootless against root results").
+# Started as another user, those tests are reported skipped.
+#
 # Usage: bash scripts/test-rootless.sh [ARGS...]
 #   ARGS are passed to every test binary (e.g. a test name filter).
 #
@@ -22,6 +28,9 @@
 #   RUST_TEST_THREADS      libtest threads (default: number of CPUs, as cargo)
 #   STRATAFS_TEST_BIN      stratafs binary the tests mount (default: the one
 #                          cargo built; copied if the test user cannot reach it)
+#   STRATAFS_DIFF_SEED, STRATAFS_DIFF_CASES, STRATAFS_DIFF_ORACLE_CASES,
+#   STRATAFS_DIFF_OPS      the differential cases (tests/it/differential.rs),
+#                          recorded as root and compared rootless alike
 #   STRATAFS_*, RUST_*, PROPTEST_* are passed through to the tests.
 set -euo pipefail
 
@@ -209,6 +218,55 @@ envs+=(
     "CARGO_BIN_EXE_stratafs=$stratafs_bin"
 )
 
+# ------------------------------------------------------------ root results
+# The kernel overlay's results of the differential cases with
+# redirect_dir=on / metacopy=on, recorded as root into $run/oracle
+# (readable by the test user) when the arguments select those tests.
+oracle_wanted() {
+    local a
+    for a in "$@"; do
+        [[ "$a" == -* ]] && continue
+        [[ "differential::oracle_redirect" == *"$a"* || "differential::oracle_metacopy" == *"$a"* ]] &&
+            return 0
+    done
+    for a in "$@"; do
+        [[ "$a" == -* ]] || return 1
+    done
+    return 0
+}
+oracle_summary=()
+oracle_failed=0
+if ((as_root)) && oracle_wanted "$@"; then
+    it_exe=""
+    for entry in "${tests[@]}"; do
+        [[ "${entry%%$'\t'*}" == it ]] && it_exe=${entry#*$'\t'}
+    done
+    if [[ -n "$it_exe" ]]; then
+        mkdir -p "$run/oracle" "$run/root-tmp"
+        chmod 0755 "$run/oracle"
+        say "recording the kernel overlay's results as root (differential::oracle_record_*)"
+        start=$SECONDS
+        set +e
+        (
+            cd "$repo"
+            TMPDIR=$run/root-tmp STRATAFS_DIFF_ORACLE=$run/oracle \
+                timeout -k 30 "$timeout_s" \
+                "$it_exe" --ignored --nocapture --test-threads="$threads" differential::oracle_record_
+        ) >"$run/logs/oracle-record.log" 2>&1
+        rc=$?
+        set -e
+        grep -o 'oracle [a-z]*: recorded.*' "$run/logs/oracle-record.log" | sed 's/^/rootless: /' || true
+        if ((rc == 0)); then
+            oracle_summary+=("$(printf 'PASS %-28s (root, %ds)' "oracle recording" $((SECONDS - start)))")
+        else
+            cat "$run/logs/oracle-record.log"
+            oracle_failed=1
+            oracle_summary+=("$(printf 'FAIL %-28s (root, exit status %d, %ds)' "oracle recording" "$rc" $((SECONDS - start)))")
+        fi
+        envs+=("STRATAFS_DIFF_ORACLE=$run/oracle")
+    fi
+fi
+
 say "running ${#tests[@]} test binaries as $test_user (uid $test_uid) in unshare -Urm," \
     "TMPDIR=$run/tmp, --test-threads=$threads"
 
@@ -288,7 +346,8 @@ done
 
 echo
 say "summary (unprivileged user $test_user, user+mount namespace):"
-for line in "${summary[@]}"; do
+total_failed=$((total_failed + oracle_failed))
+for line in "${oracle_summary[@]}" "${summary[@]}"; do
     say "  $line"
 done
 for line in "${skipped_lines[@]}"; do

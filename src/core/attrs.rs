@@ -143,7 +143,6 @@ impl Overlay {
         if chown || set.mode.is_some() {
             self.handles.privileges_may_have_changed();
         }
-        let real = rustix::fs::fstat(&*up)?;
         // Whether the privileges a chown or truncate takes away are left
         // to this daemon (the upper's kernel takes them away only where
         // the change reaches the upper file itself, and clears setuid and
@@ -152,12 +151,16 @@ impl Overlay {
         let kill = set.kill_suidgid
             || (set.only_takes_privileges() && self.may_write(&node, set.caller)?);
         let mut drop = kill || (overrides && (chown || set.size.is_some()));
-        match self
-            .stack
-            .override_xattr(0)
-            .filter(|_| override_stat::applies_to(&real))
-        {
+        // The upper's own attributes matter only under owner/mode overrides.
+        let under_override = match self.stack.override_xattr(0) {
             Some(name) if chown || set.mode.is_some() => {
+                let real = rustix::fs::fstat(&*up)?;
+                override_stat::applies_to(&real).then_some((name, real))
+            }
+            _ => None,
+        };
+        match under_override {
+            Some((name, real)) => {
                 // Owner and mode live in the xattr; the inode keeps its own.
                 let mut ov = self
                     .recorded_override(0, &Obj::Fd(up.clone()), &real)
@@ -340,7 +343,7 @@ impl Overlay {
 
     /// Whether layer `layer` keeps `security.*` in the containers override
     /// names (see `format::xattr_names`).
-    fn containers_mode(&self, layer: usize) -> bool {
+    pub(super) fn containers_mode(&self, layer: usize) -> bool {
         self.stack.override_xattr(layer) == Some(CONTAINERS)
     }
 

@@ -270,26 +270,30 @@ impl Overlay {
             let work = self.stack.work()?;
             let tmp = self.stack.tmp_name();
             let (meta, data) = self.meta_copy(data, FileType::from_raw_mode(st.st_mode), true);
-            let made =
-                build_copy(&self.stack, layer, &tmp, lower, st, data, data_file).and_then(|copy| {
-                    origin::write(&self.stack, &copy, &entry.record);
-                    self.carry_override(layer, lower, st, &copy)?;
-                    self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
-                    if meta {
-                        self.mark_metacopy(&copy)?;
-                    }
-                    match rustix::fs::linkat(
-                        work,
-                        tmp.as_slice(),
-                        &**index,
-                        &*entry.name,
-                        AtFlags::empty(),
-                    ) {
-                        // Made meanwhile through another name: use that.
-                        Ok(()) | Err(Errno::EXIST) => Ok(()),
-                        Err(e) => Err(e),
-                    }
-                });
+            let how = Copying {
+                data,
+                data_file,
+                xattrs: true,
+            };
+            let made = build_copy(&self.stack, layer, &tmp, lower, st, how).and_then(|copy| {
+                origin::write(&self.stack, &copy, &entry.record);
+                self.carry_override(layer, lower, st, &copy)?;
+                self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
+                if meta {
+                    self.mark_metacopy(&copy)?;
+                }
+                match rustix::fs::linkat(
+                    work,
+                    tmp.as_slice(),
+                    &**index,
+                    &*entry.name,
+                    AtFlags::empty(),
+                ) {
+                    // Made meanwhile through another name: use that.
+                    Ok(()) | Err(Errno::EXIST) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            });
             let _ = tree::remove_tree(work, &tmp, false);
             made?;
             entry.exists = true;
@@ -371,25 +375,27 @@ impl Overlay {
         // to look for the marker.
         let has_origin = record.as_ref().is_some_and(|r| !r.is_empty());
         let (meta, data) = self.meta_copy(data, node.kind, has_origin);
-        let built = build_copy(
-            &self.stack,
-            lower_layer,
-            &tmp,
-            &lower_obj,
-            &st,
+        // A lower object whose xattrs were listed and held none that
+        // clients see holds none to copy either (the names not shown are
+        // those not copied), unless its layer shows other names than it
+        // stores (containers override mode).
+        let xattrs = !matches!(node.known_xattrs(), Ok(true)) || self.containers_mode(lower_layer);
+        let how = Copying {
             data,
-            data_file.as_ref(),
-        )
-        .and_then(|copy| {
-            if let Some(r) = &record {
-                origin::write(&self.stack, &copy, r);
-            }
-            self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
-            if meta {
-                self.mark_metacopy(&copy)?;
-            }
-            Ok(copy)
-        });
+            data_file: data_file.as_ref(),
+            xattrs,
+        };
+        let built =
+            build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, how).and_then(|copy| {
+                if let Some(r) = &record {
+                    origin::write(&self.stack, &copy, r);
+                }
+                self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
+                if meta {
+                    self.mark_metacopy(&copy)?;
+                }
+                Ok(copy)
+            });
         let copy = match built {
             // A directory node keeps its copy's (`O_PATH`) descriptor; the
             // descriptor a file was written through is closed here.
@@ -553,19 +559,34 @@ impl Overlay {
     }
 }
 
+/// How `build_copy` makes a copy.
+struct Copying<'a> {
+    /// What of the data.
+    data: Data,
+    /// For a metadata copy in a lower layer: the file its data is in.
+    data_file: Option<&'a LayerObj>,
+    /// Whether the object copied may carry xattrs to copy (else it is
+    /// known to carry none).
+    xattrs: bool,
+}
+
 /// Build a copy of `lower` (of layer `layer`, stat `st`) named `tmp` in the
 /// work directory. Returns a descriptor of the copy: for a regular file the
 /// one it was written through (the caller sets its records through it),
-/// else an `O_PATH` one.
+/// else an `O_PATH` one; `how` says what of the data and the xattrs.
 fn build_copy(
     stack: &Stack,
     layer: usize,
     tmp: &[u8],
     lower: &Obj,
     st: &Stat,
-    data: Data,
-    data_file: Option<&LayerObj>,
+    how: Copying<'_>,
 ) -> Result<OwnedFd> {
+    let Copying {
+        data,
+        data_file,
+        xattrs,
+    } = how;
     let work = stack.work()?;
     let kind = FileType::from_raw_mode(st.st_mode);
     match kind {
@@ -589,7 +610,7 @@ fn build_copy(
                     }
                 }
             }
-            finish_copy(stack, &dst, lower, st)?;
+            finish_copy(stack, &dst, xattrs.then_some(lower), st)?;
             // (A metadata copy is not fsync'ed: see `mark_metacopy`.)
             if stack.fsync && data != Data::Meta {
                 rustix::fs::fsync(&dst)?;
@@ -599,7 +620,7 @@ fn build_copy(
         FileType::Directory => {
             rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
             let d = fd::open_path(work, tmp)?;
-            finish_copy(stack, &d, lower, st)?;
+            finish_copy(stack, &d, xattrs.then_some(lower), st)?;
             Ok(d)
         }
         FileType::Symlink => {
@@ -609,7 +630,9 @@ fn build_copy(
             };
             rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
             let d = fd::open_path(work, tmp)?;
-            copy_xattrs(lower, &d)?;
+            if xattrs {
+                copy_xattrs(lower, &d)?;
+            }
             fd::give_to(&d, st.st_uid, st.st_gid, stack.fresh_owner(&d)?)?;
             let _ = rustix::fs::utimensat(work, tmp, &fd::times_of(st), AtFlags::SYMLINK_NOFOLLOW);
             Ok(d)
@@ -617,15 +640,18 @@ fn build_copy(
         _ => {
             rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?;
             let d = fd::open_path(work, tmp)?;
-            finish_copy(stack, &d, lower, st)?;
+            finish_copy(stack, &d, xattrs.then_some(lower), st)?;
             Ok(d)
         }
     }
 }
 
-/// xattrs, owner, mode (after chown, so setuid/setgid survive), times.
-fn finish_copy(stack: &Stack, dst: &OwnedFd, lower: &Obj, st: &Stat) -> Result<()> {
-    copy_xattrs(lower, dst)?;
+/// xattrs (of `xattrs_of`, if any), owner, mode (after chown, so
+/// setuid/setgid survive), times.
+fn finish_copy(stack: &Stack, dst: &OwnedFd, xattrs_of: Option<&Obj>, st: &Stat) -> Result<()> {
+    if let Some(lower) = xattrs_of {
+        copy_xattrs(lower, dst)?;
+    }
     fd::give_to(dst, st.st_uid, st.st_gid, stack.fresh_owner(dst)?)?;
     fd::set_mode(dst, st.st_mode & 0o7777)?;
     fd::set_times(dst, &fd::times_of(st))

@@ -9,8 +9,9 @@
 
 use std::sync::Arc;
 
-use rustix::fs::FileType;
+use rustix::fs::{FileType, Stat};
 
+use super::inodes::LookupRef;
 use super::names::{Name, NAME_MAX};
 use super::node::Node;
 use super::overlay::{Entry, Overlay};
@@ -34,23 +35,34 @@ impl Overlay {
         name: &[u8],
         hint: Option<usize>,
     ) -> Result<Option<Entry<'_>>> {
-        let r = self.lookup_inner(parent, name, hint);
-        if let Ok(Some(e)) = &r {
-            if e.node.is_dir() {
-                e.node.touch();
-            } else {
-                note_name(&e.node, parent, name);
-            }
-        }
-        r
+        let Some((node, stat)) = self.lookup_inner(parent, name, hint, true)? else {
+            return Ok(None);
+        };
+        let stat = stat.ok_or(Errno::IO)?;
+        reached(&node, parent, name);
+        Ok(Some(Entry { node, stat }))
     }
 
+    /// The node `lookup` finds at `name` in `parent`, without reading the
+    /// attributes of a node the name map already knows: for a change that
+    /// checks the names it works on under the directory lock itself.
+    pub(crate) fn lookup_node(&self, parent: u64, name: &[u8]) -> Result<Option<LookupRef<'_>>> {
+        let Some((node, _)) = self.lookup_inner(parent, name, None, false)? else {
+            return Ok(None);
+        };
+        reached(&node, parent, name);
+        Ok(Some(node))
+    }
+
+    /// With `want_stat` unset, a node from the name map comes without its
+    /// attributes (`None`).
     fn lookup_inner(
         &self,
         parent: u64,
         name: &[u8],
         hint: Option<usize>,
-    ) -> Result<Option<Entry<'_>>> {
+        want_stat: bool,
+    ) -> Result<Option<(LookupRef<'_>, Option<Stat>)>> {
         if whiteout::is_marker_name(name) {
             return Ok(None);
         }
@@ -65,8 +77,12 @@ impl Overlay {
             // `stat_node` takes; holding both could deadlock with a rename.
             drop(g);
             self.events.lookup(true);
-            let stat = self.stat_node(&node)?;
-            return Ok(Some(Entry { node, stat }));
+            let stat = if want_stat {
+                Some(self.stat_node(&node)?)
+            } else {
+                None
+            };
+            return Ok(Some((node, stat)));
         }
         self.events.lookup(false);
         let mut layers = dir.dir_layers();
@@ -95,9 +111,10 @@ impl Overlay {
             self.link_up(&copy, parent, name)?;
             let node = self.inodes.reference(copy.ino).ok_or(Errno::STALE)?;
             let stat = self.stat_node(&node)?;
-            return Ok(Some(Entry { node, stat }));
+            return Ok(Some((node, Some(stat))));
         }
-        self.attach(parent, name, found).map(Some)
+        let e = self.attach(parent, name, found)?;
+        Ok(Some((e.node, Some(e.stat))))
     }
 
     /// Without an index: if `found` is another name of a lower hard-linked
@@ -114,6 +131,16 @@ impl Overlay {
         let node = self.inodes.get(id)?;
         let s = node.state.read();
         (s.has_upper() && s.origin(node.ino) == Some(id)).then(|| node.clone())
+    }
+}
+
+/// A name led to `node`: a directory was used, a hard-linked file was
+/// reached by that name.
+fn reached(node: &Node, parent: u64, name: &[u8]) {
+    if node.is_dir() {
+        node.touch();
+    } else {
+        note_name(node, parent, name);
     }
 }
 

@@ -4,7 +4,9 @@
 //! `overlay.redirect` says (a relative name in the same parent, an
 //! absolute path from the lower layers' roots), as the kernel overlay
 //! finds it. The data file is the first regular file there that is not
-//! itself a metadata copy; a whiteout, a directory, a missing file or an
+//! itself a metadata copy (one passed on the way that has a redirect of its
+//! own sends the search on from there); a whiteout, a directory, a missing
+//! file or an
 //! opaque directory on the path ends the search with `EIO` (logged). A
 //! metadata copy in a lower layer (an earlier upper used as a lower) is
 //! followed the same way, in the layers below its own, when the mount has
@@ -66,6 +68,30 @@ fn marked_in(stack: &Stack, obj: &Obj, what: &[u8], ns: Option<bool>) -> Result<
     }
 }
 
+/// The redirect of the metadata copy `obj` (named `what`), in the
+/// namespace `ns` where known; a refused one is `EIO` (logged).
+fn redirect_in(
+    stack: &Stack,
+    obj: &Obj,
+    what: &[u8],
+    ns: Option<bool>,
+) -> Result<Option<Redirect>> {
+    let Some(v) = record(stack, obj, Ovl::Redirect, ns)? else {
+        return Ok(None);
+    };
+    match redirect::parse(&v) {
+        Ok(r) => Ok(Some(r)),
+        Err(why) => {
+            log::warn!(
+                "invalid redirect {} on metacopy file {}: {why}; not followed",
+                show_bytes(&v[..v.len().min(300)]),
+                show_bytes(what)
+            );
+            Err(Errno::IO)
+        }
+    }
+}
+
 /// Where the data of the metadata copy `upper` (named `name` in a
 /// directory whose lower directories are `lowers`) is searched.
 enum Target {
@@ -100,25 +126,12 @@ pub(crate) fn data_of(
         );
         return Err(Errno::PERM);
     }
-    let target = match record(stack, upper, Ovl::Redirect, ns)? {
+    let target = match redirect_in(stack, upper, name, ns)? {
         None => Target::Name(name.to_vec()),
-        Some(v) => match redirect::parse(&v) {
-            Ok(Redirect::Relative(n)) => Target::Name(n),
-            Ok(Redirect::Absolute(parts)) => Target::Path(parts),
-            Err(why) => {
-                log::warn!(
-                    "invalid redirect {} on metacopy file {}: {why}; not followed",
-                    show_bytes(&v[..v.len().min(300)]),
-                    show_bytes(name)
-                );
-                return Err(Errno::IO);
-            }
-        },
+        Some(Redirect::Relative(n)) => Target::Name(n),
+        Some(Redirect::Absolute(parts)) => Target::Path(parts),
     };
-    let found = match &target {
-        Target::Name(n) => search_dirs(stack, lowers, n)?,
-        Target::Path(parts) => search_roots(stack, parts, from)?,
-    };
+    let found = search(stack, lowers, target, from, name)?;
     if found.is_none() {
         log::warn!(
             "metacopy file {}: no lower data file found",
@@ -129,16 +142,17 @@ pub(crate) fn data_of(
     Ok(found)
 }
 
-/// What one layer's hit says: the data file, go on below, or stop.
+/// What one layer's hit says: the data file, go on below (past a metadata
+/// copy of a lower layer, given), or stop.
 enum Step {
     Data(Stat, LayerObj),
-    Below,
+    Below(Option<LayerObj>),
     Stop,
 }
 
 fn step(stack: &Stack, hit: Hit, what: &[u8]) -> Result<Step> {
     Ok(match hit {
-        Hit::Missing => Step::Below,
+        Hit::Missing => Step::Below(None),
         Hit::End | Hit::Dir(..) => Step::Stop,
         Hit::Object(st, obj) => {
             if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -149,10 +163,10 @@ fn step(stack: &Stack, hit: Hit, what: &[u8]) -> Result<Step> {
                 return Ok(Step::Stop);
             }
             // A metadata copy in a lower layer (an earlier upper): its data
-            // is further down at the same place (none below the bottom
-            // layer: no data found, as on the kernel).
+            // is further down (none below the bottom layer: no data found,
+            // as on the kernel).
             if is_marked(stack, &obj.obj, what)? {
-                Step::Below
+                Step::Below(Some(obj))
             } else {
                 Step::Data(st, obj)
             }
@@ -160,35 +174,59 @@ fn step(stack: &Stack, hit: Hit, what: &[u8]) -> Result<Step> {
     })
 }
 
-/// The data file named `name` in the lower directories `lowers`.
-fn search_dirs(stack: &Stack, lowers: &[LayerFd], name: &[u8]) -> Result<Option<(Stat, LayerObj)>> {
-    for (i, l) in lowers.iter().enumerate() {
-        let more = i + 1 < lowers.len();
-        match step(stack, resolve::hit_in(l, name, more)?, name)? {
-            Step::Data(st, obj) => return Ok(Some((st, obj))),
-            Step::Below => {}
-            Step::Stop => break,
-        }
-    }
-    Ok(None)
-}
-
-/// The data file at the path `parts` from the roots of the layers from
-/// `first` down.
-fn search_roots(
+/// The data file at `target`: a name in the lower directories `lowers`
+/// (top first), or a path from the roots of the layers from `first` down.
+/// A metadata copy passed on the way that has a redirect of its own sends
+/// the search on where that says, in the layers below it, as the kernel
+/// follows each layer's record.
+fn search(
     stack: &Stack,
-    parts: &[Vec<u8>],
+    lowers: &[LayerFd],
+    mut target: Target,
     first: usize,
+    what: &[u8],
 ) -> Result<Option<(Stat, LayerObj)>> {
-    let last = stack.layers.len().saturating_sub(1);
-    let what = parts.last().map_or(&b""[..], |p| &p[..]);
-    for layer in first..=last {
-        let (hit, opaque_on_path) = resolve::walk(stack, layer, parts)?;
-        match step(stack, hit, what)? {
+    let bottom = stack.layers.len().saturating_sub(1);
+    // The next entry of `lowers` (by name), the next layer (by path: after
+    // a switch from names, the one below the record that switched).
+    let (mut next, mut layer) = (0, first);
+    loop {
+        let (hit, opaque_on_path) = match &target {
+            Target::Name(n) => {
+                let Some(l) = lowers.get(next) else { break };
+                next += 1;
+                layer = l.layer + 1;
+                (resolve::hit_in(l, n, next < lowers.len())?, false)
+            }
+            Target::Path(parts) => {
+                if layer > bottom {
+                    break;
+                }
+                layer += 1;
+                resolve::walk(stack, layer - 1, parts)?
+            }
+        };
+        let passed = match step(stack, hit, what)? {
             Step::Data(st, obj) => return Ok(Some((st, obj))),
-            Step::Below if !opaque_on_path => {}
-            _ => break,
-        }
+            Step::Stop => break,
+            Step::Below(passed) => passed,
+        };
+        let redirect = match &passed {
+            Some(obj) => redirect_in(stack, &obj.obj, what, None)?,
+            None => None,
+        };
+        target = match (redirect, target) {
+            (Some(Redirect::Absolute(parts)), _) => Target::Path(parts),
+            // An opaque directory on the path: nothing below counts.
+            (_, Target::Path(_)) if opaque_on_path => break,
+            (None, t) => t,
+            (Some(Redirect::Relative(n)), Target::Name(_)) => Target::Name(n),
+            (Some(Redirect::Relative(n)), Target::Path(mut parts)) => {
+                parts.pop();
+                parts.push(n);
+                Target::Path(parts)
+            }
+        };
     }
     Ok(None)
 }

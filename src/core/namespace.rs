@@ -464,11 +464,12 @@ impl Overlay {
         let d1 = self.dir_node(parent)?;
         let d2 = self.dir_node(newparent)?;
 
-        // Find both ends and copy up what has to move, before locking.
-        let src = self.lookup(parent, name)?.ok_or(Errno::NOENT)?;
-        let dst = self.lookup(newparent, newname)?;
-        let src_node = src.node.node().clone();
-        let dst_node = dst.as_ref().map(|e| e.node.node().clone());
+        // Find both ends and copy up what has to move, before locking. The
+        // names are checked again under the locks.
+        let src = self.lookup_node(parent, name)?.ok_or(Errno::NOENT)?;
+        let dst = self.lookup_node(newparent, newname)?;
+        let src_node = src.node().clone();
+        let dst_node = dst.as_ref().map(|r| r.node().clone());
         if exchange && dst_node.is_none() {
             return Err(Errno::NOENT);
         }
@@ -524,10 +525,10 @@ impl Overlay {
                 return Err(Errno::NOTEMPTY);
             }
         }
-        self.copy_up(&src_node, Data::Meta)?;
+        self.ensure_upper(&src_node, Data::Meta)?;
         if exchange {
             if let Some(dn) = &dst_node {
-                self.copy_up(dn, Data::Meta)?;
+                self.ensure_upper(dn, Data::Meta)?;
             }
         }
         let p1 = self.copy_up(&d1, Data::All)?;
@@ -579,26 +580,43 @@ impl Overlay {
         if dst_node.is_some() {
             self.pin_named(newparent, newname)?;
         }
-        if flags.contains(RenameFlags::NOREPLACE) && resolve::exists(&d2.dir_layers(), newname)? {
-            return Err(Errno::EXIST);
-        }
-        // A hard-linked file loses the replaced name.
-        let gone = match (
-            &dst_node,
-            resolve::resolve_in(&d2.dir_layers(), newname, Some(&self.stack))?,
-        ) {
-            (Some(_), Some(f)) => self.before_name_goes(&f, &p2)?,
-            _ => NameGone::Nothing,
-        };
-        if parent != newparent {
-            self.impure_if_origin(&src_node, &p2);
-        }
         let dst_upper = match fd::stat_at(&*p2, newname) {
             Ok(st) => Some(st),
             Err(Errno::NOENT) => None,
             Err(e) => return Err(e),
         };
         let dst_is_whiteout = dst_upper.as_ref().is_some_and(whiteout::is_whiteout);
+        let d2_lowers = d2.lower_dirs();
+        if flags.contains(RenameFlags::NOREPLACE) {
+            // Whether the merged directory shows the name (as
+            // `resolve::exists` over all of its layers, the upper's entry
+            // read just now).
+            let shown = match &dst_upper {
+                Some(_) => !dst_is_whiteout,
+                None => {
+                    !d2_lowers.is_empty()
+                        && !whiteout::has_wh_file(&*p2, newname)
+                        && resolve::exists(&d2_lowers, newname)?
+                }
+            };
+            if shown {
+                return Err(Errno::EXIST);
+            }
+        }
+        // A hard-linked file loses the replaced name (only the index keeps
+        // track of hard links).
+        let gone = match &dst_node {
+            Some(_) if self.stack.index.is_some() => {
+                match resolve::resolve_in(&d2.dir_layers(), newname, Some(&self.stack))? {
+                    Some(f) => self.before_name_goes(&f, &p2)?,
+                    None => NameGone::Nothing,
+                }
+            }
+            _ => NameGone::Nothing,
+        };
+        if parent != newparent {
+            self.impure_if_origin(&src_node, &p2);
+        }
         if let (Some(dn), Some(dst_st)) = (&dst_node, &dst_upper) {
             if dn.is_dir() && FileType::from_raw_mode(dst_st.st_mode) == FileType::Directory {
                 // The target is logically empty; its upper dir may still
@@ -636,12 +654,16 @@ impl Overlay {
             self.events.whiteout();
         }
         // The target's marker (after the rename, as in `publish`): a
-        // leftover only hides what the new entry hides anyway.
-        if let Err(e) = whiteout::remove_wh_file(&*p2, newname) {
-            log::warn!(
-                "whiteout marker for {} left in place: {e}",
-                show_bytes(newname)
-            );
+        // leftover only hides what the new entry hides anyway. Looked for
+        // only where lower layers are below (as `free_slot` does): without
+        // any, a marker hides nothing.
+        if !d2_lowers.is_empty() {
+            if let Err(e) = whiteout::remove_wh_file(&*p2, newname) {
+                log::warn!(
+                    "whiteout marker for {} left in place: {e}",
+                    show_bytes(newname)
+                );
+            }
         }
         self.after_name_gone(gone);
         self.detach(newparent, newname);

@@ -14,6 +14,23 @@
 //!   metadata-only copy-ups are compared too.
 //! * `STRATAFS_DIFF_SUBJECT=kernel` – run the kernel overlay on both sides
 //!   (self-check of the harness: must report zero divergences).
+//!
+//! Rootless, the oracle is the kernel in the user namespace, which refuses
+//! `redirect_dir=on` and `metacopy=on`. For those options a rootless run
+//! compares stratafs with results the kernel gave as root
+//! (`oracle_redirect`, `oracle_metacopy`; "Rootless against root results"
+//! at the end of this file, and docs/HARNESS.md):
+//! * `STRATAFS_DIFF_ORACLE=DIR` – where the results are; the ignored tests
+//!   `oracle_record_*` write them as root, and scripts/test-rootless.sh
+//!   runs those (as root) before it drops to the test user. Without
+//!   complete results the rootless tests are reported skipped.
+//! * `STRATAFS_DIFF_ORACLE_CASES` – how many cases (default
+//!   `STRATAFS_DIFF_CASES`): the first that many odd seeds from
+//!   `STRATAFS_DIFF_SEED`, with the options the root run gives those seeds,
+//!   generated with the rootless restrictions (owner 0 only, hard links in
+//!   the upper layer only). A failing case is replayed with
+//!   `STRATAFS_DIFF_SEED=<case seed> STRATAFS_DIFF_ORACLE_CASES=1 bash
+//!   scripts/test-rootless.sh differential::oracle_` as root.
 
 use crate::common::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,8 +112,8 @@ fn gen_path(rng: &mut Rng) -> String {
         .join("/")
 }
 
-fn gen_ids(rng: &mut Rng) -> (u32, u32) {
-    let ids = test_ids();
+fn gen_ids(rng: &mut Rng, rootless: bool) -> (u32, u32) {
+    let ids = test_ids_for(rootless);
     (*rng.pick(&ids), *rng.pick(&ids))
 }
 
@@ -109,7 +126,7 @@ enum Slot {
 
 /// `lower`: rootless, hard links are generated only in the upper layer,
 /// see the `lower-hard-links-rootless` entry of [`KNOWN_DIVERGENCES`].
-fn gen_layer(rng: &mut Rng, lower: bool) -> Layer {
+fn gen_layer(rng: &mut Rng, lower: bool, rootless: bool) -> Layer {
     let mut layer = Layer::new();
     let mut slots: BTreeMap<String, Slot> = BTreeMap::new();
     let mut files: Vec<String> = Vec::new();
@@ -156,7 +173,7 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> Layer {
                     layer = layer.mode(*rng.pick(&FILE_MODES));
                 }
                 if rng.chance(25) {
-                    let (u, g) = gen_ids(rng);
+                    let (u, g) = gen_ids(rng, rootless);
                     layer = layer.owner(u, g);
                 }
                 if rng.chance(25) {
@@ -185,7 +202,7 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> Layer {
                 layer = layer.symlink(&path, SYMLINK_TARGETS[rng.below(SYMLINK_TARGETS.len())]);
                 slot = Slot::Other;
             }
-            73..=79 if !files.is_empty() && (!lower || !is_rootless()) => {
+            73..=79 if !files.is_empty() && (!lower || !rootless) => {
                 let to = rng.pick(&files).clone();
                 layer = layer.hard_link(&path, &to);
                 slot = Slot::File;
@@ -204,13 +221,15 @@ fn gen_layer(rng: &mut Rng, lower: bool) -> Layer {
     layer
 }
 
-fn gen_stack(rng: &mut Rng) -> TempStackBuilder {
+fn gen_stack(rng: &mut Rng, rootless: bool) -> TempStackBuilder {
     let nlowers = 2 + rng.below(3);
-    let lowers: Vec<Layer> = (0..nlowers).map(|_| gen_layer(rng, true)).collect();
+    let lowers: Vec<Layer> = (0..nlowers)
+        .map(|_| gen_layer(rng, true, rootless))
+        .collect();
     let upper = if rng.chance(25) {
         Layer::new()
     } else {
-        gen_layer(rng, false)
+        gen_layer(rng, false, rootless)
     };
     let mut layers = vec![upper];
     layers.extend(lowers);
@@ -389,7 +408,7 @@ enum Op {
     },
 }
 
-fn gen_op(rng: &mut Rng) -> Op {
+fn gen_op(rng: &mut Rng, rootless: bool) -> Op {
     let p = gen_path(rng);
     match rng.below(100) {
         0..=7 => Op::Create {
@@ -440,7 +459,7 @@ fn gen_op(rng: &mut Rng) -> Op {
             mode: *rng.pick(&FILE_MODES),
         },
         72..=74 => {
-            let (uid, gid) = gen_ids(rng);
+            let (uid, gid) = gen_ids(rng, rootless);
             Op::Chown { p, uid, gid }
         }
         75..=78 => Op::Utimes {
@@ -762,11 +781,44 @@ impl Case {
     }
 }
 
-fn gen_case(seed: u64, nops: usize) -> Case {
+/// What the cases of a run may contain and how they are mounted.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Profile {
+    /// Only what a rootless run can build and compare: owners 0 (the one
+    /// id `unshare -Ur` maps), hard links in the upper layer only.
+    rootless: bool,
+    /// Odd seeds mount with `redirect_dir=on`, those with seed % 4 == 3
+    /// with `metacopy=on`.
+    options: bool,
+}
+
+impl Profile {
+    /// The cases of a run here, compared with the kernel overlay mounted
+    /// here: rootless that is the kernel in the user namespace
+    /// (`userxattr`), which refuses both options.
+    fn here() -> Self {
+        let rootless = is_rootless();
+        Profile {
+            rootless,
+            options: !rootless,
+        }
+    }
+
+    /// The cases a rootless run compares with results recorded as root
+    /// (see "Rootless against root results" below).
+    const ORACLE: Profile = Profile {
+        rootless: true,
+        options: true,
+    };
+}
+
+fn gen_case(seed: u64, nops: usize, profile: Profile) -> Case {
     let mut rng = Rng::new(seed);
-    let spec = gen_stack(&mut rng);
-    let ops = (0..nops).map(|_| gen_op(&mut rng)).collect();
-    let redirect = seed % 2 == 1 && !is_rootless();
+    let spec = gen_stack(&mut rng, profile.rootless);
+    let ops = (0..nops)
+        .map(|_| gen_op(&mut rng, profile.rootless))
+        .collect();
+    let redirect = seed % 2 == 1 && profile.options;
     let metacopy = redirect && seed % 4 == 3;
     let case = Case {
         seed,
@@ -844,6 +896,9 @@ fn describe_case(case: &Case) -> String {
     out
 }
 
+/// What a case came to: `Err((stage, details))` at the first divergence.
+type Outcome = Result<(), (String, String)>;
+
 struct Divergence {
     seed: u64,
     stage: String,
@@ -900,12 +955,16 @@ fn kernel_split_link_group(
     })
 }
 
-fn compare_views(stage: &str, s: &Path, k: &Path, opts: &CmpOpts) -> Result<(), (String, String)> {
-    let sv = snapshot_view(s);
-    let kv = snapshot_view(k);
-    let mut d = diff_snapshots(&sv, &kv, opts);
-    let (sg, kg) = (hardlink_groups(&sv), hardlink_groups(&kv));
-    if sg != kg && !kernel_split_link_group(&sg, &kg, &kv) {
+fn compare_views(stage: &str, s: &Path, k: &Path, opts: &CmpOpts) -> Outcome {
+    compare_snapshots(stage, &snapshot_view(s), &snapshot_view(k), opts)
+}
+
+/// Merged views: the subject's `sv`, the kernel's `kv` (with the kernel's
+/// inode numbers, which say what the kernel holds for one file).
+fn compare_snapshots(stage: &str, sv: &Snapshot, kv: &Snapshot, opts: &CmpOpts) -> Outcome {
+    let mut d = diff_snapshots(sv, kv, opts);
+    let (sg, kg) = (hardlink_groups(sv), hardlink_groups(kv));
+    if sg != kg && !kernel_split_link_group(&sg, &kg, kv) {
         d.push(format!(
             "hard-link groups (same st_ino): subject {sg:?} != kernel {kg:?}"
         ));
@@ -918,22 +977,81 @@ fn compare_views(stage: &str, s: &Path, k: &Path, opts: &CmpOpts) -> Result<(), 
             format!(
                 "{}\n--- subject view ---\n{}--- kernel view ---\n{}",
                 d.join("\n"),
-                fmt_snapshot(&sv),
-                fmt_snapshot(&kv)
+                fmt_snapshot(sv),
+                fmt_snapshot(kv)
             ),
         ))
     }
 }
 
-fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
+/// The result of op `i` on the subject (`rs`) against the kernel's (`rk`);
+/// `log` collects the kernel's results so far.
+fn compare_op(i: usize, op: &Op, rs: &OpResult, rk: &OpResult, log: &mut String) -> Outcome {
+    log.push_str(&format!("  #{i:02} {op}: {}\n", fmt_result(rk)));
+    if rs == rk {
+        return Ok(());
+    }
+    Err((
+        format!("op #{i} ({op})"),
+        format!(
+            "subject: {}\nkernel:  {}\nresults so far (kernel):\n{log}",
+            fmt_result(rs),
+            fmt_result(rk)
+        ),
+    ))
+}
+
+/// Unmounts the subject; stratafs must exit cleanly and leave nothing in
+/// `W/work` but whiteout templates (char 0/0).
+fn unmount_subject(m: Mount, stack: &Stack, subj: Subject) -> Outcome {
+    let (status, stderr) = m.unmount_with_stderr();
+    if subj != Subject::Stratafs {
+        return Ok(());
+    }
+    if let Some(st) = status {
+        if !st.success() {
+            return Err((
+                "unmount".into(),
+                format!("stratafs exited with {st}\n--- its stderr ---\n{stderr}"),
+            ));
+        }
+    }
+    let left = stack.work_leftovers();
+    if !left.is_empty() {
+        return Err((
+            "work dir".into(),
+            format!("stratafs left entries in W/work after unmount: {left:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Normalised upper layers: the subject's `su`, the kernel's `ku`.
+fn compare_uppers(su: &Snapshot, ku: &Snapshot, opts: &CmpOpts, log: &str) -> Outcome {
+    let d = diff_snapshots(su, ku, opts);
+    if d.is_empty() {
+        return Ok(());
+    }
+    Err((
+        "upper layer".into(),
+        format!(
+            "{}\n--- subject upper ---\n{}--- kernel upper ---\n{}op results (kernel):\n{log}",
+            d.join("\n"),
+            fmt_snapshot(su),
+            fmt_snapshot(ku)
+        ),
+    ))
+}
+
+fn run_case(case: &Case, subj: Subject) -> Outcome {
     let sformat = match subj {
-        Subject::Stratafs => Markers::Mixed(case.seed.wrapping_mul(31).wrapping_add(7)),
+        Subject::Stratafs => subject_markers(case),
         Subject::Kernel => Markers::Kernel,
     };
     let kstack = case.spec.build(Markers::Kernel);
     let sstack = case.spec.build(sformat);
     let km = kstack.mount_kernel_with(case.extra());
-    let mut sm = Some(mount_subject(&sstack, subj, case.extra()));
+    let sm = mount_subject(&sstack, subj, case.extra());
 
     // The initial views must already agree.
     let mt = MtimeTracker::default();
@@ -944,17 +1062,7 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     for (i, op) in case.ops.iter().enumerate() {
         let rs = run_op(&sstack.mnt, op);
         let rk = run_op(&kstack.mnt, op);
-        log.push_str(&format!("  #{i:02} {op}: {}\n", fmt_result(&rk)));
-        if rs != rk {
-            return Err((
-                format!("op #{i} ({op})"),
-                format!(
-                    "subject: {}\nkernel:  {}\nresults so far (kernel):\n{log}",
-                    fmt_result(&rs),
-                    fmt_result(&rk)
-                ),
-            ));
-        }
+        compare_op(i, op, &rs, &rk, &mut log)?;
         let kmnt = kstack.mnt.clone();
         mt.after(op, rk.is_ok(), &move || snapshot_view(&kmnt));
     }
@@ -963,40 +1071,14 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     compare_views("final view", &sstack.mnt, &kstack.mnt, &opts)
         .map_err(|(s, d)| (s, format!("{d}\nop results (kernel):\n{log}")))?;
 
-    // Unmount the subject, then compare the upper layers and check W/work.
-    let status = sm.take().map(|m| m.unmount());
-    if subj == Subject::Stratafs {
-        if let Some(Some(st)) = status {
-            if !st.success() {
-                return Err(("unmount".into(), format!("stratafs exited with {st}")));
-            }
-        }
-        // Whiteout templates (char 0/0) may stay; anything else is a leak.
-        let left = sstack.work_leftovers();
-        if !left.is_empty() {
-            return Err((
-                "work dir".into(),
-                format!("stratafs left entries in W/work after unmount: {left:?}"),
-            ));
-        }
-    }
+    // Unmount the subject, then compare the upper layers.
+    unmount_subject(sm, &sstack, subj)?;
     let mut su = snapshot_upper(sstack.upper());
     let mut ku = snapshot_upper(kstack.upper());
     normalise_upper(&mut su, sstack.lowers());
     normalise_upper(&mut ku, kstack.lowers());
     normalise_rootless_pair(&mut su, &ku);
-    let d = diff_snapshots(&su, &ku, &opts);
-    if !d.is_empty() {
-        return Err((
-            "upper layer".into(),
-            format!(
-                "{}\n--- subject upper ---\n{}--- kernel upper ---\n{}op results (kernel):\n{log}",
-                d.join("\n"),
-                fmt_snapshot(&su),
-                fmt_snapshot(&ku)
-            ),
-        ));
-    }
+    compare_uppers(&su, &ku, &opts, &log)?;
 
     // Remount the subject on the same dirs (without redirect_dir=on:
     // redirects are followed by default); the view must not change.
@@ -1007,22 +1089,50 @@ fn run_case(case: &Case, subj: Subject) -> Result<(), (String, String)> {
     Ok(())
 }
 
+/// The markers of the stratafs side's stack: every form stratafs reads,
+/// drawn from the seed.
+fn subject_markers(case: &Case) -> Markers {
+    Markers::Mixed(case.seed.wrapping_mul(31).wrapping_add(7))
+}
+
 const PARTS: u64 = 4;
 
 fn run_part(part: u64) {
     let cases = env_u64("STRATAFS_DIFF_CASES", 300);
     let base = env_u64("STRATAFS_DIFF_SEED", 0x5742_4146);
-    let nops = env_u64("STRATAFS_DIFF_OPS", 40).max(30) as usize;
     let subj = subject();
+    let seeds = (part..cases)
+        .step_by(PARTS as usize)
+        .map(|i| base.wrapping_add(i));
+    run_seeds(
+        &format!("differential part {part}"),
+        &format!("against {subj:?}"),
+        seeds,
+        Profile::here(),
+        "cargo test --test it differential::",
+        &|case| run_case(case, subj),
+    );
+}
+
+/// Runs the case of every seed with `run` and fails with a summary of
+/// the divergences found (at most 10); each is printed with the case and
+/// the command (`reproduce`, after the seed's environment) that replays it.
+fn run_seeds(
+    label: &str,
+    against: &str,
+    seeds: impl Iterator<Item = u64>,
+    profile: Profile,
+    reproduce: &str,
+    run: &dyn Fn(&Case) -> Outcome,
+) {
+    let nops = env_u64("STRATAFS_DIFF_OPS", 40).max(30) as usize;
     let started = Instant::now();
     let mut divergences: Vec<Divergence> = Vec::new();
     let mut ran = 0;
-    for i in (part..cases).step_by(PARTS as usize) {
-        let seed = base.wrapping_add(i);
-        let case = gen_case(seed, nops);
+    for seed in seeds {
+        let case = gen_case(seed, nops, profile);
         ran += 1;
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&case, subj)));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&case)));
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err((stage, details))) => Some((stage, details)),
@@ -1037,7 +1147,7 @@ fn run_part(part: u64) {
         };
         if let Some((stage, details)) = failure {
             eprintln!(
-                "DIVERGENCE seed={seed} stage={stage}\nreproduce: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_CASES=1 cargo test --test it differential::\n{}{details}\n",
+                "DIVERGENCE seed={seed} stage={stage}\nreproduce: STRATAFS_DIFF_SEED={seed} STRATAFS_DIFF_CASES=1 {reproduce}\n{}{details}\n",
                 describe_case(&case)
             );
             divergences.push(Divergence {
@@ -1052,7 +1162,7 @@ fn run_part(part: u64) {
         }
     }
     eprintln!(
-        "differential part {part}: {ran} cases x {nops} ops against {subj:?} in {:.1}s, {} divergences",
+        "{label}: {ran} cases x {nops} ops {against} in {:.1}s, {} divergences",
         started.elapsed().as_secs_f64(),
         divergences.len()
     );
@@ -1094,12 +1204,12 @@ fn differential_part3() {
 
 #[test]
 fn generator_is_deterministic_and_avoids_accepted_divergences() {
-    let a = gen_case(42, 40);
-    let b = gen_case(42, 40);
+    let a = gen_case(42, 40, Profile::here());
+    let b = gen_case(42, 40, Profile::here());
     assert_eq!(a.spec, b.spec);
     assert_eq!(describe_case(&a), describe_case(&b));
     assert!(a.ops.len() >= 30);
-    let c = gen_case(43, 40);
+    let c = gen_case(43, 40, Profile::here());
     assert_ne!(describe_case(&a), describe_case(&c));
     // Known divergences only apply to the documented names.
     assert!(known_divergence_for_name("x/.wh.y").is_some());
@@ -1125,4 +1235,303 @@ fn snapshot_metadata_is_read_through_lstat() {
     assert_eq!(meta_of(&snap, "l").target.as_deref(), Some("f"));
     let md = std::fs::symlink_metadata(st.l(0, "f")).unwrap();
     assert_eq!(meta_of(&snap, "f").ino, (md.dev(), md.ino()));
+}
+
+// ---------------------------------------------------------------------------
+// Rootless against root results
+// ---------------------------------------------------------------------------
+//
+// Rootless the oracle is the kernel in the user namespace, which refuses
+// `redirect_dir=on` and `metacopy=on`; stratafs accepts both there and
+// writes the kernel's records under `user.overlay.*`. So the kernel side of
+// those cases is recorded as root (`oracle_record_*`, ignored tests that
+// scripts/test-rootless.sh runs as root before it drops to the test user)
+// and the rootless run (`oracle_*`) compares stratafs with the records.
+
+/// The directory of the records (`STRATAFS_DIFF_ORACLE`).
+const ORACLE_ENV: &str = "STRATAFS_DIFF_ORACLE";
+
+/// What the kernel overlay (root, `index=on` and the case's options) did
+/// in one case.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// [`describe_case`] of the case: the replay checks that it generates
+    /// the same case.
+    case: String,
+    /// The merged view right after the mount.
+    initial: Snapshot,
+    /// The result of every op.
+    results: Vec<OpResult>,
+    /// The paths whose mtime the comparison includes ([`MtimeTracker`]).
+    mtime_paths: BTreeSet<String>,
+    /// The merged view after the ops (with the kernel's inode numbers).
+    view: Snapshot,
+    /// The upper layer after the unmount, origins by lower path.
+    upper: Snapshot,
+}
+
+/// The two halves of the recorded cases: odd seeds, by their options.
+#[derive(Clone, Copy, Debug)]
+enum OraclePart {
+    /// seed % 4 == 1: `redirect_dir=on`.
+    Redirect,
+    /// seed % 4 == 3: `metacopy=on`.
+    Metacopy,
+}
+
+impl OraclePart {
+    fn name(self) -> &'static str {
+        match self {
+            OraclePart::Redirect => "redirect",
+            OraclePart::Metacopy => "metacopy",
+        }
+    }
+
+    /// The seeds of this part among the first `STRATAFS_DIFF_ORACLE_CASES`
+    /// odd seeds from `STRATAFS_DIFF_SEED` (default: as many as
+    /// `STRATAFS_DIFF_CASES`): the cases the root run mounts with the same
+    /// option, and as many again after them (generated here with the
+    /// rootless restrictions).
+    fn seeds(self) -> Vec<u64> {
+        let cases = env_u64("STRATAFS_DIFF_CASES", 300);
+        let cases = env_u64("STRATAFS_DIFF_ORACLE_CASES", cases);
+        let base = env_u64("STRATAFS_DIFF_SEED", 0x5742_4146);
+        let rem = match self {
+            OraclePart::Redirect => 1,
+            OraclePart::Metacopy => 3,
+        };
+        (0..)
+            .map(|i| base.wrapping_add(i))
+            .filter(|s| s % 2 == 1)
+            .take(cases as usize)
+            .filter(|s| s % 4 == rem)
+            .collect()
+    }
+
+    /// Written once every case of the part is recorded.
+    fn done_file(self, dir: &Path) -> std::path::PathBuf {
+        dir.join(format!("{}.done", self.name()))
+    }
+}
+
+fn record_file(dir: &Path, seed: u64) -> std::path::PathBuf {
+    dir.join(format!("seed-{seed}.json"))
+}
+
+fn record_case(case: &Case) -> Record {
+    let stack = case.spec.build(Markers::Kernel);
+    let m = stack.mount_kernel_with(case.extra());
+    let initial = snapshot_view(&stack.mnt);
+    let mut mt = MtimeTracker::default();
+    let mut results = Vec::new();
+    // The ops run as a rootless caller would make them: without
+    // CAP_FSETID, which the kernel checks in the initial user namespace
+    // (not the caller's): a write or truncate of a set-user-id or
+    // set-group-id file (group-executable) clears those bits for every
+    // caller in a user namespace, and as root for none. Every other
+    // capability the ops use is checked against the caller's namespace,
+    // where the rootless caller is root over the whole stack. (The mount
+    // and its copy-ups keep the mounter's capabilities.)
+    sys::set_effective_cap(sys::CAP_FSETID, false).expect("drop CAP_FSETID");
+    for op in &case.ops {
+        let r = run_op(&stack.mnt, op);
+        let mnt = stack.mnt.clone();
+        mt.after(op, r.is_ok(), &move || snapshot_view(&mnt));
+        results.push(r);
+    }
+    sys::set_effective_cap(sys::CAP_FSETID, true).expect("raise CAP_FSETID");
+    let view = snapshot_view(&stack.mnt);
+    m.unmount();
+    let mut upper = snapshot_upper(stack.upper());
+    normalise_origins(&mut upper, stack.lowers(), true);
+    Record {
+        case: describe_case(case),
+        initial,
+        results,
+        mtime_paths: mt.explicit,
+        view,
+        upper,
+    }
+}
+
+fn record_part(part: OraclePart) {
+    let dir = std::env::var_os(ORACLE_ENV)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("{ORACLE_ENV}=DIR names where the records go"));
+    assert!(
+        !is_rootless(),
+        "the records are the kernel overlay's results as root"
+    );
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {dir:?}: {e}"));
+    let nops = env_u64("STRATAFS_DIFF_OPS", 40).max(30) as usize;
+    let started = Instant::now();
+    let seeds = part.seeds();
+    for &seed in &seeds {
+        let record = record_case(&gen_case(seed, nops, Profile::ORACLE));
+        let json = serde_json::to_vec(&record).expect("a record serialises");
+        let file = record_file(&dir, seed);
+        std::fs::write(&file, json).unwrap_or_else(|e| panic!("write {file:?}: {e}"));
+    }
+    let done = part.done_file(&dir);
+    std::fs::write(&done, format!("{}\n", seeds.len()))
+        .unwrap_or_else(|e| panic!("write {done:?}: {e}"));
+    eprintln!(
+        "oracle {}: recorded {} cases x {nops} ops in {dir:?} in {:.1}s",
+        part.name(),
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The kernel's records in a recorded upper as stratafs writes them
+/// rootless (docs/COMPAT.md):
+/// * `trusted.overlay.X` becomes `user.overlay.X`, the kernel's layout with
+///   `userxattr`;
+/// * on anything but a regular file or a directory there are none: the
+///   `user.` namespace holds xattrs of those two types only (for everyone;
+///   the kernel with `userxattr` cannot write them either), so a copied-up
+///   symlink or fifo has no `user.overlay.origin`.
+///
+/// Nothing else of an upper changes.
+fn records_as_rootless(s: &Snapshot) -> Snapshot {
+    let mut s = s.clone();
+    for e in s.values_mut() {
+        let Entry::Node(m) = e else {
+            continue;
+        };
+        let user_ns = matches!(m.kind, Kind::File | Kind::Dir);
+        m.xattrs = std::mem::take(&mut m.xattrs)
+            .into_iter()
+            .filter_map(|(n, v)| match n.strip_prefix("trusted.overlay.") {
+                Some(rest) => user_ns.then(|| (format!("user.overlay.{rest}"), v)),
+                None => Some((n, v)),
+            })
+            .collect();
+    }
+    s
+}
+
+/// One case on stratafs (here: rootless) against its record.
+fn replay_case(case: &Case, rec: &Record) -> Outcome {
+    if rec.case != describe_case(case) {
+        return Err((
+            "record".into(),
+            format!(
+                "the record is of another case (recorded by another build?):\n{}",
+                rec.case
+            ),
+        ));
+    }
+    if rec.results.len() != case.ops.len() {
+        return Err(("record".into(), "the record lacks op results".into()));
+    }
+    let stack = case.spec.build(subject_markers(case));
+    let m = stack.mount_strata_with(case.extra());
+    let initial = view_opts(&MtimeTracker::default());
+    compare_snapshots(
+        "initial view",
+        &snapshot_view(&stack.mnt),
+        &rec.initial,
+        &initial,
+    )?;
+
+    let mut log = String::new();
+    for (i, (op, rk)) in case.ops.iter().zip(&rec.results).enumerate() {
+        let rs = run_op(&stack.mnt, op);
+        compare_op(i, op, &rs, rk, &mut log)?;
+    }
+
+    let opts = CmpOpts {
+        dir_nlink: true,
+        mtime_paths: rec.mtime_paths.clone(),
+        all_mtimes: false,
+    };
+    compare_snapshots("final view", &snapshot_view(&stack.mnt), &rec.view, &opts)
+        .map_err(|(s, d)| (s, format!("{d}\nop results (kernel):\n{log}")))?;
+
+    unmount_subject(m, &stack, Subject::Stratafs)?;
+    let mut su = snapshot_upper(stack.upper());
+    normalise_origins(&mut su, stack.lowers(), true);
+    compare_uppers(&su, &records_as_rootless(&rec.upper), &opts, &log)?;
+
+    let m2 = stack.mount_strata_with(case.remount_extra());
+    compare_snapshots(
+        "view after remount",
+        &snapshot_view(&stack.mnt),
+        &rec.view,
+        &opts,
+    )?;
+    drop(m2);
+    Ok(())
+}
+
+fn replay_part(test: &str, part: OraclePart) {
+    if !is_rootless() {
+        return skip(
+            test,
+            "compares a rootless stratafs with the kernel's results as root; as root \
+             differential_part1 and differential_part3 compare with the kernel directly",
+        );
+    }
+    let Some(dir) = std::env::var_os(ORACLE_ENV).map(std::path::PathBuf::from) else {
+        return skip(
+            test,
+            &format!(
+                "no root results ({ORACLE_ENV} unset): scripts/test-rootless.sh records them \
+                 when started as root"
+            ),
+        );
+    };
+    if !part.done_file(&dir).exists() {
+        return skip(
+            test,
+            &format!("no complete root results in {dir:?} (the recording failed or did not run)"),
+        );
+    }
+    let records: BTreeMap<u64, Result<Record, String>> = part
+        .seeds()
+        .into_iter()
+        .map(|seed| {
+            let file = record_file(&dir, seed);
+            let rec = std::fs::read(&file)
+                .map_err(|e| format!("read {file:?}: {e}"))
+                .and_then(|b| {
+                    serde_json::from_slice(&b).map_err(|e| format!("parse {file:?}: {e}"))
+                });
+            (seed, rec)
+        })
+        .collect();
+    run_seeds(
+        &format!("oracle {}", part.name()),
+        "against the kernel's results as root",
+        records.keys().copied(),
+        Profile::ORACLE,
+        "STRATAFS_DIFF_ORACLE_CASES=1 bash scripts/test-rootless.sh differential::oracle_ (as root)",
+        &|case| match &records[&case.seed] {
+            Ok(rec) => replay_case(case, rec),
+            Err(e) => Err(("record".into(), e.clone())),
+        },
+    );
+}
+
+#[test]
+#[ignore = "run as root by scripts/test-rootless.sh with STRATAFS_DIFF_ORACLE=DIR"]
+fn oracle_record_redirect() {
+    record_part(OraclePart::Redirect);
+}
+
+#[test]
+#[ignore = "run as root by scripts/test-rootless.sh with STRATAFS_DIFF_ORACLE=DIR"]
+fn oracle_record_metacopy() {
+    record_part(OraclePart::Metacopy);
+}
+
+#[test]
+fn oracle_redirect() {
+    replay_part("oracle_redirect", OraclePart::Redirect);
+}
+
+#[test]
+fn oracle_metacopy() {
+    replay_part("oracle_metacopy", OraclePart::Metacopy);
 }

@@ -1422,3 +1422,56 @@ fn a_wh_file_beside_a_real_name_in_the_same_layer_hides_only_the_layers_below() 
     assert_eq!(read_string(&st.m("u")), "again");
     assert_eq!(list_dir(&st.m("d")).unwrap(), Vec::<String>::new());
 }
+
+/// `rename` onto names `.wh.` markers in the upper layer hide: with
+/// `RENAME_NOREPLACE` such a name is free where the marker hides a lower
+/// name (and the marker goes with the rename), a name a lower layer shows
+/// is not; in a directory without lower layers a marker hides nothing.
+#[test]
+fn rename_onto_names_behind_wh_markers_in_the_upper() {
+    use sys::RENAME_NOREPLACE as NOREPLACE;
+    let spec = stack(
+        vec![Layer::new()
+            .file("hidden", "lower hidden")
+            .file("shown", "lower shown")],
+        Layer::new()
+            .file(".wh.hidden", "")
+            .file("a", "a")
+            .file("b", "b")
+            .file("pure/f", "f")
+            .file("pure/.wh.gone", "")
+            .file("pure/.wh.other", ""),
+    );
+    let st = spec.build(Markers::Kernel);
+    let _m = st.mount_strata();
+    assert!(!visible(&st.mnt, "hidden"));
+    assert_errno(
+        sys::rename2(&st.m("a"), &st.m("shown"), NOREPLACE),
+        libc::EEXIST,
+        "noreplace onto a lower name",
+    );
+    assert_ok(
+        sys::rename2(&st.m("a"), &st.m("hidden"), NOREPLACE),
+        "noreplace onto a name a marker hides",
+    );
+    assert_eq!(read_string(&st.m("hidden")), "a");
+    assert_errno(sys::lstat(&st.u(".wh.hidden")), libc::ENOENT, "marker");
+    assert_ok(
+        sys::rename(&st.m("b"), &st.m("hidden")),
+        "rename over it again",
+    );
+    assert_eq!(read_string(&st.m("hidden")), "b");
+    assert_ok(
+        sys::rename2(&st.m("pure/f"), &st.m("pure/gone"), NOREPLACE),
+        "noreplace beside a marker that hides nothing",
+    );
+    assert_ok(
+        sys::rename(&st.m("pure/gone"), &st.m("pure/other")),
+        "rename beside a marker that hides nothing",
+    );
+    assert_eq!(read_string(&st.m("pure/other")), "f");
+    assert_eq!(list_dir(&st.m("pure")).unwrap(), ["other"]);
+    assert_ok(sys::unlink(&st.m("pure/other")), "unlink");
+    assert_eq!(list_dir(&st.m("pure")).unwrap(), Vec::<String>::new());
+    assert_eq!(list_dir(&st.mnt).unwrap(), ["hidden", "pure", "shown"]);
+}

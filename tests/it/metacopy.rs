@@ -721,6 +721,26 @@ fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
         fmt_snapshot(&s),
         fmt_snapshot(&k2)
     );
+    // Three layers: the kernel's upper of that stack on top. Its metadata
+    // copies lead through those of the layer below (one with an absolute
+    // redirect, one with a relative one) to the data.
+    let mut three = vec![ku.clone()];
+    three.extend(lowers.iter().cloned());
+    let (sm, km, _, _) = mount_both(&three, "3");
+    let shown = view(&km_dir);
+    assert_eq!(
+        view(&sm_dir),
+        shown,
+        "three layers: stratafs (left), kernel (right)"
+    );
+    assert!(
+        shown.iter().any(|s| s.0 == "d/h3" && s.6 == b"hdata"),
+        "{shown:?}"
+    );
+    assert_eq!(read_string(&sm_dir.join("f")), "lowerdata");
+    assert_ok(append(&sm_dir.join("d/h3"), b"!"), "append");
+    assert_eq!(read_string(&sm_dir.join("d/h3")), "hdata!");
+    drop((sm, km));
     // A metadata copy with no data below it: EIO on both.
     let bottom = d("bottom");
     std::fs::write(bottom.join("m"), b"").unwrap_or_else(|e| panic!("{e}"));
@@ -784,4 +804,79 @@ fn a_metadata_copy_without_an_origin_record_shows_its_data() {
         libc::ENODATA,
         "marker after the data copy-up",
     );
+}
+
+/// Ask for an xattr of every file (the daemon then knows which have
+/// none), then change them: metadata copies of `plain` and `tagged`,
+/// complete copies of `plainw` and `taggedw`.
+fn ask_then_change(m: &Path) -> Vec<(&'static str, Result<(), i32>)> {
+    let p = |r: &str| m.join(r);
+    for f in ["plain", "tagged", "plainw", "taggedw"] {
+        let _ = sys::lgetxattr(&p(f), "security.capability");
+    }
+    vec![
+        ("chmod plain", sys::chmod(&p("plain"), 0o600)),
+        ("chmod tagged", sys::chmod(&p("tagged"), 0o600)),
+        ("append plainw", append(&p("plainw"), b"+")),
+        ("append taggedw", append(&p("taggedw"), b"+")),
+    ]
+}
+
+/// The xattrs clients set, of `name` in the upper layer.
+fn upper_user_xattrs(upper: &Path, name: &str) -> Vec<(String, Vec<u8>)> {
+    let p = upper.join(name);
+    sys::llistxattr(&p)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|x| x.starts_with("user.") && !is_private_xattr(x))
+        .map(|x| {
+            let v = sys::lgetxattr(&p, &x).unwrap_or_default();
+            (x, v)
+        })
+        .collect()
+}
+
+/// A copy-up skips listing the xattrs of a lower file known to have none
+/// that clients see: the copies still carry exactly the lower files'
+/// xattrs, as the kernel's do.
+#[test]
+fn copy_ups_of_files_whose_xattrs_were_asked_for_carry_them() {
+    let spec = stack(
+        vec![Layer::new()
+            .file("plain", "p")
+            .file("tagged", "t")
+            .xattr("user.tag", "kept")
+            .file("plainw", "pw")
+            .file("taggedw", "tw")
+            .xattr("user.tag", "kept too")],
+        Layer::new(),
+    );
+    let expect = |upper: &Path| {
+        assert_eq!(upper_user_xattrs(upper, "plain"), []);
+        assert_eq!(upper_user_xattrs(upper, "plainw"), []);
+        assert_eq!(
+            upper_user_xattrs(upper, "tagged"),
+            [("user.tag".to_string(), b"kept".to_vec())]
+        );
+        assert_eq!(
+            upper_user_xattrs(upper, "taggedw"),
+            [("user.tag".to_string(), b"kept too".to_vec())]
+        );
+    };
+    if is_rootless() {
+        let s = spec.build(Markers::AsWritten);
+        let sm = s.mount_strata_with("metacopy=on");
+        let got = ask_then_change(&s.mnt);
+        assert!(got.iter().all(|(_, r)| r.is_ok()), "{got:?}");
+        drop(sm);
+        expect(s.upper());
+        return;
+    }
+    let p = Pair::with_options(&spec, "metacopy=on");
+    let s_res = ask_then_change(&p.s.mnt);
+    let k_res = ask_then_change(&p.k.mnt);
+    assert_eq!(s_res, k_res, "results: stratafs (left), kernel (right)");
+    p.assert_same_view();
+    p.assert_same_upper();
+    expect(p.s.upper());
 }

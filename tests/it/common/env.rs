@@ -14,9 +14,11 @@ pub fn is_rootless() -> bool {
     fields != ["0", "0", "4294967295"]
 }
 
-/// uids/gids a test may chown to. Under `unshare -Ur` only 0 is mapped.
-pub fn test_ids() -> Vec<u32> {
-    if is_rootless() {
+/// uids/gids a test may chown to in a rootless run (`rootless`) or in one
+/// as root (a root run may prepare what a rootless one compares with).
+/// Under `unshare -Ur` only 0 is mapped.
+pub fn test_ids_for(rootless: bool) -> Vec<u32> {
+    if rootless {
         vec![0]
     } else {
         vec![0, 1000, 1001]

@@ -218,6 +218,12 @@ impl Mount {
         self.do_unmount()
     }
 
+    /// [`Mount::unmount`], and what the daemon wrote to stderr by then.
+    pub fn unmount_with_stderr(mut self) -> (Option<ExitStatus>, String) {
+        let st = self.do_unmount();
+        (st, self.daemon_stderr())
+    }
+
     fn do_unmount(&mut self) -> Option<ExitStatus> {
         if self.done {
             return None;

@@ -10,12 +10,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::env::is_rootless;
 use super::errno::errno_name;
 use super::stacks::join_rel;
 use super::sys;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     File,
     Dir,
@@ -49,7 +51,7 @@ pub fn kind_of(m: &fs::Metadata) -> Kind {
 }
 
 /// Metadata of one entry as seen through lstat.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     pub kind: Kind,
     /// Permission bits including suid/sgid/sticky.
@@ -72,7 +74,7 @@ pub struct Meta {
     pub ino: (u64, u64),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Entry {
     Whiteout,
     Node(Meta),
@@ -440,6 +442,13 @@ pub fn meta_of<'a>(snap: &'a Snapshot, rel: &str) -> &'a Meta {
 /// an origin's presence compares, and the marks that come with an index
 /// are normalised (see `normalise_rootless_pair`).
 pub fn normalise_upper(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
+    normalise_origins(s, lowers, !is_rootless());
+}
+
+/// [`normalise_upper`]; `by_path`: origins become the lower path they name
+/// also rootless (for an upper that stratafs wrote, which records handles
+/// rootless too, compared with one the kernel wrote as root).
+pub fn normalise_origins(s: &mut Snapshot, lowers: &[std::path::PathBuf], by_path: bool) {
     let mut by_handle = BTreeMap::new();
     for (i, l) in lowers.iter().enumerate() {
         handles_below(l, &format!("lower{i}:"), &mut by_handle);
@@ -452,7 +461,7 @@ pub fn normalise_upper(s: &mut Snapshot, lowers: &[std::path::PathBuf]) {
             if !n.ends_with(".overlay.origin") {
                 continue;
             }
-            *v = if is_rootless() {
+            *v = if !by_path {
                 b"<origin>".to_vec()
             } else if v.is_empty() {
                 b"<origin unknown>".to_vec()

@@ -356,3 +356,40 @@ pub fn name_to_handle(p: &Path) -> Option<(u8, Vec<u8>)> {
     };
     (r == 0).then(|| (b.kind as u8, b.handle[..b.bytes as usize].to_vec()))
 }
+
+/// `CAP_FSETID` (linux/capability.h).
+pub const CAP_FSETID: u32 = 4;
+
+/// Raises (`on`) or drops capability `cap` (a `CAP_*` number below 32)
+/// in the effective set of the calling thread only (capabilities are per
+/// thread); the permitted set is kept, so a dropped one can be raised again.
+pub fn set_effective_cap(cap: u32, on: bool) -> Result<(), i32> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut hdr = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: a version 3 header and the two data words that version uses.
+    cvt(unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) } as i32)?;
+    if on {
+        data[0].effective |= 1 << cap;
+    } else {
+        data[0].effective &= !(1 << cap);
+    }
+    // SAFETY: as above; pid 0 is the calling thread.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) } as i32)?;
+    Ok(())
+}
