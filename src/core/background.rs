@@ -75,9 +75,9 @@ fn dirs_to_drop(ov: &Overlay) -> Vec<DirUse> {
         .filter_map(|n| {
             let fds = n.held_fds();
             let st = n.state.read();
-            (!st.detached).then(|| DirUse {
-                parent: st.parent,
-                name: st.name.clone(),
+            (!st.detached()).then(|| DirUse {
+                parent: st.parent(),
+                name: st.name().clone(),
                 used: n.last_used(),
                 fds,
             })

@@ -26,7 +26,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, X
 use super::index::IndexEntry;
 use super::inodes::ROOT_INO;
 use super::metacopy;
-use super::node::{keep_data_lower, Node};
+use super::node::Node;
 use super::notify::Invalidate;
 use super::obj::{LayerObj, Obj};
 use super::origin;
@@ -76,7 +76,7 @@ impl Overlay {
         let lower = if node.is_dir() {
             None
         } else {
-            let obj = node.state.read().lowers.first().map(|l| l.obj.clone());
+            let obj = node.state.read().first_lower().map(|(_, o)| o);
             obj.and_then(|o| o.stat().ok())
         };
         let hard_linked = lower.is_some_and(|st| st.st_nlink > 1);
@@ -124,7 +124,7 @@ impl Overlay {
     /// Without an index: give (`parent`, `name`), a lower hard link of the
     /// copied-up `node`, a link to the upper copy.
     pub(crate) fn link_up(&self, node: &Arc<Node>, parent: u64, name: &[u8]) -> Result<()> {
-        let origin = node.state.read().origin;
+        let origin = node.origin();
         let src = self.upper_fd(node)?.ok_or(Errno::IO)?;
         let dir = self.dir_node(parent)?;
         let pup = self.copy_up(&dir, Data::All)?;
@@ -133,7 +133,7 @@ impl Overlay {
         match resolve::resolve_in(&dir.dir_layers(), name, Some(&self.stack))? {
             Some(f)
                 if !self.stack.is_upper(f.top.layer)
-                    && Some((f.stat.st_dev, f.stat.st_ino)) == origin => {}
+                    && Some(self.inodes.ino_for(f.stat.st_dev, f.stat.st_ino)) == origin => {}
             _ => return Ok(()),
         }
         let pst = rustix::fs::fstat(&*pup)?;
@@ -153,15 +153,15 @@ impl Overlay {
     fn link_up_recent(&self, node: &Arc<Node>) -> Result<()> {
         let (upper, recent, location, detached) = {
             let st = node.state.read();
-            if !st.indexed {
+            if !st.indexed() {
                 return Ok(());
             }
-            let recent = st.recent.as_deref().cloned();
+            let recent = st.recent().cloned();
             (
-                st.upper.clone(),
+                st.upper(),
                 recent,
-                (st.parent, st.name.clone()),
-                st.detached,
+                (st.parent(), st.name().clone()),
+                st.detached(),
             )
         };
         let Some(upper) = upper else {
@@ -187,38 +187,38 @@ impl Overlay {
         match resolve::resolve_in(&dir.dir_layers(), &name, Some(&self.stack))? {
             Some(f)
                 if !self.stack.is_upper(f.top.layer)
-                    && Some((f.stat.st_dev, f.stat.st_ino)) == node.state.read().origin => {}
+                    && Some(self.inodes.ino_for(f.stat.st_dev, f.stat.st_ino)) == node.origin() => {
+            }
             _ => return Ok(()),
         }
         let inode = upper.fd()?;
         self.publish_link(&pup, &name, &inode)?;
         self.index_linked_up(&inode)?;
-        let moved = {
+        let (moves, old) = {
             let mut st = node.state.write();
-            st.recent = None;
-            let relocate = st.detached
-                || match &st.upper {
-                    Some(u @ Obj::At { .. }) => self.in_index(u),
+            st.set_recent(None);
+            let relocate = st.detached()
+                || match st.upper() {
+                    Some(u @ Obj::At { .. }) => self.in_index(&u),
                     _ => true,
                 };
-            if relocate {
-                // The node now lives at the linked-up name.
-                let old = (st.parent, st.name.clone());
-                st.parent = parent;
-                st.name = name.clone();
-                st.upper = Some(Obj::At {
-                    dir: pup.clone(),
-                    name: name.clone(),
-                });
-                st.detached = false;
-                Some(old)
-            } else {
-                None
-            }
+            (
+                relocate,
+                st.named().then(|| (st.parent(), st.name().clone())),
+            )
         };
-        if let Some((p, n)) = moved {
-            // The old location, if it still names the node, is an alias now.
-            if self.inodes.dentry_ino(p, &n) == Some(node.ino) {
+        if moves {
+            // The node now lives at the linked-up name.
+            let upper = Obj::At {
+                dir: pup.clone(),
+                name: name.clone(),
+            };
+            self.inodes.move_node(node, parent, name.clone(), |st| {
+                st.set_upper(upper);
+                st.set_detached(false);
+            });
+            // The old location, if it still named the node, is an alias now.
+            if let Some((p, n)) = old {
                 self.inodes.set_dentry(p, n, node);
             }
         }
@@ -318,8 +318,8 @@ impl Overlay {
         }
         let (parent_ino, name, lower_of, detached) = {
             let st = node.state.read();
-            let lower = st.lowers.first().map(|l| (l.layer, l.obj.clone()));
-            (st.parent, st.name.clone(), lower, st.detached)
+            let lower = st.first_lower();
+            (st.parent(), st.name().clone(), lower, st.detached())
         };
         // A metadata copy of a lower layer: the data is elsewhere.
         let data_file = node.metacopy_data();
@@ -343,13 +343,13 @@ impl Overlay {
                 let meta = metacopy::is_marked(&self.stack, &copy, &entry.name)?;
                 {
                     let mut s = node.state.write();
-                    s.indexed = true;
-                    s.upper = Some(copy);
+                    s.set_indexed(true);
                     if meta {
                         // (A metadata copy keeps its lower file: the data.)
-                        keep_data_lower(&mut s.lowers);
+                        s.set_upper(copy);
+                        s.keep_data_lower();
                     } else {
-                        s.lowers.clear();
+                        s.set_upper_only(copy);
                     }
                 }
                 self.link_up_recent(node)?;
@@ -407,7 +407,7 @@ impl Overlay {
         };
         {
             let _dl = parent.dir_lock.write(parent_ino);
-            if node.state.read().detached {
+            if node.state.read().detached() {
                 // Unlinked while being copied: nothing to publish.
                 let _ = tree::remove_tree(work, &tmp, node.is_dir());
                 return Err(Errno::NOENT);
@@ -426,18 +426,18 @@ impl Overlay {
             }
             let _ = fd::set_times(&*pup, &fd::times_of(&pst));
             let mut s = node.state.write();
-            s.upper = Some(match copy {
-                Some(dir) => Obj::Fd(dir),
-                None => Obj::At {
-                    dir: pup.clone(),
-                    name: name.clone(),
-                },
-            });
-            if meta {
-                // (A metadata copy keeps its lower file: the data.)
-                keep_data_lower(&mut s.lowers);
-            } else if !node.is_dir() {
-                s.lowers.clear();
+            let at = Obj::At {
+                dir: pup.clone(),
+                name: name.clone(),
+            };
+            match copy {
+                Some(dir) => s.set_upper(Obj::Fd(dir)),
+                None if meta => {
+                    // (A metadata copy keeps its lower file: the data.)
+                    s.set_upper(at);
+                    s.keep_data_lower();
+                }
+                None => s.set_upper_only(at),
             }
         }
         let bytes = if node.is_dir() || data != Data::All {
@@ -499,7 +499,7 @@ impl Overlay {
         }
         let bytes = copied?;
         self.stack.formats.remove_ovl(&*up, Ovl::Metacopy)?;
-        node.state.write().lowers.clear();
+        node.state.write().drop_lowers();
         self.events.copied_up(bytes);
         Ok(())
     }

@@ -200,19 +200,21 @@ impl Overlay {
         ) else {
             return;
         };
-        let Some(node) = self.inodes.get(self.inodes.ino_for(key.0, key.1)) else {
+        let id = self.inodes.ino_for(key.0, key.1);
+        let Some(node) = self.inodes.get(id) else {
             return;
         };
         let copy = entry.obj(index);
         // A metadata copy keeps its lower file: the data.
         let meta = super::metacopy::is_marked(&self.stack, &copy, &entry.name).unwrap_or(false);
         let mut st = node.state.write();
-        if st.origin == Some(key) && st.upper.is_none() {
-            st.upper = Some(copy);
-            if !meta {
-                st.lowers.clear();
+        if st.origin(node.ino) == Some(id) && !st.has_upper() {
+            if meta {
+                st.set_upper(copy);
+            } else {
+                st.set_upper_only(copy);
             }
-            st.indexed = true;
+            st.set_indexed(true);
         }
     }
 }

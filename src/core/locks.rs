@@ -12,8 +12,11 @@
 //!   while holding it (`read_recursive`), but no other directory's.
 //!
 //! * A **state lock** ([`StateLock`], `Node::state`) is innermost: no other
-//!   node lock, and no second state lock, is taken while one is held (the
-//!   inode table's map shards are leaves and may be).
+//!   node lock, and no second state lock, is taken while one is held.
+//! * A **map lock** ([`MapLock`], one shard of the inode table's maps) is
+//!   taken under node locks, one at a time, and never under a state lock;
+//!   state locks may be taken under it (the name map compares and hashes
+//!   names by the nodes' locations).
 //!
 //! Debug builds check the rules above on every acquisition (a per-thread
 //! list of held locks) and panic on a violation; release builds carry no
@@ -102,13 +105,13 @@ impl DirLock {
 #[derive(Debug, Default)]
 pub(crate) struct StateLock<T>(RwLock<T>);
 
-/// A held state read lock.
+/// A held state (or map shard) read lock.
 pub(crate) struct StateRead<'a, T> {
     g: RwLockReadGuard<'a, T>,
     _t: track::Token,
 }
 
-/// A held state write lock.
+/// A held state (or map shard) write lock.
 pub(crate) struct StateWrite<'a, T> {
     g: RwLockWriteGuard<'a, T>,
     _t: track::Token,
@@ -119,22 +122,19 @@ impl<T> StateLock<T> {
         StateLock(RwLock::new(v))
     }
 
+    /// The state, from a lock nobody else holds.
+    pub(crate) fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+
     /// Read the state (no other state lock may be held).
     pub(crate) fn read(&self) -> StateRead<'_, T> {
-        let t = track::acquire(0, track::Kind::State);
-        StateRead {
-            g: self.0.read(),
-            _t: t,
-        }
+        read_as(&self.0, track::Kind::State)
     }
 
     /// Change the state (no other state lock may be held).
     pub(crate) fn write(&self) -> StateWrite<'_, T> {
-        let t = track::acquire(0, track::Kind::State);
-        StateWrite {
-            g: self.0.write(),
-            _t: t,
-        }
+        write_as(&self.0, track::Kind::State)
     }
 }
 
@@ -155,6 +155,35 @@ impl<T> Deref for StateWrite<'_, T> {
 impl<T> DerefMut for StateWrite<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.g
+    }
+}
+
+/// One shard of a map of the inode table.
+#[derive(Debug, Default)]
+pub(crate) struct MapLock<T>(RwLock<T>);
+
+impl<T> MapLock<T> {
+    /// Read the shard (no state lock and no other shard may be held).
+    pub(crate) fn read(&self) -> StateRead<'_, T> {
+        read_as(&self.0, track::Kind::Map)
+    }
+
+    /// Change the shard (no state lock and no other shard may be held).
+    pub(crate) fn write(&self) -> StateWrite<'_, T> {
+        write_as(&self.0, track::Kind::Map)
+    }
+}
+
+fn read_as<T>(l: &RwLock<T>, kind: track::Kind) -> StateRead<'_, T> {
+    let t = track::acquire(0, kind);
+    StateRead { g: l.read(), _t: t }
+}
+
+fn write_as<T>(l: &RwLock<T>, kind: track::Kind) -> StateWrite<'_, T> {
+    let t = track::acquire(0, kind);
+    StateWrite {
+        g: l.write(),
+        _t: t,
     }
 }
 
@@ -189,6 +218,7 @@ mod track {
         Write,
         WriteSecond,
         State,
+        Map,
     }
 
     thread_local! {
@@ -210,7 +240,7 @@ mod track {
     }
 
     fn is_dir(k: Kind) -> bool {
-        !matches!(k, Kind::Copy | Kind::State)
+        !matches!(k, Kind::Copy | Kind::State | Kind::Map)
     }
 
     pub(super) fn acquire(ino: u64, kind: Kind) -> Token {
@@ -220,26 +250,38 @@ mod track {
                 !h.iter().any(|e| e.1 == Kind::State),
                 "lock order: {kind:?} lock of {ino} taken under a node state lock"
             );
-            let dirs: Vec<(u64, Kind)> = h.iter().copied().filter(|e| is_dir(e.1)).collect();
-            match kind {
-                Kind::Copy => assert!(
-                    dirs.is_empty(),
-                    "lock order: copy lock of {ino} taken under directory lock(s) {dirs:?}"
-                ),
-                Kind::Read | Kind::Write => assert!(
-                    dirs.is_empty(),
-                    "lock order: directory {ino} locked ({kind:?}) under directory lock(s) {dirs:?}"
-                ),
-                Kind::ReadAgain => assert!(
-                    dirs.iter()
-                        .all(|(i, k)| *i == ino && matches!(k, Kind::Read | Kind::ReadAgain)),
-                    "lock order: directory {ino} read through a child under directory lock(s) {dirs:?}"
-                ),
-                Kind::WriteSecond => assert!(
-                    matches!(dirs.as_slice(), [(first, Kind::Write)] if *first < ino),
-                    "lock order: second directory {ino} locked under {dirs:?}"
-                ),
-                Kind::State => {}
+            assert!(
+                kind == Kind::State || !h.iter().any(|e| e.1 == Kind::Map),
+                "lock order: {kind:?} lock of {ino} taken under a map shard"
+            );
+            // Checked without allocating: lock-free paths stay so in tests.
+            let mut dirs = h.iter().copied().filter(|e| is_dir(e.1));
+            let ok = match kind {
+                Kind::Copy | Kind::Read | Kind::Write => dirs.next().is_none(),
+                Kind::ReadAgain => {
+                    dirs.all(|(i, k)| i == ino && matches!(k, Kind::Read | Kind::ReadAgain))
+                }
+                Kind::WriteSecond => {
+                    matches!((dirs.next(), dirs.next()), (Some((first, Kind::Write)), None) if first < ino)
+                }
+                Kind::State | Kind::Map => true,
+            };
+            if !ok {
+                let held: Vec<(u64, Kind)> = h.iter().copied().filter(|e| is_dir(e.1)).collect();
+                match kind {
+                    Kind::Copy => {
+                        panic!("lock order: copy lock of {ino} taken under directory lock(s) {held:?}")
+                    }
+                    Kind::ReadAgain => panic!(
+                        "lock order: directory {ino} read through a child under directory lock(s) {held:?}"
+                    ),
+                    Kind::WriteSecond => {
+                        panic!("lock order: second directory {ino} locked under {held:?}")
+                    }
+                    _ => panic!(
+                        "lock order: directory {ino} locked ({kind:?}) under directory lock(s) {held:?}"
+                    ),
+                }
             }
             h.push((ino, kind));
         });
@@ -257,6 +299,7 @@ mod track {
         Write,
         WriteSecond,
         State,
+        Map,
     }
 
     pub(super) struct Token;
@@ -324,6 +367,30 @@ mod tests {
         let (s, d) = (StateLock::new(1u8), DirLock::default());
         let _r = s.read();
         let _d = d.read(4);
+    }
+
+    #[test]
+    #[should_panic(expected = "Map lock of 0 taken under a node state lock")]
+    fn a_map_shard_under_a_state_lock_panics() {
+        // A shard's rehash reads the states of its nodes.
+        let (s, m) = (StateLock::new(1u8), MapLock::<u8>::default());
+        let _r = s.read();
+        let _m = m.write();
+    }
+
+    #[test]
+    fn state_locks_under_a_map_shard_are_allowed() {
+        let (s, m) = (StateLock::new(1u8), MapLock::<u8>::default());
+        let _m = m.read();
+        let _r = s.read();
+    }
+
+    #[test]
+    #[should_panic(expected = "Map lock of 0 taken under a map shard")]
+    fn two_map_shards_panic() {
+        let (a, b) = (MapLock::<u8>::default(), MapLock::<u8>::default());
+        let _a = a.read();
+        let _b = b.write();
     }
 
     #[test]

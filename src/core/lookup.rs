@@ -127,9 +127,10 @@ impl Overlay {
         if st.st_nlink < 2 || found.kind() == FileType::Directory {
             return None;
         }
-        let node = self.inodes.get(self.inodes.ino_for(st.st_dev, st.st_ino))?;
+        let id = self.inodes.ino_for(st.st_dev, st.st_ino);
+        let node = self.inodes.get(id)?;
         let s = node.state.read();
-        (s.upper.is_some() && s.origin == Some((st.st_dev, st.st_ino))).then(|| node.clone())
+        (s.has_upper() && s.origin(node.ino) == Some(id)).then(|| node.clone())
     }
 }
 
@@ -148,12 +149,12 @@ fn reached(node: &Node, parent: u64, name: &[u8]) {
 fn note_name(node: &Node, parent: u64, name: &[u8]) {
     let hard_linked = {
         let st = node.state.read();
-        st.aliases.is_some() || st.indexed || st.recent.is_some()
+        !st.aliases().is_empty() || st.indexed() || st.recent().is_some()
     };
     if !hard_linked {
         return;
     }
     let mut st = node.state.write();
-    st.recent =
-        (st.parent != parent || *st.name != *name).then(|| Box::new((parent, Name::from(name))));
+    let elsewhere = st.parent() != parent || **st.name() != *name;
+    st.set_recent(elsewhere.then(|| (parent, Name::from(name))));
 }

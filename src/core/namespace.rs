@@ -356,7 +356,7 @@ impl Overlay {
                 return Err(e);
             }
         }
-        if node.state.read().origin.is_some() {
+        if node.origin().is_some() {
             self.mark_impure(&pup);
         }
         // Not stat_node: this directory's write lock is held.
@@ -433,8 +433,8 @@ impl Overlay {
         if let Some(ino) = self.inodes.remove_dentry(parent, name) {
             if let Some(n) = self.inodes.get(ino) {
                 let mut st = n.state.write();
-                if st.parent == parent && *st.name == *name {
-                    st.detached = true;
+                if st.parent() == parent && **st.name() == *name {
+                    st.set_detached(true);
                 }
             }
         }
@@ -729,7 +729,7 @@ impl Overlay {
         };
         let (upper, parent, own) = {
             let st = node.state.read();
-            (st.upper.clone(), st.parent, st.name.clone())
+            (st.upper(), st.parent(), st.name().clone())
         };
         let u = if locked {
             upper.ok_or(Errno::IO)?.fd()?
@@ -790,7 +790,7 @@ impl Overlay {
     fn impure_if_origin(&self, node: &Node, dir: &OwnedFd) {
         let (origin, upper) = {
             let st = node.state.read();
-            (st.origin, st.upper.clone())
+            (st.origin(node.ino), st.upper())
         };
         let has_origin =
             origin.is_some() || upper.is_some_and(|u| origin::recorded(&self.stack, &u).is_some());
@@ -801,21 +801,18 @@ impl Overlay {
 
     /// Record that `node` now lives at (`parent`, `name`), in the upper
     /// directory `dir`.
-    fn relocate(&self, node: &Node, parent: u64, name: &[u8], dir: &Arc<OwnedFd>) {
+    fn relocate(&self, node: &Arc<Node>, parent: u64, name: &[u8], dir: &Arc<OwnedFd>) {
         let name = Name::from(name);
-        {
-            let mut st = node.state.write();
-            st.parent = parent;
-            st.name = name.clone();
-            st.detached = false;
-            if let Some(Obj::At { .. }) = st.upper {
-                st.upper = Some(Obj::At {
-                    dir: dir.clone(),
-                    name: name.clone(),
-                });
+        let at = Obj::At {
+            dir: dir.clone(),
+            name: name.clone(),
+        };
+        self.inodes.move_node(node, parent, name, |st| {
+            st.set_detached(false);
+            if let Some(Obj::At { .. }) = st.upper() {
+                st.set_upper(at);
             }
-        }
-        self.inodes.set_dentry(parent, name, node);
+        });
     }
 
     /// Before the upper entry (`parent`, `name`) goes away: if a node is

@@ -128,7 +128,7 @@ impl Overlay {
         let root = Node::new(
             ROOT_INO,
             FileType::Directory,
-            NodeState::new(ROOT_INO, Name::from(&b""[..]), upper, lowers, None),
+            NodeState::new(ROOT_INO, Name::from(&b""[..]), upper, lowers),
         );
         let fd_budget = fdbudget::budget(config.max_fds, fdbudget::nofile_limit());
         Ok(Overlay {
@@ -203,7 +203,7 @@ impl Overlay {
     /// owner/mode overrides, and the merged link count of an indexed inode.
     pub(crate) fn present_node(&self, node: &Node, layer: usize, obj: &Obj, st: &mut Stat) {
         self.present(layer, obj, st);
-        if self.stack.is_upper(layer) && node.state.read().indexed {
+        if self.stack.is_upper(layer) && node.state.read().indexed() {
             self.indexed_nlink(obj, st);
         }
     }
@@ -331,30 +331,29 @@ impl Overlay {
             None => (None, None),
         };
         let (mut ino, origin, mut indexed) = match (&upper, source) {
-            (None, _) | (Some(_), None) => (
-                self.inodes.ino_for(stat.st_dev, stat.st_ino),
-                (!is_dir).then_some((stat.st_dev, stat.st_ino)),
-                false,
-            ),
+            (None, _) | (Some(_), None) => {
+                let id = self.inodes.ino_for(stat.st_dev, stat.st_ino);
+                (id, (!is_dir).then_some(id), false)
+            }
             (Some(u), Some(source)) => match source {
-                Source::Lower(l) => (
-                    if origin::numbered_by_copy(&self.stack, &stat) {
-                        self.copy_ino(&stat, Some((l.st_dev, l.st_ino)))
+                Source::Lower(l) => {
+                    let id = self.inodes.ino_for(l.st_dev, l.st_ino);
+                    let ino = if origin::numbered_by_copy(&self.stack, &stat) {
+                        self.copy_ino(&stat, Some(id))
                     } else {
-                        self.inodes.ino_for(l.st_dev, l.st_ino)
-                    },
-                    (!is_dir).then_some((l.st_dev, l.st_ino)),
-                    !is_dir && l.st_nlink > 1,
-                ),
-                Source::Handle(dev, ino) => (
-                    if origin::numbered_by_copy(&self.stack, &stat) {
-                        self.copy_ino(&stat, Some((dev, ino)))
+                        id
+                    };
+                    (ino, (!is_dir).then_some(id), !is_dir && l.st_nlink > 1)
+                }
+                Source::Handle(dev, ino) => {
+                    let id = self.inodes.ino_for(dev, ino);
+                    let ino = if origin::numbered_by_copy(&self.stack, &stat) {
+                        self.copy_ino(&stat, Some(id))
                     } else {
-                        self.inodes.ino_for(dev, ino)
-                    },
-                    (!is_dir).then_some((dev, ino)),
-                    false,
-                ),
+                        id
+                    };
+                    (ino, (!is_dir).then_some(id), false)
+                }
                 Source::LegacyId(id) => (
                     self.legacy_ino(id)
                         .unwrap_or_else(|| self.inodes.ino_for(stat.st_dev, stat.st_ino)),
@@ -443,36 +442,37 @@ impl Overlay {
             .as_ref()
             .or(lowers.first().map(|l| &l.obj))
             .map_or_else(|| Name::from(name), |o| o.shared_name(name));
+        let mut state = NodeState::new(parent, shared.clone(), upper, lowers);
+        state.set_indexed(indexed);
         loop {
-            let mut state = NodeState::new(
-                parent,
-                shared.clone(),
-                upper.clone(),
-                lowers.clone(),
-                origin,
-            );
-            state.indexed = indexed;
-            let (node, inserted) = self.inodes.insert_or_get(Node::new(ino, kind, state));
-            if inserted && kind == FileType::Directory {
-                self.new_dir_node();
-            }
-            if inserted || self.same_object(&node, origin, &stat, kind) {
-                if !inserted {
-                    // Another name of the same inode (a hard link), or a
-                    // name found again: keep the node.
-                    let mut st = node.state.write();
-                    if st.detached {
-                        st.detached = false;
-                        st.parent = parent;
-                        st.name = shared.clone();
+            state.set_origin(ino, origin);
+            let (node, rejected) = self.inodes.insert_or_get(Node::new(ino, kind, state));
+            match rejected {
+                None => {
+                    if kind == FileType::Directory {
+                        self.new_dir_node();
                     }
+                    self.inodes.set_dentry(parent, shared, node.node());
+                    return Ok(Entry { node, stat });
                 }
-                self.inodes.set_dentry(parent, shared, &node);
-                return Ok(Entry { node, stat });
+                Some(_) if self.same_object(&node, origin, &stat, kind) => {
+                    // Another name of the same inode (a hard link), or a
+                    // name found again: keep the node; one whose name was
+                    // removed lives here now.
+                    self.inodes.move_node_if(
+                        node.node(),
+                        parent,
+                        shared,
+                        NodeState::detached,
+                        |st| st.set_detached(false),
+                    );
+                    return Ok(Entry { node, stat });
+                }
+                // Taken by an unrelated object (an inode number reused after
+                // a delete while the old node lives on): use a fresh id (the
+                // reference on the other node is given back with `node`).
+                Some(r) => state = r.into_state(),
             }
-            // Taken by an unrelated object (an inode number reused after a
-            // delete while the old node lives on): use a fresh id (the
-            // reference on the other node is given back with `node`).
             ino = self.inodes.fresh_ino();
         }
     }
@@ -480,11 +480,10 @@ impl Overlay {
     /// The id of a copy numbered by itself (`origin::numbered_by_copy`):
     /// the live node of its lower original `lower` if there is one (it keeps
     /// its number while the kernel knows it), else the copy's own number.
-    fn copy_ino(&self, copy: &Stat, lower: Option<(u64, u64)>) -> u64 {
-        if let Some((dev, ino)) = lower {
-            let id = self.inodes.ino_for(dev, ino);
+    fn copy_ino(&self, copy: &Stat, lower: Option<u64>) -> u64 {
+        if let Some(id) = lower {
             let live = self.inodes.get(id);
-            if live.is_some_and(|n| n.state.read().origin == Some((dev, ino))) {
+            if live.is_some_and(|n| n.state.read().origin(n.ino) == Some(id)) {
                 return id;
             }
         }
@@ -496,36 +495,33 @@ impl Overlay {
         let kind = FileType::from_raw_mode(stat.st_mode);
         let mut ino = self.inodes.ino_for(stat.st_dev, stat.st_ino);
         let shared = obj.shared_name(name);
+        let mut state = NodeState::new(parent, shared.clone(), Some(obj), Vec::new());
         loop {
-            let state = NodeState::new(parent, shared.clone(), Some(obj.clone()), Vec::new(), None);
-            let (node, inserted) = self.inodes.insert_or_get(Node::new(ino, kind, state));
-            if inserted {
+            let (node, rejected) = self.inodes.insert_or_get(Node::new(ino, kind, state));
+            let Some(r) = rejected else {
                 if kind == FileType::Directory {
                     self.new_dir_node();
                 }
-                self.inodes.set_dentry(parent, shared, &node);
+                self.inodes.set_dentry(parent, shared, node.node());
                 return Entry { node, stat };
-            }
+            };
             // The id is still held by an older node whose inode number the
             // filesystem reused: take a fresh one.
+            state = r.into_state();
             ino = self.inodes.fresh_ino();
         }
     }
 
     /// Whether the live `node` is the object found (of stat `stat`, a copy
     /// of lower `origin` if that is known).
-    fn same_object(
-        &self,
-        node: &Node,
-        origin: Option<(u64, u64)>,
-        stat: &Stat,
-        kind: FileType,
-    ) -> bool {
+    fn same_object(&self, node: &Node, origin: Option<u64>, stat: &Stat, kind: FileType) -> bool {
         if node.kind != kind {
             return false;
         }
-        let known = node.state.read().origin;
-        if known.is_some() && (known == origin || known == Some((stat.st_dev, stat.st_ino))) {
+        let known = node.origin();
+        if known.is_some()
+            && (known == origin || known == Some(self.inodes.ino_for(stat.st_dev, stat.st_ino)))
+        {
             return true;
         }
         match node.stat() {

@@ -188,6 +188,32 @@ fn lseek_answers_only_data_and_hole() -> Result<()> {
 }
 
 #[test]
+fn a_lookup_the_name_map_answers_costs_no_allocation() -> Result<()> {
+    use crate::sys::raw::counting::allocations;
+    let f = fixture(&[("d/file", "x"), ("d/sub/g", "y")])?;
+    let d = f.ino("d")?;
+    let file = f.ino("d/file")?;
+    let sub = f.ino("d/sub")?;
+    // Warm: the kernel holds the entries; every further lookup of them is
+    // a name map hit.
+    for (name, ino) in [(&b"file"[..], file), (&b"sub"[..], sub)] {
+        let before = allocations();
+        for _ in 0..100 {
+            let e = f.ov.lookup(d, name)?.ok_or(Errno::NOENT)?;
+            assert_eq!(e.node.ino, ino);
+            e.node.hand_over();
+        }
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{}",
+            String::from_utf8_lossy(name)
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_node_remembers_its_xattrs_until_they_change() -> Result<()> {
     let f = fixture(&[("a", "x")])?;
     let ino = f.ino("a")?;

@@ -1344,3 +1344,64 @@ fn capabilities_of_new_files_follow_sets_writes_and_chown() {
     p.assert_same_upper();
     p.assert_same_view();
 }
+
+/// A stat racing with the copy-up of a lower file and with appends to it
+/// that cross a page boundary sees a size from the one before an append to
+/// the one after it: the upper filesystem extends a file a page at a time,
+/// so part-way sizes are seen (on the kernel overlay too), but never one
+/// outside that range, such as a partly copied file or the lower size
+/// rounded up to a page. Each append follows a one-byte write in place, so
+/// that the kernel's cached size is stale and the stat asks the daemon.
+#[test]
+fn a_stat_racing_with_copy_up_and_appends_sees_sizes_between_before_and_after() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const FILES: usize = 12;
+    const APPENDS: usize = 40;
+    const BASE: usize = 16 * 4096 - 99;
+    const TAIL: usize = 5000;
+    let mut lower = Layer::new();
+    for i in 0..FILES {
+        lower = lower.file(&format!("f{i}"), vec![b'l'; BASE]);
+    }
+    let p = Pair::new(&stack(vec![lower], Layer::new()));
+    let tail = vec![b't'; TAIL];
+    let (s, k) = p.both(|mnt| {
+        let mut outside = BTreeSet::new();
+        for i in 0..FILES {
+            let path = mnt.join(format!("f{i}"));
+            let rd = sys::open(&path, libc::O_RDONLY, 0).expect("open for reading");
+            let stop = AtomicBool::new(false);
+            let seen = std::thread::scope(|sc| {
+                let reader = sc.spawn(|| {
+                    let mut seen = BTreeSet::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        seen.insert(sys::fstat(&rd).map(|st| st.st_size as usize));
+                        seen.insert(sys::stat(&path).map(|st| st.st_size as usize));
+                    }
+                    seen
+                });
+                let w = sys::open(&path, libc::O_WRONLY, 0).expect("open for writing");
+                let a =
+                    sys::open(&path, libc::O_WRONLY | libc::O_APPEND, 0).expect("open O_APPEND");
+                for _ in 0..APPENDS {
+                    assert_eq!(sys::pwrite(&w, b"w", 0), Ok(1));
+                    assert_eq!(sys::write(&a, &tail), Ok(TAIL));
+                    assert_eq!(unsafe { libc::ftruncate(w.as_raw_fd(), BASE as i64) }, 0);
+                }
+                stop.store(true, Ordering::Relaxed);
+                reader.join().expect("reader")
+            });
+            outside.extend(
+                seen.into_iter()
+                    .filter(|r| !matches!(r, Ok(n) if (BASE..=BASE + TAIL).contains(n))),
+            );
+        }
+        outside
+    });
+    assert!(
+        s.is_empty() && k.is_empty(),
+        "sizes outside {BASE}..={} (stratafs, kernel): {s:?}, {k:?}",
+        BASE + TAIL
+    );
+}

@@ -19,6 +19,8 @@ use super::sys;
 /// One line of /proc/self/mountinfo.
 #[derive(Debug)]
 pub struct MountInfo {
+    /// The filesystem's device, `major:minor`.
+    pub dev: String,
     pub mount_point: PathBuf,
     pub fstype: String,
     pub mount_opts: String,
@@ -61,6 +63,7 @@ pub fn mountinfo() -> Vec<MountInfo> {
             continue;
         }
         out.push(MountInfo {
+            dev: pre[2].to_string(),
             mount_point: PathBuf::from(unescape_mountinfo(pre[4])),
             fstype: post[0].to_string(),
             mount_opts: pre[5].to_string(),
@@ -68,6 +71,58 @@ pub fn mountinfo() -> Vec<MountInfo> {
         });
     }
     out
+}
+
+/// The processes (pid and name, one per mount namespace) other than this
+/// one that see a mount of the filesystem with device `dev` (`major:minor`):
+/// copies of a mount in namespaces created while it was mounted, which keep
+/// the filesystem (and so the FUSE connection) alive after it is unmounted
+/// here.
+pub fn mount_copies_elsewhere(dev: &str) -> Vec<String> {
+    let own = fs::read_link("/proc/self/ns/mnt").ok();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in procs.flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(ns) = fs::read_link(e.path().join("ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == own.as_ref() || seen.contains(&ns) {
+            continue;
+        }
+        let text = fs::read_to_string(e.path().join("mountinfo")).unwrap_or_default();
+        if text
+            .lines()
+            .any(|l| l.split(' ').nth(2) == Some(dev) && l.contains(" - fuse"))
+        {
+            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            out.push(format!("{pid} ({})", comm.trim()));
+            seen.insert(ns);
+        }
+    }
+    out
+}
+
+/// Aborts the FUSE connection of the filesystem with device `dev`
+/// (`0:minor`) through a private mount of fusectl (as root), as the kernel
+/// ends it at the filesystem's last unmount; whether that was done.
+fn abort_connection(dev: &str) -> bool {
+    let Some(minor) = dev.strip_prefix("0:") else {
+        return false;
+    };
+    let dir = super::env::tempdir();
+    if sys::mount("fusectl", dir.path(), "fusectl", 0, "").is_err() {
+        return false;
+    }
+    let done = fs::write(dir.path().join(minor).join("abort"), "1").is_ok();
+    let _ = sys::umount2(dir.path(), libc::MNT_DETACH);
+    done
 }
 
 /// Number of mounts stacked on `mnt`.
@@ -182,6 +237,9 @@ impl Mount {
                 None
             }
             MountKind::Strata => {
+                let dev = mount_at(&self.mnt)
+                    .filter(|m| m.fstype.starts_with("fuse"))
+                    .map(|m| m.dev);
                 // Anything mounted on our private mountpoint above what was
                 // there before the daemon started is ours.
                 for attempt in 0..3 {
@@ -209,12 +267,40 @@ impl Mount {
                 }
                 let mut child = self.child.take()?;
                 let st = wait_timeout(&mut child, Duration::from_secs(10));
-                if st.is_none() {
-                    eprintln!("warning: stratafs daemon did not exit after unmount; killing it");
-                    let _ = child.kill();
-                    let _ = child.wait();
+                if st.is_some() {
+                    return st;
                 }
-                st
+                let copies = dev
+                    .as_deref()
+                    .map(mount_copies_elsewhere)
+                    .unwrap_or_default();
+                if let (false, Some(dev)) = (copies.is_empty(), dev.as_deref()) {
+                    // Copies of the mount that processes of other mount
+                    // namespaces hold keep the connection alive; end it as
+                    // the last unmount would, and the daemon has to exit.
+                    eprintln!(
+                        "note: a copy of the mount is held by {}; aborting the connection",
+                        copies.join(", ")
+                    );
+                    if abort_connection(dev) {
+                        let st = wait_timeout(&mut child, Duration::from_secs(10));
+                        if st.is_some() {
+                            return st;
+                        }
+                    }
+                }
+                eprintln!(
+                    "warning: stratafs daemon did not exit after unmount; killing it \
+                     (copies of the mount held elsewhere: {})",
+                    if copies.is_empty() {
+                        "none".to_string()
+                    } else {
+                        copies.join(", ")
+                    }
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                None
             }
         }
     }
