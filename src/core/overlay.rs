@@ -368,34 +368,18 @@ impl Overlay {
                 },
             },
         };
-        // An upper regular file may be a metadata copy: one with an origin
-        // always (stratafs and the kernel write one with each), one without
-        // (the kernel writes none where the lower layers give no file
-        // handles) when metacopy=on.
-        if let Some(u) = upper.as_ref().filter(|_| {
-            kind == FileType::RegularFile
-                && lowers.is_empty()
-                && (origin.is_some() || self.stack.metacopy)
-        }) {
-            let dirs = self
-                .inodes
-                .get(parent)
-                .map(|p| p.lower_dirs())
-                .unwrap_or_default();
-            // Without an origin record, the records are in the namespace
-            // this mount writes.
-            let ns = record_ns.or(Some(self.stack.formats.trusted()));
-            if let Some((data_st, data)) = metacopy::data_of(&self.stack, &dirs, name, u, ns, 1)? {
-                stat.st_blocks = data_st.st_blocks;
-                lowers = vec![data];
-            }
-        }
-        if let Some(top) = lowers
-            .first()
-            .filter(|_| upper.is_none() && kind == FileType::RegularFile && self.stack.metacopy)
-        {
-            // A metadata copy in a lower layer: the data is below it.
-            let from = top.layer + 1;
+        // A regular file may be a metadata copy: an upper one with an
+        // origin always (stratafs and the kernel write one with each); with
+        // metacopy=on also an upper one without (the kernel writes none
+        // where the lower layers give no file handles) and a lower one (an
+        // earlier upper used as a lower layer). Its data is in the layers
+        // below it.
+        let candidate = match (&upper, lowers.first()) {
+            (Some(u), None) if origin.is_some() || self.stack.metacopy => Some((u.clone(), 1)),
+            (None, Some(top)) if self.stack.metacopy => Some((top.obj.clone(), top.layer + 1)),
+            _ => None,
+        };
+        if let Some((obj, from)) = candidate.filter(|_| kind == FileType::RegularFile) {
             let dirs: Vec<LayerFd> = self
                 .inodes
                 .get(parent)
@@ -404,11 +388,14 @@ impl Overlay {
                 .into_iter()
                 .filter(|d| d.layer >= from)
                 .collect();
-            let ns = Some(self.stack.formats.trusted());
+            // Without an origin record, the records are in the namespace
+            // this mount writes.
+            let ns = record_ns.or(Some(self.stack.formats.trusted()));
             if let Some((data_st, data)) =
-                metacopy::data_of(&self.stack, &dirs, name, &top.obj, ns, from)?
+                metacopy::data_of(&self.stack, &dirs, name, &obj, ns, from)?
             {
                 stat.st_blocks = data_st.st_blocks;
+                // After the upper copy or the lower metadata copy.
                 lowers.push(data);
             }
         }
