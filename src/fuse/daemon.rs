@@ -349,7 +349,23 @@ impl Drop for BackgroundMount {
         self.control = None;
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
-                log::warn!("unmount of {} failed: {e}", self.mountpoint.display());
+                // Busy (a file is still open): detached as `umount -l`
+                // does, so that no mount is left behind; the connection
+                // ends, and the serving threads with it, when the last
+                // open file is closed. (No join: the thread dropping the
+                // mount may be the one holding that file.)
+                let detached =
+                    rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH);
+                match detached {
+                    Ok(()) => log::warn!(
+                        "{} was busy ({e}): detached, it goes when its last open file is closed",
+                        self.mountpoint.display()
+                    ),
+                    Err(d) => log::warn!(
+                        "unmount of {} failed: {e}; detaching it failed too: {d}",
+                        self.mountpoint.display()
+                    ),
+                }
             }
         }
         self.harness.shutdown();

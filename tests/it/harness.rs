@@ -279,7 +279,7 @@ fn short_reads_and_writes() {
     assert_eq!(rest, b"defgh", "the program gets the rest by reading on");
     let fd = sys::open(&m.path().join("w"), libc::O_CREAT | libc::O_WRONLY, 0o644).unwrap();
     assert_eq!(sys::write(&fd, b"0123456789").unwrap(), 4);
-    drop(fd);
+    drop((fd, f));
     drop(m);
     assert_eq!(fs::read(s.upper().join("w")).unwrap(), b"0123");
 }

@@ -68,6 +68,34 @@ fn guard_unmounts_when_a_test_panics() -> Result<(), Box<dyn std::error::Error>>
     Ok(())
 }
 
+/// Dropping a mount while a file in it is still open leaves no mount
+/// behind (it is detached, and goes when the file is closed); the data
+/// written before is in the upper layer.
+#[test]
+fn dropping_a_busy_mount_leaves_no_mount_behind() -> Result<(), Box<dyn std::error::Error>> {
+    if !fuse_usable("dropping_a_busy_mount_leaves_no_mount_behind") {
+        return Ok(());
+    }
+    let stack = TempStack::new(&[Layer::new().file("f", "lower")])?;
+    let mnt = stack.mountpoint();
+    let mount = stack.mount()?;
+    let mut held = std::fs::File::open(mount.path().join("f"))?;
+    std::fs::write(mount.path().join("w"), "upper")?;
+    drop(mount);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(
+        !mounts.contains(&format!(" {} ", mnt.display())),
+        "still mounted after the drop"
+    );
+    // The open file still reads until it is closed.
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut held, &mut got)?;
+    assert_eq!(got, "lower");
+    drop(held);
+    assert_eq!(std::fs::read_to_string(stack.upper().join("w"))?, "upper");
+    Ok(())
+}
+
 #[test]
 fn layers_read_only_mounts_and_options() -> Result<(), Box<dyn std::error::Error>> {
     if !fuse_usable("layers_read_only_mounts_and_options") {
