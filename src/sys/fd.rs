@@ -3,13 +3,15 @@
 //! Layer objects are reached relative to a directory descriptor, one name
 //! at a time, never following a symlink. Objects held as `O_PATH`
 //! descriptors are reached by calls that only take paths (reopen for I/O,
-//! chmod, utimes) through `/proc/self/fd/N`, which names exactly that object.
+//! and on kernels without `AT_EMPTY_PATH` forms of them chmod and utimes)
+//! through `/proc/self/fd/N`, which names exactly that object.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, Timestamps};
 
-use super::raw::proc_fd_path;
+use super::raw::{fchmod_empty_path, proc_fd_path};
 use crate::error::{Errno, Result};
 
 /// Open `name` in `dir` without following symlinks, as an `O_PATH` fd.
@@ -95,20 +97,66 @@ pub(crate) fn times_of(st: &Stat) -> Timestamps {
     }
 }
 
+/// Set once the kernel refused `utimensat` with `AT_EMPTY_PATH` (before
+/// Linux 5.8): from then on times are set through `/proc/self/fd/N`.
+static TIMES_BY_PATH: AtomicBool = AtomicBool::new(false);
+/// Set once the kernel lacks `fchmodat2` (before Linux 6.6): from then on
+/// modes are set through `/proc/self/fd/N`.
+static MODE_BY_PATH: AtomicBool = AtomicBool::new(false);
+
+/// Try the descriptor form `direct` of a call unless `by_path` says the
+/// kernel refused it before, else (or if refused now with one of
+/// `refusals`) the `/proc/self/fd/N` form `fallback`. A refusal is
+/// remembered only when the path form then works, so that an `EINVAL` of
+/// the arguments themselves does not switch the form.
+fn direct_or_proc(
+    by_path: &AtomicBool,
+    refusals: &[Errno],
+    direct: impl FnOnce() -> Result<()>,
+    fallback: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    if !by_path.load(Ordering::Relaxed) {
+        match direct() {
+            Err(e) if refusals.contains(&e) => {}
+            r => return r,
+        }
+        fallback()?;
+        by_path.store(true, Ordering::Relaxed);
+        return Ok(());
+    }
+    fallback()
+}
+
 /// Set times on the object behind `fd` (any type but symlinks).
 pub(crate) fn set_times(fd: impl AsFd, times: &Timestamps) -> Result<()> {
-    let p = proc_fd_path(fd.as_fd());
-    rustix::fs::utimensat(rustix::fs::CWD, p.as_c_str(), times, AtFlags::empty())
+    let fd = fd.as_fd();
+    direct_or_proc(
+        &TIMES_BY_PATH,
+        &[Errno::INVAL],
+        || rustix::fs::utimensat(fd, c"", times, AtFlags::EMPTY_PATH),
+        || {
+            let p = proc_fd_path(fd);
+            rustix::fs::utimensat(rustix::fs::CWD, p.as_c_str(), times, AtFlags::empty())
+        },
+    )
 }
 
 /// chmod the object behind `fd` (not for symlinks).
 pub(crate) fn set_mode(fd: impl AsFd, mode: u32) -> Result<()> {
-    let p = proc_fd_path(fd.as_fd());
-    rustix::fs::chmodat(
-        rustix::fs::CWD,
-        p.as_c_str(),
-        Mode::from_raw_mode(mode & 0o7777),
-        AtFlags::empty(),
+    let fd = fd.as_fd();
+    direct_or_proc(
+        &MODE_BY_PATH,
+        &[Errno::NOSYS, Errno::INVAL],
+        || fchmod_empty_path(fd, mode & 0o7777),
+        || {
+            let p = proc_fd_path(fd);
+            rustix::fs::chmodat(
+                rustix::fs::CWD,
+                p.as_c_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )
+        },
     )
 }
 
@@ -157,6 +205,70 @@ mod tests {
         );
         assert_eq!(open_dir_path(&root, b"link").err(), Some(Errno::NOTDIR));
         assert!(open_dir_path(&root, b"d").is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn the_path_form_is_taken_only_where_the_direct_call_is_refused() {
+        let calls = std::cell::Cell::new(0);
+        let flag = AtomicBool::new(false);
+        // Direct call works: the path form is never tried.
+        let r = direct_or_proc(&flag, &[Errno::INVAL], || Ok(()), || Err(Errno::IO));
+        assert_eq!(r, Ok(()));
+        assert!(!flag.load(Ordering::Relaxed));
+        // Direct call fails otherwise: that is the answer.
+        let r = direct_or_proc(&flag, &[Errno::INVAL], || Err(Errno::PERM), || Ok(()));
+        assert_eq!(r, Err(Errno::PERM));
+        assert!(!flag.load(Ordering::Relaxed));
+        // Refused, and the path form fails the same way: the arguments are
+        // wrong, not the form; nothing is remembered.
+        let r = direct_or_proc(
+            &flag,
+            &[Errno::INVAL],
+            || Err(Errno::INVAL),
+            || Err(Errno::INVAL),
+        );
+        assert_eq!(r, Err(Errno::INVAL));
+        assert!(!flag.load(Ordering::Relaxed));
+        // Refused, and the path form works: remembered, and from then on
+        // only the path form runs.
+        let r = direct_or_proc(&flag, &[Errno::INVAL], || Err(Errno::INVAL), || Ok(()));
+        assert_eq!(r, Ok(()));
+        assert!(flag.load(Ordering::Relaxed));
+        let r = direct_or_proc(
+            &flag,
+            &[Errno::INVAL],
+            || {
+                calls.set(calls.get() + 1);
+                Ok(())
+            },
+            || Err(Errno::ACCESS),
+        );
+        assert_eq!((r, calls.get()), (Err(Errno::ACCESS), 0));
+    }
+
+    #[test]
+    fn times_and_modes_reach_the_object_behind_an_o_path_descriptor() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|_| Errno::IO)?;
+        std::fs::write(dir.path().join("f"), b"x").map_err(|_| Errno::IO)?;
+        let root = rustix::fs::open(dir.path(), OFlags::PATH, Mode::empty())?;
+        let f = open_path(&root, b"f")?;
+        let ts = |s| rustix::fs::Timespec {
+            tv_sec: s,
+            tv_nsec: 5,
+        };
+        set_times(
+            &f,
+            &Timestamps {
+                last_access: ts(1_000),
+                last_modification: ts(2_000),
+            },
+        )?;
+        set_mode(&f, 0o4751)?;
+        let st = rustix::fs::fstat(&f)?;
+        assert_eq!((st.st_atime, st.st_atime_nsec), (1_000, 5));
+        assert_eq!((st.st_mtime, st.st_mtime_nsec), (2_000, 5));
+        assert_eq!(st.st_mode & 0o7777, 0o4751);
         Ok(())
     }
 }

@@ -1,14 +1,15 @@
 //! The only module with `unsafe` code: system calls that have no safe
 //! wrapper in `rustix` (fork, signal masks, stdio redirection, heap
-//! trimming, file handles, the filesystem uuid), and in test builds an
-//! allocator that counts allocations. Each call is wrapped in a safe
+//! trimming, file handles, the filesystem uuid, `fchmodat2`,
+//! `getxattrat` and `listxattrat`), and in test builds an allocator that
+//! counts allocations. Each call is wrapped in a safe
 //! function with a `SAFETY` note.
 //!
 //! Everything the filesystem does on layers goes through `rustix`, which
 //! already offers safe, fd-based wrappers (see the sibling modules).
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Outcome of [`fork`].
@@ -116,6 +117,128 @@ pub(crate) fn trim_heap() {
 pub(crate) fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     // A decimal number never contains NUL.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// `fchmodat2(fd, "", mode, AT_EMPTY_PATH)` (Linux 6.6): chmod of the
+/// object behind any descriptor, `O_PATH` ones included, without the
+/// `/proc/self/fd/N` path (whose lookup costs about twice the chmod).
+/// `ENOSYS` on older kernels.
+pub(crate) fn fchmod_empty_path(fd: BorrowedFd<'_>, mode: u32) -> Result<(), rustix::io::Errno> {
+    // SAFETY: the path is a NUL-terminated static string, the other
+    // arguments are plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mode as libc::c_uint,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    syscall_result(r).map(|_| ())
+}
+
+/// The argument block of `getxattrat(2)` (`struct xattr_args`).
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// `getxattrat(dir, name, AT_SYMLINK_NOFOLLOW, attr, ..)` (Linux 6.13):
+/// the attribute `attr` of `name` inside `dir`, not following a symlink,
+/// into `buf`; its size. `ENOSYS` on older kernels.
+pub(crate) fn getxattr_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    attr: &CStr,
+    buf: &mut [u8],
+) -> Result<usize, rustix::io::Errno> {
+    let args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: u32::try_from(buf.len()).unwrap_or(u32::MAX),
+        flags: 0,
+    };
+    // SAFETY: `name` and `attr` are NUL-terminated; `args` points at
+    // `buf`, valid for writes of `args.size` bytes for the whole call, and
+    // its own size is passed as the kernel requires.
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            attr.as_ptr(),
+            &args as *const XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    syscall_result(r)
+}
+
+/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW, ..)` (Linux 6.13): the
+/// attribute names of `name` inside `dir`, not following a symlink, into
+/// `buf`; their size. `ENOSYS` on older kernels.
+pub(crate) fn listxattr_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    buf: &mut [u8],
+) -> Result<usize, rustix::io::Errno> {
+    // SAFETY: `name` is NUL-terminated; `buf` is valid for writes of its
+    // length for the whole call.
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    syscall_result(r)
+}
+
+// The *xattrat calls have the same number on these architectures (the
+// common system call table); libc 0.2 does not name them yet. Elsewhere
+// they are reported missing (`ENOSYS`) and the callers take the
+// `/proc/self/fd` path.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+const SYS_GETXATTRAT: libc::c_long = 464;
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+const SYS_LISTXATTRAT: libc::c_long = 465;
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
+const SYS_GETXATTRAT: libc::c_long = -1;
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
+const SYS_LISTXATTRAT: libc::c_long = -1;
+
+/// A raw `syscall(2)` result: the value, or the errno it failed with.
+fn syscall_result(r: libc::c_long) -> Result<usize, rustix::io::Errno> {
+    if r < 0 {
+        let e = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        Err(rustix::io::Errno::from_raw_os_error(e))
+    } else {
+        Ok(r as usize)
+    }
 }
 
 /// Raise the limit of open files: to the system maximum where permitted

@@ -6,13 +6,13 @@
 //! A refusal is remembered, so that no later call pays for a refused
 //! attempt.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::XattrFlags;
 
-use super::raw::proc_fd_path;
+use super::raw::{getxattr_at, listxattr_at, proc_fd_path};
 use crate::error::{Errno, Result};
 
 /// Set once an `fsetxattr`/`fremovexattr` call refused a descriptor
@@ -74,17 +74,57 @@ pub(crate) fn get(fd: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
     sized(|buf| getx(fd, name, buf))
 }
 
+/// Set once the kernel lacks `getxattrat`/`listxattrat` (before Linux
+/// 6.13): from then on attributes of a name in a directory are read
+/// through `/proc/self/fd/N/NAME`, a path lookup that costs about three
+/// times the direct call.
+static AT_FORM_MISSING: AtomicBool = AtomicBool::new(false);
+
+/// `direct` (a `*xattrat` call), or where the kernel lacks it the same read
+/// by `/proc/self/fd/N/NAME` path (`by_path`).
+fn at_or_path(
+    missing: &AtomicBool,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    direct: impl Fn(&CStr, &mut [u8]) -> Result<usize>,
+    by_path: impl Fn(&[u8], &mut [u8]) -> Result<usize>,
+) -> Result<Vec<u8>> {
+    if !missing.load(Ordering::Relaxed) {
+        // A name with a NUL cannot exist; the lookup fails as it would.
+        let c = CString::new(name).map_err(|_| Errno::NOENT)?;
+        match sized(|buf| direct(&c, buf)) {
+            Err(Errno::NOSYS) => missing.store(true, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    let path = path_at(dir, name);
+    sized(|buf| by_path(&path, buf))
+}
+
 /// Read an attribute of `name` inside directory `dir` without opening it
 /// or following it if it is a symlink.
 pub(crate) fn get_at(dir: impl AsFd, name: &[u8], attr: &[u8]) -> Result<Vec<u8>> {
-    let path = path_at(dir.as_fd(), name);
-    sized(|buf| rustix::fs::lgetxattr(path.as_slice(), attr, buf))
+    let dir = dir.as_fd();
+    let cattr = CString::new(attr).map_err(|_| Errno::INVAL)?;
+    at_or_path(
+        &AT_FORM_MISSING,
+        dir,
+        name,
+        |c, buf| getxattr_at(dir, c, &cattr, buf),
+        |p, buf| rustix::fs::lgetxattr(p, attr, buf),
+    )
 }
 
 /// List the attributes of `name` inside directory `dir` without opening it.
 pub(crate) fn list_at(dir: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
-    let path = path_at(dir.as_fd(), name);
-    sized(|buf| rustix::fs::llistxattr(path.as_slice(), buf))
+    let dir = dir.as_fd();
+    at_or_path(
+        &AT_FORM_MISSING,
+        dir,
+        name,
+        |c, buf| listxattr_at(dir, c, buf),
+        |p, buf| rustix::fs::llistxattr(p, buf),
+    )
 }
 
 fn path_at(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
@@ -156,6 +196,56 @@ mod tests {
         remove(&file_fd, b"user.u")?;
         assert_eq!(get(&file_fd, b"user.t"), Err(Errno::NODATA));
         assert_eq!(get(&path_fd, b"user.u"), Err(Errno::NODATA));
+        Ok(())
+    }
+
+    #[test]
+    fn names_in_a_directory_are_read_without_following_symlinks_in_both_forms(
+    ) -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("f"), b"x")?;
+        std::os::unix::fs::symlink("f", dir.path().join("l"))?;
+        let d = rustix::fs::open(dir.path(), OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+        let f = rustix::fs::open(dir.path().join("f"), OFlags::PATH, Mode::empty())?;
+        match set(&f, b"user.t", b"12", XattrFlags::empty()) {
+            Err(Errno::NOTSUP) => return Ok(()), // no user xattrs here
+            r => r?,
+        }
+        let direct_get = |name: &[u8], missing: &AtomicBool| {
+            let d = d.as_fd();
+            at_or_path(
+                missing,
+                d,
+                name,
+                |c, buf| getxattr_at(d, c, c"user.t", buf),
+                |p, buf| rustix::fs::lgetxattr(p, &b"user.t"[..], buf),
+            )
+        };
+        let direct_list = |name: &[u8], missing: &AtomicBool| {
+            let d = d.as_fd();
+            at_or_path(
+                missing,
+                d,
+                name,
+                |c, buf| listxattr_at(d, c, buf),
+                |p, buf| rustix::fs::llistxattr(p, buf),
+            )
+        };
+        // The direct calls (where this kernel has them) and the path form
+        // the daemon falls back to answer alike.
+        for path_form in [false, true] {
+            let missing = AtomicBool::new(path_form);
+            assert_eq!(direct_get(b"f", &missing)?, b"12");
+            assert_eq!(direct_get(b"l", &missing), Err(Errno::NODATA));
+            assert_eq!(direct_get(b"none", &missing), Err(Errno::NOENT));
+            assert_eq!(direct_list(b"f", &missing)?, b"user.t\0");
+            assert_eq!(direct_list(b"l", &missing)?, b"");
+            assert_eq!(missing.load(Ordering::Relaxed), path_form);
+        }
+        // The public forms too.
+        assert_eq!(get_at(&d, b"f", b"user.t")?, b"12");
+        assert_eq!(get_at(&d, b"l", b"user.t"), Err(Errno::NODATA));
+        assert_eq!(list_at(&d, b"l")?, b"");
         Ok(())
     }
 }
