@@ -1449,6 +1449,14 @@ tm_failed() {
     TM_ERR[$sc|$dr]=1
 }
 mt_lines() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
+# FUSE requests the daemon serving mount point $1 has answered so far (its
+# own counters, `stratafs stats`); empty for another mount program or
+# where they cannot be read.
+tm_requests() {
+    [[ $prog_name == stratafs && -n $1 ]] || return 0
+    inns "$T/bin/stratafs" stats "$1" 2>/dev/null |
+        python3 -c 'import json, sys; print(sum(json.load(sys.stdin)["requests"].values()))' 2>/dev/null || true
+}
 
 # tm_scenario NAME FROM COPY RUN CHECK WANT: a build step (COPY may be
 # empty: "SRC DST" relative to the context $T/tm-ctx/NAME) and a command
@@ -1487,6 +1495,9 @@ tm_build() {
         { tm_failed "$dr" "$sc" "buildah from"; return; }
     tm_step "$key|mount" tm_eng "$dr" buildah mount "$c" ||
         { tm_failed "$dr" "$sc" "buildah mount"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
+    local mnt rq0=""
+    mnt=$(tail -n 1 <<<"$tm_out")
+    [[ $dr == mp ]] && rq0=$(tm_requests "$mnt")
     if [[ -n ${TM_COPY[$sc]} ]]; then
         local src dst
         read -r src dst <<<"${TM_COPY[$sc]}"
@@ -1495,6 +1506,11 @@ tm_build() {
     fi
     tm_step "$key|run" tm_eng "$dr" buildah run --network none "$c" -- /bin/sh -c "${TM_RUN[$sc]}" ||
         { tm_failed "$dr" "$sc" "buildah run"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
+    if [[ -n $rq0 ]]; then
+        local rq1
+        rq1=$(tm_requests "$mnt")
+        [[ -n $rq1 ]] && tm_add "$key|run_req" $((rq1 - rq0))
+    fi
     tm_eng "$dr" buildah umount "$c" >/dev/null 2>&1
     # The naive diff alone (mount program: both trees mounted and walked).
     tm_step "$key|diff" tm_eng "$dr" podman diff "$c" ||
@@ -1506,8 +1522,8 @@ tm_build() {
 
 tm_table() {
     local sc dr label b bk ratio cols p
-    echo "| scenario | driver | podman build | × kernel | mount program calls in the build (n, s) | buildah from | mount | COPY | RUN | diff walk | commit |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| scenario | driver | podman build | × kernel | mount program calls in the build (n, s) | buildah from | mount | COPY | RUN | RUN requests (µs each) | diff walk | commit |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for sc in "${tm_names[@]}"; do
         # shellcheck disable=SC2086
         bk=$(median ${TMV[$sc|k|build]:-})
@@ -1526,9 +1542,19 @@ tm_table() {
             else
                 cols+="– |"
             fi
-            for p in from mount copy run diff commit; do
+            for p in from mount copy run run_req diff commit; do
                 # shellcheck disable=SC2086
-                cols+=" $(median ${TMV[$sc|$dr|$p]:-}) |"
+                if [[ $p != run_req ]]; then
+                    cols+=" $(median ${TMV[$sc|$dr|$p]:-}) |"
+                elif [[ -n ${TMV[$sc|$dr|run_req]:-} ]]; then
+                    # Requests during the RUN step, and its time divided by them.
+                    local rq rt
+                    rq=$(median ${TMV[$sc|$dr|run_req]})
+                    rt=$(median ${TMV[$sc|$dr|run]:-})
+                    cols+=" $(awk -v q="$rq" -v t="$rt" 'BEGIN { printf "%d (%.1f)", q, (q > 0 && t != "–") ? t * 1e6 / q : 0 }') |"
+                else
+                    cols+=" – |"
+                fi
             done
             echo "$cols"
         done
@@ -1659,7 +1685,8 @@ PY
     {
         echo "Build times in seconds (median of $runs run(s), root, $(nproc) CPUs, 1-minute load average $load0 before, $load1 after)."
         echo "podman build: the whole build, a commit after every instruction. Then the same step by hand: buildah from,"
-        echo "buildah mount, buildah copy (COPY), buildah run (RUN), podman diff of the working container (the walk of the"
+        echo "buildah mount, buildah copy (COPY), buildah run (RUN), with stratafs the FUSE requests its daemon answered during"
+        echo "the RUN (its own counters) and the RUN's time per request, podman diff of the working container (the walk of the"
         echo "naive diff alone, both trees mounted: the mount program's way; the kernel driver reads the upper dir), buildah commit."
         echo
         tm_table
