@@ -1616,20 +1616,7 @@ timing_suite() {
 
     tm_scenario layered localhost/base:latest "" "sh /e2e/layer2.sh" "cat /data/l2file /data/l1dir/new1" "l2"$'\n'"new1"
     mkdir -p "$T/tm-ctx/untar"
-    python3 - "$T/tm-ctx/untar/files.tar" "$files" <<'PY' || die "cannot write the untar scenario's tarball"
-import io, sys, tarfile
-path, n = sys.argv[1], int(sys.argv[2])
-with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
-    for d in sorted({i // 100 for i in range(n)}):
-        ti = tarfile.TarInfo(f"d{d:03d}")
-        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1700000000
-        tf.addfile(ti)
-    for i in range(n):
-        data = (b"%d " % i) * (1 + i % 400)
-        ti = tarfile.TarInfo(f"d{i // 100:03d}/f{i:05d}.txt")
-        ti.size, ti.mode, ti.mtime = len(data), 0o644, 1700000000
-        tf.addfile(ti, io.BytesIO(data))
-PY
+    python3 "$helpers/smalltar.py" "$T/tm-ctx/untar/files.tar" "$files" || die "cannot write the untar scenario's tarball"
     tm_scenario untar localhost/base:latest "files.tar /tmp/files.tar" \
         "mkdir -p /usr/share/bulk && tar -xf /tmp/files.tar -C /usr/share/bulk && rm /tmp/files.tar" \
         "find /usr/share/bulk -type f | wc -l" "$files"

@@ -35,20 +35,7 @@ trap cleanup EXIT
 mount -t tmpfs -o size=1g,mode=755 placement "$work"
 mkdir -p "$work/lower/usr/share"
 echo "lower" >"$work/lower/usr/share/file"
-python3 - "$work/files.tar" "$files" <<'PY'
-import io, sys, tarfile
-path, n = sys.argv[1], int(sys.argv[2])
-with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
-    for d in sorted({i // 100 for i in range(n)}):
-        ti = tarfile.TarInfo(f"d{d:03d}")
-        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1700000000
-        tf.addfile(ti)
-    for i in range(n):
-        data = (b"%d " % i) * (1 + i % 400)
-        ti = tarfile.TarInfo(f"d{i // 100:03d}/f{i:05d}.txt")
-        ti.size, ti.mode, ti.mtime, ti.uid, ti.gid = len(data), 0o644, 1700000000, 1000, 1000
-        tf.addfile(ti, io.BytesIO(data))
-PY
+python3 "$repo/scripts/e2e/smalltar.py" "$work/files.tar" "$files" 1000
 ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
 requests() { "$bin" stats "$1" >"$work/stats.$2.json" && python3 -c 'import json, sys; print(sum(json.load(open(sys.argv[1]))["requests"].values()))' "$work/stats.$2.json"; }
 # one RUN: fs (kernel|stratafs), daemon cpus, tar cpus -> "ms requests"
