@@ -100,8 +100,9 @@ pub(crate) fn times_of(st: &Stat) -> Timestamps {
 /// Set once the kernel refused `utimensat` with `AT_EMPTY_PATH` (before
 /// Linux 5.8): from then on times are set through `/proc/self/fd/N`.
 static TIMES_BY_PATH: AtomicBool = AtomicBool::new(false);
-/// Set once the kernel lacks `fchmodat2` (before Linux 6.6): from then on
-/// modes are set through `/proc/self/fd/N`.
+/// Set once the kernel lacks `fchmodat2` (before Linux 6.6, or a seccomp
+/// filter refuses it with `ENOSYS` or `EPERM`): from then on modes are set
+/// through `/proc/self/fd/N`.
 static MODE_BY_PATH: AtomicBool = AtomicBool::new(false);
 
 /// Try the descriptor form `direct` of a call unless `by_path` says the
@@ -146,7 +147,7 @@ pub(crate) fn set_mode(fd: impl AsFd, mode: u32) -> Result<()> {
     let fd = fd.as_fd();
     direct_or_proc(
         &MODE_BY_PATH,
-        &[Errno::NOSYS, Errno::INVAL],
+        &[Errno::NOSYS, Errno::INVAL, Errno::PERM],
         || fchmod_empty_path(fd, mode & 0o7777),
         || {
             let p = proc_fd_path(fd);

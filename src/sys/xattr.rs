@@ -75,13 +75,16 @@ pub(crate) fn get(fd: impl AsFd, name: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Set once the kernel lacks `getxattrat`/`listxattrat` (before Linux
-/// 6.13): from then on attributes of a name in a directory are read
-/// through `/proc/self/fd/N/NAME`, a path lookup that costs about three
-/// times the direct call.
+/// 6.13, or a seccomp filter that refuses system calls it does not know):
+/// from then on attributes of a name in a directory are read through
+/// `/proc/self/fd/N/NAME`, a path lookup that costs about three times the
+/// direct call.
 static AT_FORM_MISSING: AtomicBool = AtomicBool::new(false);
 
-/// `direct` (a `*xattrat` call), or where the kernel lacks it the same read
-/// by `/proc/self/fd/N/NAME` path (`by_path`).
+/// `direct` (a `*xattrat` call), or where it is refused (`ENOSYS`, or the
+/// `EPERM` of a seccomp filter) the same read by `/proc/self/fd/N/NAME`
+/// path (`by_path`). The refusal is remembered only when the path form
+/// does not fail the same way (an `EPERM` of the read itself).
 fn at_or_path(
     missing: &AtomicBool,
     dir: BorrowedFd<'_>,
@@ -89,16 +92,22 @@ fn at_or_path(
     direct: impl Fn(&CStr, &mut [u8]) -> Result<usize>,
     by_path: impl Fn(&[u8], &mut [u8]) -> Result<usize>,
 ) -> Result<Vec<u8>> {
-    if !missing.load(Ordering::Relaxed) {
-        // A name with a NUL cannot exist; the lookup fails as it would.
-        let c = CString::new(name).map_err(|_| Errno::NOENT)?;
-        match sized(|buf| direct(&c, buf)) {
-            Err(Errno::NOSYS) => missing.store(true, Ordering::Relaxed),
-            r => return r,
-        }
+    let path_form = || sized(|buf| by_path(&path_at(dir, name), buf));
+    if missing.load(Ordering::Relaxed) {
+        return path_form();
     }
-    let path = path_at(dir, name);
-    sized(|buf| by_path(&path, buf))
+    // A name with a NUL cannot exist; the lookup fails as it would.
+    let c = CString::new(name).map_err(|_| Errno::NOENT)?;
+    match sized(|buf| direct(&c, buf)) {
+        Err(refused @ (Errno::NOSYS | Errno::PERM)) => {
+            let r = path_form();
+            if r != Err(refused) {
+                missing.store(true, Ordering::Relaxed);
+            }
+            r
+        }
+        r => r,
+    }
 }
 
 /// Read an attribute of `name` inside directory `dir` without opening it
@@ -241,6 +250,30 @@ mod tests {
             assert_eq!(direct_list(b"f", &missing)?, b"user.t\0");
             assert_eq!(direct_list(b"l", &missing)?, b"");
             assert_eq!(missing.load(Ordering::Relaxed), path_form);
+        }
+        // A refused direct call (no such call, or a seccomp filter's EPERM)
+        // falls back to the path form, and is remembered only where the
+        // path form answers otherwise.
+        let d2 = d.as_fd();
+        for refused in [Errno::NOSYS, Errno::PERM] {
+            let missing = AtomicBool::new(false);
+            let got = at_or_path(
+                &missing,
+                d2,
+                b"f",
+                |_, _| Err(refused),
+                |p, buf| rustix::fs::lgetxattr(p, &b"user.t"[..], buf),
+            );
+            assert_eq!(
+                (got, missing.load(Ordering::Relaxed)),
+                (Ok(b"12".to_vec()), true)
+            );
+            let missing = AtomicBool::new(false);
+            let got = at_or_path(&missing, d2, b"f", |_, _| Err(refused), |_, _| Err(refused));
+            assert_eq!(
+                (got, missing.load(Ordering::Relaxed)),
+                (Err(refused), false)
+            );
         }
         // The public forms too.
         assert_eq!(get_at(&d, b"f", b"user.t")?, b"12");
