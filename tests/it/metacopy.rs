@@ -56,6 +56,23 @@ fn append(p: &Path, data: &[u8]) -> Result<(), i32> {
     sys::write(&fd, data).map(|_| ())
 }
 
+/// Rootless checks on a stack laid out by hand: mounted with
+/// metacopy=on, `name` shows `data`, and an append copies the data up,
+/// after which the upper file holds it and no marker.
+fn shows_data_then_copies_it_up(s: &Stack, name: &str, data: &str) {
+    let sm = s.mount_strata_with("metacopy=on");
+    assert_eq!(read_string(&s.m(name)), data);
+    assert_ok(append(&s.m(name), b"!"), "append");
+    assert_eq!(read_string(&s.m(name)), format!("{data}!"));
+    drop(sm);
+    assert_eq!(read_string(&s.u(name)), format!("{data}!"));
+    assert_errno(
+        sys::lgetxattr(&s.u(name), metacopy_key()),
+        libc::ENODATA,
+        "marker after the data copy-up",
+    );
+}
+
 /// Metadata changes, then data changes of some of the same files; `r` is
 /// opened for reading before its data is copied up.
 fn changes(m: &Path, held: &mut Option<OwnedFd>) -> Vec<(&'static str, Result<(), i32>)> {
@@ -288,23 +305,8 @@ fn stratafs_reads_the_kernels_renamed_and_linked_metadata_copies() {
                 .xattr(key, b"/h"),
         )
         .build(Markers::AsWritten);
-        let sm = s.mount_strata_with("metacopy=on");
-        assert_eq!(read_string(&s.m("g2")), "gdata");
-        assert_eq!(read_string(&s.m("d/h3")), "hdata");
-        assert_ok(append(&s.m("g2"), b"!"), "append");
-        assert_eq!(read_string(&s.m("g2")), "gdata!");
-        drop(sm);
-        assert_eq!(read_string(&s.u("g2")), "gdata!");
-        assert_errno(
-            sys::lgetxattr(&s.u("g2"), metacopy_key()),
-            libc::ENODATA,
-            "marker after the data copy-up",
-        );
-        assert_eq!(
-            sys::lgetxattr(&s.u("d/h3"), metacopy_key()),
-            Ok(Vec::new()),
-            "a read leaves the metadata copy as it is"
-        );
+        shows_data_then_copies_it_up(&s, "d/h3", "hdata");
+        shows_data_then_copies_it_up(&s, "g2", "gdata");
         return;
     }
     let k = lowers().build(Markers::Kernel);
@@ -662,12 +664,7 @@ fn metadata_copies_in_a_lower_layer_show_their_data_as_on_the_kernel() {
             Layer::new(),
         )
         .build(Markers::AsWritten);
-        let sm = s.mount_strata_with("metacopy=on");
-        assert_eq!(read_string(&s.mnt.join("m")), "mdata");
-        assert_ok(append(&s.mnt.join("m"), b"!"), "append");
-        assert_eq!(read_string(&s.mnt.join("m")), "mdata!");
-        drop(sm);
-        assert_eq!(std::fs::read(s.u("m")).ok(), Some(b"mdata!".to_vec()));
+        shows_data_then_copies_it_up(&s, "m", "mdata");
         return;
     }
     let k = lowers().build(Markers::Kernel);
@@ -804,17 +801,7 @@ fn a_metadata_copy_without_an_origin_record_shows_its_data() {
                 .xattr(metacopy_key(), b""),
         )
         .build(Markers::AsWritten);
-        let sm = s.mount_strata_with("metacopy=on");
-        assert_eq!(read_string(&s.m("f")), "lowerdata");
-        assert_ok(append(&s.m("f"), b"!"), "append");
-        assert_eq!(read_string(&s.m("f")), "lowerdata!");
-        drop(sm);
-        assert_eq!(read_string(&s.u("f")), "lowerdata!");
-        assert_errno(
-            sys::lgetxattr(&s.u("f"), metacopy_key()),
-            libc::ENODATA,
-            "marker after the data copy-up",
-        );
+        shows_data_then_copies_it_up(&s, "f", "lowerdata");
         return;
     }
     let k = lowers().build(Markers::Kernel);
