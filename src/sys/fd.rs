@@ -108,24 +108,28 @@ static MODE_BY_PATH: AtomicBool = AtomicBool::new(false);
 /// Try the descriptor form `direct` of a call unless `by_path` says the
 /// kernel refused it before, else (or if refused now with one of
 /// `refusals`) the `/proc/self/fd/N` form `fallback`. A refusal is
-/// remembered only when the path form then works, so that an `EINVAL` of
-/// the arguments themselves does not switch the form.
-fn direct_or_proc(
+/// remembered only when the path form then does not fail the same way, so
+/// that an `EINVAL` or `EPERM` of the arguments themselves does not switch
+/// the form. Also used for the xattr reads of `xattr.rs`.
+pub(super) fn direct_or_proc<T>(
     by_path: &AtomicBool,
     refusals: &[Errno],
-    direct: impl FnOnce() -> Result<()>,
-    fallback: impl FnOnce() -> Result<()>,
-) -> Result<()> {
-    if !by_path.load(Ordering::Relaxed) {
-        match direct() {
-            Err(e) if refusals.contains(&e) => {}
-            r => return r,
-        }
-        fallback()?;
-        by_path.store(true, Ordering::Relaxed);
-        return Ok(());
+    direct: impl FnOnce() -> Result<T>,
+    fallback: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if by_path.load(Ordering::Relaxed) {
+        return fallback();
     }
-    fallback()
+    match direct() {
+        Err(refused) if refusals.contains(&refused) => {
+            let r = fallback();
+            if !matches!(r, Err(e) if e == refused) {
+                by_path.store(true, Ordering::Relaxed);
+            }
+            r
+        }
+        r => r,
+    }
 }
 
 /// Set times on the object behind `fd` (any type but symlinks).
@@ -223,7 +227,7 @@ mod tests {
         assert!(!flag.load(Ordering::Relaxed));
         // Refused, and the path form fails the same way: the arguments are
         // wrong, not the form; nothing is remembered.
-        let r = direct_or_proc(
+        let r = direct_or_proc::<()>(
             &flag,
             &[Errno::INVAL],
             || Err(Errno::INVAL),

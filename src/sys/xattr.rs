@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::XattrFlags;
 
+use super::fd::direct_or_proc;
 use super::raw::{getxattr_at, listxattr_at, proc_fd_path};
 use crate::error::{Errno, Result};
 
@@ -83,8 +84,7 @@ static AT_FORM_MISSING: AtomicBool = AtomicBool::new(false);
 
 /// `direct` (a `*xattrat` call), or where it is refused (`ENOSYS`, or the
 /// `EPERM` of a seccomp filter) the same read by `/proc/self/fd/N/NAME`
-/// path (`by_path`). The refusal is remembered only when the path form
-/// does not fail the same way (an `EPERM` of the read itself).
+/// path (`by_path`), by the rule of `fd::direct_or_proc`.
 fn at_or_path(
     missing: &AtomicBool,
     dir: BorrowedFd<'_>,
@@ -92,22 +92,16 @@ fn at_or_path(
     direct: impl Fn(&CStr, &mut [u8]) -> Result<usize>,
     by_path: impl Fn(&[u8], &mut [u8]) -> Result<usize>,
 ) -> Result<Vec<u8>> {
-    let path_form = || sized(|buf| by_path(&path_at(dir, name), buf));
-    if missing.load(Ordering::Relaxed) {
-        return path_form();
-    }
-    // A name with a NUL cannot exist; the lookup fails as it would.
-    let c = CString::new(name).map_err(|_| Errno::NOENT)?;
-    match sized(|buf| direct(&c, buf)) {
-        Err(refused @ (Errno::NOSYS | Errno::PERM)) => {
-            let r = path_form();
-            if r != Err(refused) {
-                missing.store(true, Ordering::Relaxed);
-            }
-            r
-        }
-        r => r,
-    }
+    direct_or_proc(
+        missing,
+        &[Errno::NOSYS, Errno::PERM],
+        || {
+            // A name with a NUL cannot exist; the lookup fails as it would.
+            let c = CString::new(name).map_err(|_| Errno::NOENT)?;
+            sized(|buf| direct(&c, buf))
+        },
+        || sized(|buf| by_path(&path_at(dir, name), buf)),
+    )
 }
 
 /// Read an attribute of `name` inside directory `dir` without opening it
