@@ -1497,13 +1497,14 @@ tm_build() {
         { tm_failed "$dr" "$sc" "buildah mount"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
     local mnt rq0=""
     mnt=$(tail -n 1 <<<"$tm_out")
-    [[ $dr == mp ]] && rq0=$(tm_requests "$mnt")
     if [[ -n ${TM_COPY[$sc]} ]]; then
         local src dst
         read -r src dst <<<"${TM_COPY[$sc]}"
         tm_step "$key|copy" tm_eng "$dr" buildah copy "$c" "$ctx/$src" "$dst" ||
             { tm_failed "$dr" "$sc" "buildah copy"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
     fi
+    # The daemon's request count just before the RUN (after the COPY).
+    [[ $dr == mp ]] && rq0=$(tm_requests "$mnt")
     tm_step "$key|run" tm_eng "$dr" buildah run --network none "$c" -- /bin/sh -c "${TM_RUN[$sc]}" ||
         { tm_failed "$dr" "$sc" "buildah run"; tm_eng "$dr" buildah rm "$c" >/dev/null 2>&1; return; }
     if [[ -n $rq0 ]]; then
