@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full stratafs test suite: build everything, run `cargo test` as root
-# (real FUSE mounts, kernel overlayfs as the oracle), then run the integration
+# (real FUSE mounts, kernel overlayfs as the oracle), run the integration
+# tests again with `no_open` on every stratafs mount, then run the integration
 # tests again as an unprivileged user in a user namespace
 # (scripts/test-rootless.sh), and the podman/buildah end-to-end test with
 # stratafs as the overlay mount_program (scripts/e2e-podman.sh).
@@ -83,6 +84,21 @@ set -e
 unmount_leftovers
 
 echo
+echo "==> cargo test --test it with no_open on every stratafs mount (as $(id -un))"
+# The real-mount suite again, the daemon answering no OPEN (see --help):
+# reads and writes by inode, copy-up at the first write. Fewer
+# differential cases and a shorter stress run than the first pass.
+set +e
+STRATAFS_TEST_OPTS=no_open STRATAFS_DIFF_CASES=$((STRATAFS_DIFF_CASES / 3 + 1)) \
+    STRATAFS_STRESS_SECS=$((STRATAFS_STRESS_SECS / 4 + 1)) \
+    STRATAFS_SKIP_LOG=$logs/skipped-noopen.log TMPDIR=$test_tmp \
+    timeout -k 60 "${STRATAFS_CARGO_TEST_TIMEOUT:-2400}" \
+    cargo test --no-fail-fast --test it 2>&1 | tee "$logs/cargo-test-noopen.log"
+noopen_rc=${PIPESTATUS[0]}
+set -e
+unmount_leftovers
+
+echo
 echo "==> scripts/test-rootless.sh"
 set +e
 bash scripts/test-rootless.sh 2>&1 | tee "$logs/rootless.log"
@@ -97,24 +113,32 @@ e2e_rc=${PIPESTATUS[0]}
 set -e
 
 # ---------------------------------------------------------------- summary
-root_passed=0 root_failed=0
-while IFS= read -r line; do
-    [[ "$line" =~ ([0-9]+)\ passed ]] && root_passed=$((root_passed + BASH_REMATCH[1]))
-    [[ "$line" =~ ([0-9]+)\ failed ]] && root_failed=$((root_failed + BASH_REMATCH[1]))
-done < <(grep -E '^test result: ' "$logs/cargo-test.log" || true)
-if ((cargo_rc != 0 && root_failed == 0)); then
-    root_failed=1 # build error, crash or timeout: no per-test failure to count
-fi
-# A test that recorded a skip and passed is skipped, not passed.
-root_skipped=0 root_skips=()
-if [[ -f "$logs/skipped-root.log" ]]; then
-    while IFS=$'\t' read -r tname reason; do
-        grep -qxF "test $tname ... ok" "$logs/cargo-test.log" || continue
-        root_skipped=$((root_skipped + 1))
-        root_skips+=("$tname: $reason")
-    done < <(sort -u -t $'\t' -k1,1 "$logs/skipped-root.log")
-fi
-root_passed=$((root_passed - root_skipped))
+# count_cargo LOG SKIPLOG RC: sets c_passed, c_failed, c_skipped, c_skips
+# from a `cargo test` log and the skips its tests recorded.
+count_cargo() {
+    local log=$1 skiplog=$2 rc=$3 line tname reason
+    c_passed=0 c_failed=0 c_skipped=0 c_skips=()
+    while IFS= read -r line; do
+        [[ "$line" =~ ([0-9]+)\ passed ]] && c_passed=$((c_passed + BASH_REMATCH[1]))
+        [[ "$line" =~ ([0-9]+)\ failed ]] && c_failed=$((c_failed + BASH_REMATCH[1]))
+    done < <(grep -E '^test result: ' "$log" || true)
+    if ((rc != 0 && c_failed == 0)); then
+        c_failed=1 # build error, crash or timeout: no per-test failure to count
+    fi
+    # A test that recorded a skip and passed is skipped, not passed.
+    if [[ -f "$skiplog" ]]; then
+        while IFS=$'\t' read -r tname reason; do
+            grep -qxF "test $tname ... ok" "$log" || continue
+            c_skipped=$((c_skipped + 1))
+            c_skips+=("$tname: $reason")
+        done < <(sort -u -t $'\t' -k1,1 "$skiplog")
+    fi
+    c_passed=$((c_passed - c_skipped))
+}
+count_cargo "$logs/cargo-test.log" "$logs/skipped-root.log" "$cargo_rc"
+root_passed=$c_passed root_failed=$c_failed root_skipped=$c_skipped root_skips=("${c_skips[@]}")
+count_cargo "$logs/cargo-test-noopen.log" "$logs/skipped-noopen.log" "$noopen_rc"
+no_passed=$c_passed no_failed=$c_failed no_skipped=$c_skipped no_skips=("${c_skips[@]}")
 
 rl_passed=0 rl_failed=0 rl_skipped=0
 if line=$(grep -E '^rootless: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$logs/rootless.log" | tail -n 1); then
@@ -148,13 +172,16 @@ echo "==> summary"
 printf 'cargo test (root):            %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$root_passed" "$root_failed" "$root_skipped" "$cargo_rc"
 list_skips "${root_skips[@]}"
+printf 'integration tests (no_open):  %d passed, %d failed, %d skipped (exit status %d)\n' \
+    "$no_passed" "$no_failed" "$no_skipped" "$noopen_rc"
+list_skips "${no_skips[@]}"
 printf 'integration tests (rootless): %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$rl_passed" "$rl_failed" "$rl_skipped" "$rootless_rc"
 list_skips "${rl_skips[@]}"
 printf 'podman/buildah end to end:    %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$e2e_passed" "$e2e_failed" "$e2e_skipped" "$e2e_rc"
-echo "total: $((root_passed + rl_passed + e2e_passed)) passed," \
-    "$((root_failed + rl_failed + e2e_failed)) failed," \
-    "$((root_skipped + rl_skipped + e2e_skipped)) skipped"
+echo "total: $((root_passed + no_passed + rl_passed + e2e_passed)) passed," \
+    "$((root_failed + no_failed + rl_failed + e2e_failed)) failed," \
+    "$((root_skipped + no_skipped + rl_skipped + e2e_skipped)) skipped"
 
-((cargo_rc == 0 && rootless_rc == 0 && e2e_rc == 0))
+((cargo_rc == 0 && noopen_rc == 0 && rootless_rc == 0 && e2e_rc == 0))

@@ -600,6 +600,8 @@ class Mount:
         elif self.fs == "fuse-overlayfs":
             cmd = ["fuse-overlayfs", "-o", opts, self.mnt]
         elif self.fs == "stratafs":
+            if self.ctx.stratafs_options:
+                opts += "," + self.ctx.stratafs_options
             cmd = [self.ctx.stratafs, "-o", opts, self.mnt]
         elif self.fs == "stratafs-nometrics":
             cmd = [self.ctx.stratafs, "-o", opts + ",metrics=0", self.mnt]
@@ -1471,7 +1473,7 @@ def render(result, title):
                 parts.append(f"{fs} {x['cpu'] / n * 1e6:.1f} µs/entry")
         L.append(f"Daemon CPU per entry of a cold `find` walk ({n} entries): " + ", ".join(parts) + ".")
         L.append("")
-    L += render_harness(summ, order)
+    L += render_harness(summ, order, meta.get("stratafs_options", ""))
     L += render_upper(summ, order)
     mem, mem_notes = render_memory(result)
     L += mem
@@ -1524,21 +1526,25 @@ def render_upper(summ, order):
     return L
 
 
-def render_harness(summ, order):
+def render_harness(summ, order, options=""):
     """Table of a --harness run: stratafs with metrics off (the baseline),
-    with metrics on (the default) and with one unrelated fault rule."""
+    with metrics on (the default) and with one unrelated fault rule; or of a
+    --baseline run, stratafs (mounted with `options`) against that binary."""
     rows = [v for v in order if "stratafs-nometrics" in summ[v] or "stratafs-baseline" in summ[v]]
     if not rows:
         return []
     cols = [("stratafs-baseline", "--baseline binary"), ("stratafs-nometrics", "metrics=0"),
-            ("stratafs", "default"), ("stratafs-fault", "one fault rule")]
+            ("stratafs", f"with {options}" if options else "default"), ("stratafs-fault", "one fault rule")]
     cols = [(fs, name) for fs, name in cols if any(fs in summ[v] for v in rows)]
     ref = cols[0][0]
-    L = ["Test-harness overhead: stratafs "
-         + ", ".join(f"`{name}`" for _, name in cols)
-         + " (`metrics=0`: no per-request counting; default: metrics on, no rule, no trace; one fault rule: "
-         "on a path no workload touches, `op = \"*\"`, so every request consults it). "
-         f"Ratio = time / `{cols[0][1]}` time.",
+    if any(fs in ("stratafs-nometrics", "stratafs-fault") for fs, _ in cols):
+        head = ("Test-harness overhead: stratafs "
+                + ", ".join(f"`{name}`" for _, name in cols)
+                + " (`metrics=0`: no per-request counting; default: metrics on, no rule, no trace; one fault rule: "
+                "on a path no workload touches, `op = \"*\"`, so every request consults it). ")
+    else:
+        head = "stratafs against the `--baseline` binary" + (f" (stratafs mounted with `{options}`)" if options else "") + ". "
+    L = [head + f"Ratio = time / `{cols[0][1]}` time.",
          "",
          "| workload | " + " | ".join(f"{name} | ratio" if i else name for i, (_, name) in enumerate(cols)) + " |",
          "|---|" + "---:|" * (2 * len(cols) - 1)]
@@ -1816,6 +1822,9 @@ def main():
     ap.add_argument("--baseline", metavar="BIN",
                     help="also run this other stratafs binary (e.g. a build of an older commit), "
                          "as stratafs-baseline; with --harness, ratios are against it")
+    ap.add_argument("--stratafs-options", metavar="OPTS", default="",
+                    help="more mount options for the stratafs mounts (not the --baseline ones), "
+                         "e.g. no_open; with --baseline the rows compare the binary with and without them")
     ap.add_argument("--harness", action="store_true",
                     help="also run stratafs with metrics=0 and with one unrelated fault rule, "
                          "without fuse-overlayfs (test-harness overhead; does not touch the doc)")
@@ -1864,6 +1873,7 @@ def main():
     ctx.helper = a.helper
     ctx.stratafs = a.stratafs
     ctx.baseline = os.path.abspath(a.baseline) if a.baseline else None
+    ctx.stratafs_options = a.stratafs_options
     ctx.counter = 0
     ctx.refused = {}  # (binary, options) -> why it refuses them (options_refused)
     os.makedirs(a.dir, exist_ok=True)
@@ -1876,8 +1886,9 @@ def main():
 
     meta = machine_meta()
     meta.update(runs=runs, smoke=a.smoke, only=only, harness=a.harness, counts=a.counts,
-                baseline=ctx.baseline,
+                baseline=ctx.baseline, stratafs_options=a.stratafs_options,
                 full=(not a.smoke and not only and runs == 3 and not a.harness and not a.baseline
+                      and not a.stratafs_options
                       and not a.counts and not a.no_fuse_overlayfs))
     ctx.faults_file = os.path.join(a.dir, "harness-faults.toml")
     with open(ctx.faults_file, "w") as f:

@@ -323,11 +323,11 @@ impl Overlay {
         };
         // A metadata copy of a lower layer: the data is elsewhere.
         let data_file = node.metacopy_data();
-        if detached {
-            // The name is gone; there is no place to copy it to.
-            return Err(Errno::STALE);
-        }
         let (lower_layer, lower_obj) = lower_of.ok_or(Errno::IO)?;
+        if detached {
+            // The name is gone: a file removed while open, changed now.
+            return self.copy_up_orphan(node, lower_layer, &lower_obj, data, data_file.as_ref());
+        }
         let st = match lower {
             Some(st) => st,
             None => lower_obj.stat()?,
@@ -451,6 +451,50 @@ impl Overlay {
             // merged (nlink 1), a copied hard link has its own count.
             self.invalidate(Invalidate::Attr(node.ino));
         }
+        Ok(())
+    }
+
+    /// Copy up the regular file `node` that no name leads to any more (a
+    /// lower file removed while open), as the kernel overlay's copy made
+    /// at the open for writing would be by then: a copy with every byte,
+    /// built in the work dir and unlinked from it at once, which the node
+    /// keeps by descriptor until the kernel forgets it. Only without OPEN
+    /// (`no_open`) is a lower file changed after its removal; nothing of
+    /// it survives the last close, or a crash.
+    fn copy_up_orphan(
+        &self,
+        node: &Arc<Node>,
+        layer: usize,
+        lower: &Obj,
+        data: Data,
+        data_file: Option<&LayerObj>,
+    ) -> Result<()> {
+        if node.kind != FileType::RegularFile {
+            return Err(Errno::STALE);
+        }
+        let st = lower.stat()?;
+        let work = self.stack.work()?;
+        let tmp = self.stack.tmp_name();
+        let how = Copying {
+            data: if data == Data::Empty {
+                Data::Empty
+            } else {
+                Data::All
+            },
+            data_file,
+            xattrs: true,
+        };
+        let copy = match build_copy(&self.stack, layer, &tmp, lower, &st, how) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tree::remove_tree(work, &tmp, false);
+                return Err(e);
+            }
+        };
+        rustix::fs::unlinkat(work, tmp.as_slice(), AtFlags::empty())?;
+        node.state.write().set_upper_only(Obj::Fd(Arc::new(copy)));
+        self.events.copied_up(st.st_size as u64);
+        self.invalidate(Invalidate::Attr(node.ino));
         Ok(())
     }
 

@@ -4,6 +4,13 @@
 //! on a lower layer keeps reading the lower copy until the file is copied up
 //! through another handle; the next I/O then switches to the upper copy
 //! (`io_fd`), so readers always see the latest data.
+//!
+//! With `no_open` the kernel sends no OPEN for existing files (it stops
+//! after the first is answered `ENOSYS`), and their reads and writes come
+//! with handle 0: they are served by node, the node's file opened for the
+//! request (`request_fd`), so a write copies the file up at the first write
+//! instead of at the open. Files made by CREATE get handle 0 too (the
+//! kernel sends no RELEASE for them either).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -38,6 +45,18 @@ fn reopen_flags(flags: i32) -> OFlags {
 fn wants_write(flags: OFlags) -> bool {
     let acc = flags & OFlags::ACCMODE;
     acc == OFlags::WRONLY || acc == OFlags::RDWR || flags.contains(OFlags::TRUNC)
+}
+
+/// What an I/O request does with the file it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Reads it (or seeks in it, or syncs it).
+    Read,
+    /// Writes to it; `append`: at its end, whatever the offset (`O_APPEND`).
+    Write {
+        /// `O_APPEND`.
+        append: bool,
+    },
 }
 
 impl Overlay {
@@ -84,6 +103,12 @@ impl Overlay {
     /// `fd`): one made without setuid and setgid has no privileges for its
     /// writes to take away.
     pub(crate) fn add_created(&self, node: Arc<Node>, fd: OwnedFd, flags: i32, st: &Stat) -> u64 {
+        if self.config.no_open {
+            // The kernel sends no RELEASE under `no_open`, not even for
+            // files made by CREATE: serve them by node, like the others.
+            drop(fd);
+            return 0;
+        }
         let epoch = self.handles.privilege_epoch();
         let fh = self
             .handles
@@ -102,6 +127,42 @@ impl Overlay {
     pub(crate) fn io_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
         let f = self.handles.file(fh)?;
         self.file_fd(&f)
+    }
+
+    /// The fd for an I/O request on node `ino` through handle `fh`: the
+    /// handle's, or for handle 0 (`no_open`) the node's file opened now.
+    pub(crate) fn request_fd(&self, ino: u64, fh: u64, u: Use) -> Result<Arc<OwnedFd>> {
+        if fh != 0 {
+            return self.io_fd(fh);
+        }
+        let node = self.node(ino)?;
+        self.node_fd(&node, u).map(Arc::new)
+    }
+
+    /// The file of `node` opened for `u`: a write copies the file up first
+    /// (what an open for writing does with handles); a metadata copy is
+    /// read from its lower data file until then.
+    fn node_fd(&self, node: &Arc<Node>, u: Use) -> Result<OwnedFd> {
+        if node.is_dir() {
+            return Err(Errno::ISDIR);
+        }
+        match u {
+            Use::Write { append } => {
+                self.writable()?;
+                if node.kind == FileType::RegularFile {
+                    self.ensure_upper(node, Data::All)?;
+                }
+                let mut flags = OFlags::WRONLY;
+                if append {
+                    flags |= OFlags::APPEND;
+                }
+                self.with_top(node, |_, top| top.open(flags))
+            }
+            Use::Read => match node.metacopy_data() {
+                Some(data) => data.obj.open(OFlags::RDONLY),
+                None => self.with_top(node, |_, top| top.open(OFlags::RDONLY)),
+            },
+        }
     }
 
     /// The fd to use for I/O on the open file `f`.
@@ -133,8 +194,8 @@ impl Overlay {
     }
 
     /// `read`.
-    pub(crate) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let fd = self.io_fd(fh)?;
+    pub(crate) fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let fd = self.request_fd(ino, fh, Use::Read)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -149,34 +210,50 @@ impl Overlay {
         Ok(buf)
     }
 
-    /// `write`, after taking away the privileges a write takes away
-    /// (`drop_privileges`; `kill_suidgid`: the caller lacks `CAP_FSETID`),
-    /// looked at once per open file while no chmod, chown or setxattr
-    /// happens.
+    /// `write` (`append`: the file was opened `O_APPEND`; for handle 0,
+    /// whose file is opened here), after taking away the
+    /// privileges a write takes away (`drop_privileges`; `kill_suidgid`:
+    /// the caller lacks `CAP_FSETID`), looked at once per open file while
+    /// no chmod, chown or setxattr happens (at every write without a
+    /// handle).
     pub(crate) fn write(
         &self,
+        ino: u64,
         fh: u64,
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
+        append: bool,
     ) -> Result<u32> {
-        let f = self.handles.file(fh)?;
-        let fd = self.file_fd(&f)?;
-        if self.privileges_left_to_us(&f.node, kill_suidgid) {
-            let epoch = self.handles.privilege_epoch();
-            if f.unprivileged_at.load(Ordering::Acquire) != epoch {
-                let dropped = self.drop_privileges(&fd, kill_suidgid)?;
-                if dropped.changed {
-                    // Only a direct-I/O write comes without the kernel's
-                    // own request to drop them first (an attribute-less
-                    // setattr, whose reply updates its cached mode).
-                    self.invalidate(Invalidate::Attr(f.node.ino));
-                }
-                if dropped.clean {
-                    f.unprivileged_at.store(epoch, Ordering::Release);
+        let fd = if fh == 0 {
+            let node = self.node(ino)?;
+            let fd = Arc::new(self.node_fd(&node, Use::Write { append })?);
+            if self.privileges_left_to_us(&node, kill_suidgid)
+                && self.drop_privileges(&fd, kill_suidgid)?.changed
+            {
+                self.invalidate(Invalidate::Attr(node.ino));
+            }
+            fd
+        } else {
+            let f = self.handles.file(fh)?;
+            let fd = self.file_fd(&f)?;
+            if self.privileges_left_to_us(&f.node, kill_suidgid) {
+                let epoch = self.handles.privilege_epoch();
+                if f.unprivileged_at.load(Ordering::Acquire) != epoch {
+                    let dropped = self.drop_privileges(&fd, kill_suidgid)?;
+                    if dropped.changed {
+                        // Only a direct-I/O write comes without the kernel's
+                        // own request to drop them first (an attribute-less
+                        // setattr, whose reply updates its cached mode).
+                        self.invalidate(Invalidate::Attr(f.node.ino));
+                    }
+                    if dropped.clean {
+                        f.unprivileged_at.store(epoch, Ordering::Release);
+                    }
                 }
             }
-        }
+            fd
+        };
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
@@ -198,8 +275,8 @@ impl Overlay {
     }
 
     /// `fsync`.
-    pub(crate) fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
-        let fd = self.io_fd(fh)?;
+    pub(crate) fn fsync(&self, ino: u64, fh: u64, datasync: bool) -> Result<()> {
+        let fd = self.request_fd(ino, fh, Use::Read)?;
         if datasync {
             rustix::fs::fdatasync(&*fd)
         } else {
@@ -208,8 +285,15 @@ impl Overlay {
     }
 
     /// `fallocate`.
-    pub(crate) fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
-        let fd = self.io_fd(fh)?;
+    pub(crate) fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+    ) -> Result<()> {
+        let fd = self.request_fd(ino, fh, Use::Write { append: false })?;
         rustix::fs::fallocate(
             &*fd,
             FallocateFlags::from_bits_retain(mode as _),
@@ -221,28 +305,29 @@ impl Overlay {
     /// `lseek`: SEEK_DATA and SEEK_HOLE, the only kinds the kernel asks a
     /// FUSE filesystem for (it moves the file position itself for
     /// SEEK_SET, SEEK_CUR and SEEK_END).
-    pub(crate) fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+    pub(crate) fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> Result<i64> {
         let from = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
         let pos = match whence {
             libc::SEEK_DATA => SeekFrom::Data(from),
             libc::SEEK_HOLE => SeekFrom::Hole(from),
             _ => return Err(Errno::INVAL),
         };
-        let fd = self.io_fd(fh)?;
+        let fd = self.request_fd(ino, fh, Use::Read)?;
         rustix::fs::seek(&*fd, pos).map(|p| p as i64)
     }
 
-    /// `copy_file_range` between two open files.
+    /// `copy_file_range` between two open files (`(node, handle)`
+    /// each).
     pub(crate) fn copy_file_range(
         &self,
-        fh_in: u64,
+        (ino_in, fh_in): (u64, u64),
         off_in: u64,
-        fh_out: u64,
+        (ino_out, fh_out): (u64, u64),
         off_out: u64,
         len: u64,
     ) -> Result<u32> {
-        let fin = self.io_fd(fh_in)?;
-        let fout = self.io_fd(fh_out)?;
+        let fin = self.request_fd(ino_in, fh_in, Use::Read)?;
+        let fout = self.request_fd(ino_out, fh_out, Use::Write { append: false })?;
         let (mut a, mut b) = (off_in, off_out);
         let want = len.min(u32::MAX as u64 & !0xfff) as usize;
         let n = rustix::fs::copy_file_range(&*fin, Some(&mut a), &*fout, Some(&mut b), want)?;

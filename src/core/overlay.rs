@@ -52,6 +52,10 @@ pub(crate) struct Config {
     pub(crate) ids: Ids,
     /// Open descriptors to stay below (`max_fds=`; 0: from the limit).
     pub(crate) max_fds: usize,
+    /// `no_open`: files are opened without a request (the kernel sends
+    /// none once OPEN is answered `ENOSYS`); reads and writes come without
+    /// a handle and are served by node (see `io`).
+    pub(crate) no_open: bool,
 }
 
 impl Default for Config {
@@ -60,6 +64,7 @@ impl Default for Config {
             ttl: Duration::from_secs(86400),
             ids: Ids::default(),
             max_fds: 0,
+            no_open: false,
         }
     }
 }
@@ -205,6 +210,13 @@ impl Overlay {
         self.present(layer, obj, st);
         if self.stack.is_upper(layer) && node.state.read().indexed() {
             self.indexed_nlink(obj, st);
+        } else if self.config.no_open && !node.is_dir() && node.state.read().detached() {
+            // A removed lower file still open: the kernel overlay made its
+            // copy at an open for writing and reports that copy's count
+            // (0); without OPEN (`no_open`) the daemon cannot tell such an
+            // open from one for reading, and a file no name leads to has no
+            // links.
+            st.st_nlink = 0;
         }
     }
 

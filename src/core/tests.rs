@@ -69,7 +69,7 @@ impl Fixture {
 
     fn read(&self, ino: u64) -> Result<Vec<u8>> {
         let fh = self.ov.open(ino, libc::O_RDONLY, false)?;
-        let data = self.ov.read(fh, 0, 1 << 16);
+        let data = self.ov.read(ino, fh, 0, 1 << 16);
         self.ov.release(fh);
         data
     }
@@ -89,7 +89,7 @@ fn write_copies_up_and_keeps_the_inode_number() -> Result<()> {
     assert_eq!(f.read(ino)?, b"lower data");
     assert!(!f.upper("d").exists());
     let fh = f.ov.open(ino, libc::O_WRONLY, false)?;
-    assert_eq!(f.ov.write(fh, 0, b"UPPER", false)?, 5);
+    assert_eq!(f.ov.write(ino, fh, 0, b"UPPER", false, false)?, 5);
     f.ov.release(fh);
     assert_eq!(std::fs::read(f.upper("d/file")).map_err(io)?, b"UPPER data");
     assert_eq!(f.ov.getattr(ino, None)?.1.st_size, 10);
@@ -177,13 +177,48 @@ fn lookup_references_are_given_back_when_not_handed_over() -> Result<()> {
 #[test]
 fn lseek_answers_only_data_and_hole() -> Result<()> {
     let f = fixture(&[("a", "some data")])?;
-    let fh = f.ov.open(f.ino("a")?, libc::O_RDONLY, false)?;
-    assert_eq!(f.ov.lseek(fh, 0, libc::SEEK_DATA)?, 0);
-    assert_eq!(f.ov.lseek(fh, 0, libc::SEEK_HOLE)?, 9);
-    assert_eq!(f.ov.lseek(fh, 20, libc::SEEK_DATA), Err(Errno::NXIO));
-    assert_eq!(f.ov.lseek(fh, 3, libc::SEEK_CUR), Err(Errno::INVAL));
-    assert_eq!(f.ov.lseek(fh, 3, libc::SEEK_SET), Err(Errno::INVAL));
-    f.ov.release(fh);
+    let ino = f.ino("a")?;
+    // Through a handle, and without one (`no_open`).
+    for fh in [f.ov.open(ino, libc::O_RDONLY, false)?, 0] {
+        assert_eq!(f.ov.lseek(ino, fh, 0, libc::SEEK_DATA)?, 0);
+        assert_eq!(f.ov.lseek(ino, fh, 0, libc::SEEK_HOLE)?, 9);
+        assert_eq!(f.ov.lseek(ino, fh, 20, libc::SEEK_DATA), Err(Errno::NXIO));
+        assert_eq!(f.ov.lseek(ino, fh, 3, libc::SEEK_CUR), Err(Errno::INVAL));
+        assert_eq!(f.ov.lseek(ino, fh, 3, libc::SEEK_SET), Err(Errno::INVAL));
+        f.ov.release(fh);
+    }
+    Ok(())
+}
+
+#[test]
+fn without_a_handle_reads_serve_the_lower_file_and_the_first_write_copies_up() -> Result<()> {
+    let f = fixture(&[("d/file", "lower data"), ("d/other", "untouched")])?;
+    let ino = f.ino("d/file")?;
+    assert_eq!(f.ov.read(ino, 0, 0, 64)?, b"lower data");
+    assert_eq!(f.ov.read(ino, 0, 6, 64)?, b"data");
+    assert!(!f.upper("d").exists(), "reads copy nothing up");
+    assert_eq!(f.ov.write(ino, 0, 0, b"UPPER", false, false)?, 5);
+    assert_eq!(std::fs::read(f.upper("d/file")).map_err(io)?, b"UPPER data");
+    assert_eq!(f.ov.read(ino, 0, 0, 64)?, b"UPPER data");
+    assert_eq!(f.ov.write(ino, 0, 0, b"+", false, true)?, 1);
+    assert_eq!(f.ov.read(ino, 0, 0, 64)?, b"UPPER data+");
+    assert!(!f.upper("d/other").exists(), "only the written file");
+    assert_eq!(f.ino("d/file")?, ino, "st_ino survives the copy-up");
+    let dir = f.ino("d")?;
+    assert_eq!(f.ov.read(dir, 0, 0, 64), Err(Errno::ISDIR));
+    Ok(())
+}
+
+#[test]
+fn without_a_handle_fallocate_and_copy_file_range_copy_the_target_up() -> Result<()> {
+    let f = fixture(&[("src", "0123456789"), ("dst", "abcdefghij")])?;
+    let (src, dst) = (f.ino("src")?, f.ino("dst")?);
+    assert_eq!(f.ov.copy_file_range((src, 0), 2, (dst, 0), 0, 3)?, 3);
+    assert_eq!(std::fs::read(f.upper("dst")).map_err(io)?, b"234defghij");
+    assert!(!f.upper("src").exists(), "the source is only read");
+    f.ov.fallocate(src, 0, 0, 20, 0)?;
+    assert_eq!(std::fs::metadata(f.upper("src")).map_err(io)?.len(), 20);
+    f.ov.fsync(src, 0, false)?;
     Ok(())
 }
 

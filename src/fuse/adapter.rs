@@ -306,8 +306,17 @@ impl FuseOverlay {
 
 impl Filesystem for FuseOverlay {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Without OPEN (`no_open`) the kernel must send the truncate of an
+        // `O_TRUNC` open as a SETATTR: with atomic `O_TRUNC` it would leave
+        // it to an OPEN it no longer sends.
+        if !self.fs.config.no_open
+            && config
+                .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+                .is_err()
+        {
+            log::debug!("kernel lacks atomic O_TRUNC");
+        }
         for cap in [
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_POSIX_ACL,
@@ -537,6 +546,12 @@ impl Filesystem for FuseOverlay {
     ) {
         let target = Target::Node(ino.0);
         let call = self.begin(req, Op::Open, target);
+        if self.fs.config.no_open {
+            // The kernel sends no OPEN after this answer; this open and
+            // every later one go on without a handle (`Overlay::request_fd`).
+            call.finish(Some(Errno::NOSYS));
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         let r = call.run(|| self.fs.open(ino.0, flags.0, kill_suidgid));
         match call.end(r) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags(self.h.direct_io(target))),
@@ -560,7 +575,7 @@ impl Filesystem for FuseOverlay {
         let size = call
             .short()
             .map_or(size, |n| size.min(u32::try_from(n).unwrap_or(u32::MAX)));
-        let r = call.run(|| self.fs.read(fh.0, offset, size));
+        let r = call.run(|| self.fs.read(ino.0, fh.0, offset, size));
         let r = r.map(|mut d| {
             call.corrupt(&mut d);
             d
@@ -582,7 +597,7 @@ impl Filesystem for FuseOverlay {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -598,7 +613,8 @@ impl Filesystem for FuseOverlay {
             || Ok(data.len() as u32),
             || {
                 let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-                self.fs.write(fh.0, offset, data, kill)
+                let append = flags.0 & libc::O_APPEND != 0;
+                self.fs.write(ino.0, fh.0, offset, data, kill, append)
             },
         );
         if let Ok(n) = &r {
@@ -655,7 +671,7 @@ impl Filesystem for FuseOverlay {
         reply: ReplyEmpty,
     ) {
         let call = self.begin(req, Op::Fsync, Target::Node(ino.0));
-        self.empty(call, || self.fs.fsync(fh.0, datasync), reply)
+        self.empty(call, || self.fs.fsync(ino.0, fh.0, datasync), reply)
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -933,7 +949,7 @@ impl Filesystem for FuseOverlay {
         let call = self.begin(req, Op::Fallocate, Target::Node(ino.0));
         self.empty(
             call,
-            || self.fs.fallocate(fh.0, offset, length, mode),
+            || self.fs.fallocate(ino.0, fh.0, offset, length, mode),
             reply,
         )
     }
@@ -948,7 +964,7 @@ impl Filesystem for FuseOverlay {
         reply: ReplyLseek,
     ) {
         let call = self.begin(req, Op::Lseek, Target::Node(ino.0));
-        let r = call.run(|| self.fs.lseek(fh.0, offset, whence));
+        let r = call.run(|| self.fs.lseek(ino.0, fh.0, offset, whence));
         match call.end(r) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(err(e)),
@@ -973,8 +989,13 @@ impl Filesystem for FuseOverlay {
         call.io(offset_out, len);
         let len = call.short().map_or(len, |n| len.min(n));
         let r = call.run(|| {
-            self.fs
-                .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            self.fs.copy_file_range(
+                (ino_in.0, fh_in.0),
+                offset_in,
+                (ino_out.0, fh_out.0),
+                offset_out,
+                len,
+            )
         });
         if let Ok(n) = &r {
             call.bytes(u64::from(*n));

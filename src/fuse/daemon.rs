@@ -40,6 +40,13 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     if let Some(n) = opts.max_fds {
         config.max_fds = n;
     }
+    if opts.no_open && opts.harness.faults.is_some() {
+        // Rules on reads and writes make their files direct I/O, which
+        // only an OPEN's answer can.
+        log::warn!("option no_open ignored: faults= needs the opens");
+    } else {
+        config.no_open = opts.no_open;
+    }
     Overlay::new(stack, config).map_err(|e| {
         SetupError::new(format!(
             "cannot read the layer roots: {}",

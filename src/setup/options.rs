@@ -105,6 +105,10 @@ pub(crate) struct MountOptions {
     pub(crate) xattr_permissions: u8,
     /// `fsync=0` disables fsync of copied-up data (and `volatile` too).
     pub(crate) fsync: bool,
+    /// `no_open`: no OPEN and RELEASE requests for existing files; a file
+    /// opened for writing is copied up at its first write (see
+    /// docs/OPTIONS.md).
+    pub(crate) no_open: bool,
     /// Generic mount flags.
     pub(crate) fuse: FuseFlags,
     /// Ownership presentation (`uidmapping=`, `squash_to_*`).
@@ -418,6 +422,12 @@ impl MountOptions {
             }
             "fsync" => self.fsync = parse_bool(key, need(key, value)?)?,
             "volatile" => self.fsync = false,
+            "no_open" => {
+                self.no_open = match value {
+                    None => true,
+                    Some(v) => parse_bool(key, v)?,
+                }
+            }
             "debug" => self.debug = true,
             "allow_other" => self.fuse.allow_other = Some(true),
             "allow_root" => self.fuse.allow_root = true,
@@ -600,6 +610,17 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn no_open_values() -> Result<(), SetupError> {
+        assert!(!parse("lowerdir=/l")?.no_open);
+        assert!(parse("lowerdir=/l,no_open")?.no_open);
+        assert!(parse("lowerdir=/l,no_open=1")?.no_open);
+        assert!(!parse("lowerdir=/l,no_open,no_open=0")?.no_open);
+        assert!(parse("lowerdir=/l,no_open=maybe").is_err());
+        assert!(parse("lowerdir=/l,no_open")?.warnings.is_empty());
+        Ok(())
+    }
+
     /// The kernel's rules: metacopy=on turns redirect_dir=on, in either
     /// order with an explicit `on`; any other explicit value conflicts.
     #[test]
@@ -774,6 +795,7 @@ mod fuzz {
         "metacopy",
         "fsync",
         "volatile",
+        "no_open",
         "debug",
         "allow_other",
         "allow_root",

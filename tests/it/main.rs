@@ -17,6 +17,7 @@ mod kernel_parity;
 mod library;
 mod lifecycle;
 mod metacopy;
+mod no_open;
 mod ownership;
 mod privileges;
 mod read_path;

@@ -240,11 +240,26 @@ fn writes_truncates_and_chowns_take_privileges_away_as_the_kernel_does() {
             if what.starts_with("chown") && who == Who::Unprivileged && !is_rootless() {
                 continue;
             }
-            let p = Pair::new(&spec(with_caps(), &files));
-            apply(&p, &files, with_caps(), op, who, what);
+            // With no_open the capability is still on the lower file when
+            // root writes: the kernel removes it (REMOVEXATTR) and then
+            // sends an attribute-less SETATTR, which the protocol does not
+            // tell from root's `chown(-1, -1)` (that one clears setuid);
+            // the handle path copies at the open, where a copy that
+            // needs a chown loses the capability first (see COMPAT.md).
+            let caps = with_caps()
+                && !(no_open_everywhere()
+                    && who == Who::Root
+                    && matches!(what, "write" | "fallocate" | "copy_file_range"));
+            if caps != with_caps() {
+                skip(
+                    "writes_truncates_and_chowns_take_privileges_away_as_the_kernel_does",
+                    &format!("{what} as root of the capability files under no_open"),
+                );
+            }
+            let p = Pair::new(&spec(caps, &files));
+            apply(&p, &files, caps, op, who, what);
             let names = files.iter().map(|(n, _)| *n).chain(
-                with_caps()
-                    .then_some(CAP_FILES.map(|(n, _)| n))
+                caps.then_some(CAP_FILES.map(|(n, _)| n))
                     .into_iter()
                     .flatten(),
             );

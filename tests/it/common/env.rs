@@ -128,3 +128,11 @@ impl Rng {
         (0..n).map(|_| b"abcxyz\n0"[self.below(8)]).collect()
     }
 }
+
+/// Whether every stratafs mount of this run is made with `no_open`
+/// (`STRATAFS_TEST_OPTS`, see `mounts::spawn_stratafs`): an open for
+/// writing then copies nothing up before the first write, and opens reach
+/// no fault rule.
+pub fn no_open_everywhere() -> bool {
+    std::env::var("STRATAFS_TEST_OPTS").is_ok_and(|o| o.split(',').any(|x| x == "no_open"))
+}

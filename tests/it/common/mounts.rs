@@ -335,7 +335,14 @@ fn spawn_stratafs(args: &[String], mnt: &Path) -> Result<Mount, String> {
     let override_fstype = std::env::var("STRATAFS_TEST_FSTYPE").ok();
     let base_mounts = mounts_at(mnt);
     let stderr = tempfile::tempfile().map_err(|e| format!("stderr capture file: {e}"))?;
+    // Extra options for every mount of the suite (`STRATAFS_TEST_OPTS`,
+    // e.g. `no_open`: the whole suite run with them).
+    let extra: Vec<String> = match std::env::var("STRATAFS_TEST_OPTS") {
+        Ok(o) if !o.is_empty() => vec!["-o".to_string(), o],
+        _ => Vec::new(),
+    };
     let child = Command::new(&bin)
+        .args(&extra)
         .args(args)
         .arg(mnt)
         .stdin(Stdio::null())

@@ -199,29 +199,36 @@ impl Pair {
     }
 
     fn build(desc: &TempStackBuilder, markers: Markers, prepare: impl FnMut(&Stack)) -> Pair {
-        Self::build_with(desc, markers, prepare, "")
+        Self::build_with(desc, markers, prepare, "", "")
     }
 
     /// Like [`Pair::new`], both mounted with the extra options `extra`.
     pub fn with_options(desc: &TempStackBuilder, extra: &str) -> Pair {
-        Self::build_with(desc, Markers::AsWritten, |_| {}, extra)
+        Self::build_with(desc, Markers::AsWritten, |_| {}, extra, extra)
+    }
+
+    /// Like [`Pair::new`], stratafs mounted with the extra options `extra`
+    /// (its own: the kernel overlay has no such options).
+    pub fn with_strata_options(desc: &TempStackBuilder, extra: &str) -> Pair {
+        Self::build_with(desc, Markers::AsWritten, |_| {}, "", extra)
     }
 
     fn build_with(
         desc: &TempStackBuilder,
         markers: Markers,
         mut prepare: impl FnMut(&Stack),
-        extra: &str,
+        kernel_extra: &str,
+        strata_extra: &str,
     ) -> Pair {
         let k = desc.build(Markers::Kernel);
         let s = desc.build(markers);
         prepare(&k);
         prepare(&s);
-        let km = k.mount_kernel_with(extra);
-        let sm = if extra.is_empty() {
+        let km = k.mount_kernel_with(kernel_extra);
+        let sm = if strata_extra.is_empty() {
             s.mount_strata()
         } else {
-            s.mount_strata_with(extra)
+            s.mount_strata_with(strata_extra)
         };
         Pair { sm, km, s, k }
     }
