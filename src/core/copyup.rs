@@ -690,13 +690,15 @@ fn build_copy(
     }
 }
 
-/// xattrs (of `xattrs_of`, if any), owner, mode (after chown, so
-/// setuid/setgid survive), times.
+/// Owner, xattrs (of `xattrs_of`, if any), mode, times: the xattrs after
+/// the chown, which takes a file capability away (the kernel overlay sets
+/// the owner without that), and the mode after both, so that setuid and
+/// setgid survive and an ACL's mask ends as the mode says.
 fn finish_copy(stack: &Stack, dst: &OwnedFd, xattrs_of: Option<&Obj>, st: &Stat) -> Result<()> {
+    fd::give_to(dst, st.st_uid, st.st_gid, stack.fresh_owner(dst)?)?;
     if let Some(lower) = xattrs_of {
         copy_xattrs(lower, dst)?;
     }
-    fd::give_to(dst, st.st_uid, st.st_gid, stack.fresh_owner(dst)?)?;
     fd::set_mode(dst, st.st_mode & 0o7777)?;
     fd::set_times(dst, &fd::times_of(st))
 }
