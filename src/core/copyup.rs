@@ -469,10 +469,12 @@ impl Overlay {
         data: Data,
         data_file: Option<&LayerObj>,
     ) -> Result<()> {
-        if node.kind != FileType::RegularFile {
+        let st = lower.stat()?;
+        // A lower hard link is reached by its other names: its copy
+        // belongs in the index, under a name; there is none here.
+        if node.kind != FileType::RegularFile || st.st_nlink != 1 {
             return Err(Errno::STALE);
         }
-        let st = lower.stat()?;
         let work = self.stack.work()?;
         let tmp = self.stack.tmp_name();
         let how = Copying {
@@ -484,7 +486,11 @@ impl Overlay {
             data_file,
             xattrs: true,
         };
-        let copy = match build_copy(&self.stack, layer, &tmp, lower, &st, how) {
+        let built = build_copy(&self.stack, layer, &tmp, lower, &st, how).and_then(|copy| {
+            self.carry_override(layer, lower, &st, &copy)?;
+            Ok(copy)
+        });
+        let copy = match built {
             Ok(c) => c,
             Err(e) => {
                 let _ = tree::remove_tree(work, &tmp, false);
@@ -493,7 +499,11 @@ impl Overlay {
         };
         rustix::fs::unlinkat(work, tmp.as_slice(), AtFlags::empty())?;
         node.state.write().set_upper_only(Obj::Fd(Arc::new(copy)));
-        self.events.copied_up(st.st_size as u64);
+        self.events.copied_up(if data == Data::Empty {
+            0
+        } else {
+            st.st_size as u64
+        });
         self.invalidate(Invalidate::Attr(node.ino));
         Ok(())
     }
@@ -514,16 +524,8 @@ impl Overlay {
         };
         let up = self.upper_fd(node)?.ok_or(Errno::IO)?;
         let ust = rustix::fs::fstat(&*up)?;
-        let mode = ust.st_mode & 0o7777;
         // The owner may write a file whose mode says it may not (rootless).
-        let (dst, restore) = match fd::reopen(&*up, OFlags::WRONLY) {
-            Ok(f) => (f, false),
-            Err(Errno::ACCESS) => {
-                fd::set_mode(&*up, mode | 0o200)?;
-                (fd::reopen(&*up, OFlags::WRONLY)?, true)
-            }
-            Err(e) => return Err(e),
-        };
+        let dst = fd::reopen_writable(&*up, OFlags::WRONLY)?;
         let copied = (|| {
             let mut bytes = 0;
             if data == Data::Empty {
@@ -538,9 +540,6 @@ impl Overlay {
             fd::set_times(&dst, &fd::times_of(&ust))?;
             Ok(bytes)
         })();
-        if restore {
-            fd::set_mode(&*up, mode)?;
-        }
         let bytes = copied?;
         self.stack.formats.remove_ovl(&*up, Ovl::Metacopy)?;
         node.state.write().drop_lowers();

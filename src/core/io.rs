@@ -104,8 +104,9 @@ impl Overlay {
     /// writes to take away.
     pub(crate) fn add_created(&self, node: Arc<Node>, fd: OwnedFd, flags: i32, st: &Stat) -> u64 {
         if self.config.no_open {
-            // The kernel sends no RELEASE under `no_open`, not even for
-            // files made by CREATE: serve them by node, like the others.
+            // Once the kernel stopped sending OPEN it sends no RELEASE
+            // either, also for files made by CREATE (6.18: a descriptor
+            // per created file stayed open): serve them by node too.
             drop(fd);
             return 0;
         }
@@ -150,13 +151,25 @@ impl Overlay {
             Use::Write { append } => {
                 self.writable()?;
                 if node.kind == FileType::RegularFile {
-                    self.ensure_upper(node, Data::All)?;
+                    match self.ensure_upper(node, Data::All) {
+                        // Removed while it was being copied: the copy is
+                        // now one no name leads to (`copy_up_orphan`).
+                        Err(Errno::NOENT) if node.state.read().detached() => {
+                            self.ensure_upper(node, Data::All)?
+                        }
+                        r => r?,
+                    }
                 }
                 let mut flags = OFlags::WRONLY;
                 if append {
                     flags |= OFlags::APPEND;
                 }
-                self.with_top(node, |_, top| top.open(flags))
+                // A file created read-only, or made so while open, is
+                // written through the descriptor its writer holds.
+                self.with_top(node, |_, top| match top.open(flags) {
+                    Err(Errno::ACCESS) => fd::reopen_writable(&*top.fd()?, flags),
+                    r => r,
+                })
             }
             Use::Read => match node.metacopy_data() {
                 Some(data) => data.obj.open(OFlags::RDONLY),

@@ -210,7 +210,12 @@ impl Overlay {
         self.present(layer, obj, st);
         if self.stack.is_upper(layer) && node.state.read().indexed() {
             self.indexed_nlink(obj, st);
-        } else if self.config.no_open && !node.is_dir() && node.state.read().detached() {
+        } else if self.config.no_open
+            && !self.stack.is_upper(layer)
+            && st.st_nlink == 1
+            && !node.is_dir()
+            && node.state.read().detached()
+        {
             // A removed lower file still open: the kernel overlay made its
             // copy at an open for writing and reports that copy's count
             // (0); without OPEN (`no_open`) the daemon cannot tell such an

@@ -60,6 +60,26 @@ pub(crate) fn reopen(fd: impl AsFd, flags: OFlags) -> Result<OwnedFd> {
     )
 }
 
+/// `reopen` for writing (`flags`), also where the mode says the owner may
+/// not write: then with owner write permission added for the open and the
+/// mode put back at once (the descriptor keeps its access). The owner of a
+/// file may write it whatever its mode through a descriptor it had open,
+/// which a request without a handle (`no_open`) or a copy of data into a
+/// metadata copy has to reopen.
+pub(crate) fn reopen_writable(fd: impl AsFd, flags: OFlags) -> Result<OwnedFd> {
+    let fd = fd.as_fd();
+    match reopen(fd, flags) {
+        Err(Errno::ACCESS) => {
+            let mode = rustix::fs::fstat(fd)?.st_mode & 0o7777;
+            set_mode(fd, mode | 0o200)?;
+            let opened = reopen(fd, flags);
+            set_mode(fd, mode)?;
+            opened
+        }
+        r => r,
+    }
+}
+
 /// A readable fd on a directory held as `O_PATH`.
 pub(crate) fn open_dir_read(fd: impl AsFd) -> Result<OwnedFd> {
     rustix::fs::openat(

@@ -299,7 +299,8 @@ fn a_copy_up_keeps_the_capability_of_another_users_file() {
             "rootless: a lower layer cannot carry a capability that means anything to the host",
         );
     }
-    let changes: [(&str, fn(&Path) -> Result<(), i32>); 3] = [
+    type Change = fn(&Path) -> Result<(), i32>;
+    let changes: [(&str, Change); 3] = [
         ("utimes", |p| sys::lutimes(p, (1000, 0), (2000, 0))),
         ("chmod", |p| {
             let mode = sys::lstat(p)?.st_mode & 0o7777;
