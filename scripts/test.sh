@@ -3,7 +3,8 @@
 # (real FUSE mounts, kernel overlayfs as the oracle), run the integration
 # tests again with `no_open` on every stratafs mount, then run the integration
 # tests again as an unprivileged user in a user namespace
-# (scripts/test-rootless.sh), and the podman/buildah end-to-end test with
+# (scripts/test-rootless.sh; it too a second time with `no_open`), and the
+# podman/buildah end-to-end test with
 # stratafs as the overlay mount_program (scripts/e2e-podman.sh).
 #
 # Tests that skip their checks (e.g. root-only tests in the rootless run)
@@ -106,6 +107,15 @@ rootless_rc=${PIPESTATUS[0]}
 set -e
 
 echo
+echo "==> scripts/test-rootless.sh with no_open on every stratafs mount"
+set +e
+STRATAFS_TEST_OPTS=no_open STRATAFS_DIFF_CASES=$((STRATAFS_DIFF_CASES / 3 + 1)) \
+    STRATAFS_STRESS_SECS=$((STRATAFS_STRESS_SECS / 4 + 1)) \
+    bash scripts/test-rootless.sh 2>&1 | tee "$logs/rootless-noopen.log"
+rootless_no_rc=${PIPESTATUS[0]}
+set -e
+
+echo
 echo "==> scripts/e2e-podman.sh (podman and buildah with stratafs as mount_program)"
 set +e
 STRATAFS_TEST_BIN='' bash scripts/e2e-podman.sh 2>&1 | tee "$logs/e2e.log"
@@ -140,15 +150,24 @@ root_passed=$c_passed root_failed=$c_failed root_skipped=$c_skipped root_skips=(
 count_cargo "$logs/cargo-test-noopen.log" "$logs/skipped-noopen.log" "$noopen_rc"
 no_passed=$c_passed no_failed=$c_failed no_skipped=$c_skipped no_skips=("${c_skips[@]}")
 
-rl_passed=0 rl_failed=0 rl_skipped=0
-if line=$(grep -E '^rootless: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$logs/rootless.log" | tail -n 1); then
-    [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped ]]
-    rl_passed=${BASH_REMATCH[1]} rl_failed=${BASH_REMATCH[2]} rl_skipped=${BASH_REMATCH[3]}
-fi
-if ((rootless_rc != 0 && rl_failed == 0)); then
-    rl_failed=1
-fi
-mapfile -t rl_skips < <(sed -n 's/^rootless:   skipped: //p' "$logs/rootless.log")
+# count_rootless LOG RC: sets r_passed, r_failed, r_skipped, r_skips from
+# the summary scripts/test-rootless.sh printed.
+count_rootless() {
+    local log=$1 rc=$2 line
+    r_passed=0 r_failed=0 r_skipped=0
+    if line=$(grep -E '^rootless: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$log" | tail -n 1); then
+        [[ "$line" =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed,\ ([0-9]+)\ skipped ]]
+        r_passed=${BASH_REMATCH[1]} r_failed=${BASH_REMATCH[2]} r_skipped=${BASH_REMATCH[3]}
+    fi
+    if ((rc != 0 && r_failed == 0)); then
+        r_failed=1
+    fi
+    mapfile -t r_skips < <(sed -n 's/^rootless:   skipped: //p' "$log")
+}
+count_rootless "$logs/rootless.log" "$rootless_rc"
+rl_passed=$r_passed rl_failed=$r_failed rl_skipped=$r_skipped rl_skips=("${r_skips[@]}")
+count_rootless "$logs/rootless-noopen.log" "$rootless_no_rc"
+rn_passed=$r_passed rn_failed=$r_failed rn_skipped=$r_skipped rn_skips=("${r_skips[@]}")
 
 e2e_passed=0 e2e_failed=0 e2e_skipped=0
 if line=$(grep -E '^e2e: [0-9]+ passed, [0-9]+ failed(, [0-9]+ skipped)?$' "$logs/e2e.log" | tail -n 1); then
@@ -178,10 +197,13 @@ list_skips "${no_skips[@]}"
 printf 'integration tests (rootless): %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$rl_passed" "$rl_failed" "$rl_skipped" "$rootless_rc"
 list_skips "${rl_skips[@]}"
+printf 'integration tests (rootless, no_open): %d passed, %d failed, %d skipped (exit status %d)\n' \
+    "$rn_passed" "$rn_failed" "$rn_skipped" "$rootless_no_rc"
+list_skips "${rn_skips[@]}"
 printf 'podman/buildah end to end:    %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$e2e_passed" "$e2e_failed" "$e2e_skipped" "$e2e_rc"
-echo "total: $((root_passed + no_passed + rl_passed + e2e_passed)) passed," \
-    "$((root_failed + no_failed + rl_failed + e2e_failed)) failed," \
-    "$((root_skipped + no_skipped + rl_skipped + e2e_skipped)) skipped"
+echo "total: $((root_passed + no_passed + rl_passed + rn_passed + e2e_passed)) passed," \
+    "$((root_failed + no_failed + rl_failed + rn_failed + e2e_failed)) failed," \
+    "$((root_skipped + no_skipped + rl_skipped + rn_skipped + e2e_skipped)) skipped"
 
-((cargo_rc == 0 && noopen_rc == 0 && rootless_rc == 0 && e2e_rc == 0))
+((cargo_rc == 0 && noopen_rc == 0 && rootless_rc == 0 && rootless_no_rc == 0 && e2e_rc == 0))

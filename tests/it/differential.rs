@@ -815,8 +815,20 @@ impl Profile {
 fn gen_case(seed: u64, nops: usize, profile: Profile) -> Case {
     let mut rng = Rng::new(seed);
     let spec = gen_stack(&mut rng, profile.rootless);
+    let no_open = no_open_everywhere();
     let ops = (0..nops)
-        .map(|_| gen_op(&mut rng, profile.rootless))
+        .map(|_| {
+            let mut op = gen_op(&mut rng, profile.rootless);
+            if let Op::Write { data, .. } | Op::Append { data, .. } = &mut op {
+                if no_open && data.is_empty() {
+                    // An open for writing that writes nothing copies up on
+                    // the kernel overlay only with no_open (a write of no
+                    // bytes sends no request): docs/COMPAT.md, item 6.
+                    data.push(b'0');
+                }
+            }
+            op
+        })
         .collect();
     let redirect = seed % 2 == 1 && profile.options;
     let metacopy = redirect && seed % 4 == 3;
