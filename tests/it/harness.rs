@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,22 +18,6 @@ use stratafs::api::{
 use crate::common::*;
 
 // ------------------------------------------------------------------ helpers
-
-/// `stratafs ctl TARGET ARGS...`: stdout, or stderr as the error.
-fn ctl(target: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(stratafs_bin())
-        .arg("ctl")
-        .arg(target)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 /// Wait until the control socket of the mount at `mnt` answers (a `-f`
 /// daemon starts it just after the mount goes live).
@@ -66,13 +50,6 @@ fn daemon(lower: Layer, extra: &str) -> (Mount, Stack) {
     let (m, st) = daemon_no_wait(lower, extra);
     wait_control(&st.mnt);
     (m, st)
-}
-
-/// Write a faults file into `dir`.
-fn faults_file(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    fs::write(&p, text).unwrap();
-    p
 }
 
 /// An in-process mount of `stack` with `rules` and the in-memory trace.

@@ -291,12 +291,11 @@ fn no_open_survives_a_remount_and_serves_files_made_by_create() {
 fn no_open_is_ignored_with_fault_rules() {
     let s = lowers().build(Markers::AsWritten);
     let tmp = tempdir();
-    let rules = tmp.path().join("faults.toml");
-    std::fs::write(
-        &rules,
+    let rules = faults_file(
+        tmp.path(),
+        "faults.toml",
         "[[rule]]\nop = \"read\"\npath = \"/nothing/*\"\nerrno = \"EIO\"\n",
-    )
-    .unwrap();
+    );
     let m = s.mount_strata_with(&format!("no_open,faults={}", rules.display()));
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert_eq!(read_string(&s.m("dir/a")), "lower a data");
@@ -308,17 +307,6 @@ fn no_open_is_ignored_with_fault_rules() {
 
 /// The mount's request counters (`stratafs ctl MNT stats --json`).
 fn strata_stats(mnt: &Path) -> serde_json::Value {
-    let out = Command::new(stratafs_bin())
-        .arg("ctl")
-        .arg(mnt)
-        .args(["stats", "--json"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run stratafs ctl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stats JSON")
+    let out = ctl(mnt, &["stats", "--json"]).unwrap_or_else(|e| panic!("stratafs ctl: {e}"));
+    serde_json::from_str(&out).expect("stats JSON")
 }

@@ -365,12 +365,11 @@ fn a_direct_io_write_takes_privileges_away_too() {
     // A fault rule on writes of a file makes it direct I/O: its writes
     // bypass the kernel's own request to drop privileges.
     let tmp = tempdir();
-    let faults = tmp.path().join("faults.toml");
-    std::fs::write(
-        &faults,
+    let faults = faults_file(
+        tmp.path(),
+        "faults.toml",
         "[[rule]]\nop = \"write\"\npath = \"*\"\nerrno = \"EIO\"\nnth = 1000000\n",
-    )
-    .unwrap();
+    );
     let files = [("suid", 0o4777), ("sgid", 0o2777), ("plain", 0o0777)];
     for who in whos() {
         let desc = spec(false, &files);

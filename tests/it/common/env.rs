@@ -4,7 +4,8 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// True when running inside a user namespace (i.e. `/proc/self/uid_map` is
 /// not the identity map of the initial namespace).
@@ -135,4 +136,27 @@ impl Rng {
 /// no fault rule.
 pub fn no_open_everywhere() -> bool {
     std::env::var("STRATAFS_TEST_OPTS").is_ok_and(|o| o.split(',').any(|x| x == "no_open"))
+}
+
+/// `stratafs ctl TARGET ARGS...`: stdout, or stderr as the error.
+pub fn ctl(target: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(stratafs_bin())
+        .arg("ctl")
+        .arg(target)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Write a faults file into `dir`.
+pub fn faults_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, text).unwrap();
+    p
 }
