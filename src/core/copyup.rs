@@ -239,13 +239,30 @@ impl Overlay {
     }
 
     /// Mark the upper directory `dir` as holding entries with an origin
-    /// (`overlay.impure`), unless it is already.
-    pub(crate) fn mark_impure(&self, dir: &OwnedFd) {
-        if self.stack.formats.read_ovl(dir, Ovl::Impure).is_none() {
-            let name = self.stack.formats.ovl(Ovl::Impure);
-            if let Err(e) = xattr::set(dir, name, b"y", XattrFlags::empty()) {
+    /// (`overlay.impure`), unless it is already. Whether it is marked now.
+    pub(crate) fn mark_impure(&self, dir: &OwnedFd) -> bool {
+        if self.stack.formats.read_ovl(dir, Ovl::Impure).is_some() {
+            return true;
+        }
+        let name = self.stack.formats.ovl(Ovl::Impure);
+        match xattr::set(dir, name, b"y", XattrFlags::empty()) {
+            Ok(()) => true,
+            Err(e) => {
                 log::debug!("impure not recorded: {e}");
+                false
             }
+        }
+    }
+
+    /// `mark_impure` of `dir`, the upper part of directory `parent`, which
+    /// remembers the mark: later copy-ups into the same directory read
+    /// nothing.
+    fn mark_impure_in(&self, parent: &Node, dir: &OwnedFd) {
+        if parent.state.read().impure_known() {
+            return;
+        }
+        if self.mark_impure(dir) {
+            parent.state.write().set_impure_known();
         }
     }
 
@@ -276,11 +293,12 @@ impl Overlay {
                 xattrs: true,
             };
             let made = build_copy(&self.stack, layer, &tmp, lower, st, how).and_then(|copy| {
-                origin::write(&self.stack, &copy, &entry.record);
-                self.carry_override(layer, lower, st, &copy)?;
+                let open = is_open_copy(st);
+                origin::write(&self.stack, &copy, open, &entry.record);
+                self.carry_override(layer, lower, st, &copy, open)?;
                 self.set_nlink_diff(&copy, st.st_nlink as i64 - 1)?;
                 if meta {
-                    self.mark_metacopy(&copy)?;
+                    self.mark_metacopy(&copy, open)?;
                 }
                 match rustix::fs::linkat(
                     work,
@@ -387,12 +405,13 @@ impl Overlay {
         };
         let built =
             build_copy(&self.stack, lower_layer, &tmp, &lower_obj, &st, how).and_then(|copy| {
+                let open = is_open_copy(&st);
                 if let Some(r) = &record {
-                    origin::write(&self.stack, &copy, r);
+                    origin::write(&self.stack, &copy, open, r);
                 }
-                self.carry_override(lower_layer, &lower_obj, &st, &copy)?;
+                self.carry_override(lower_layer, &lower_obj, &st, &copy, open)?;
                 if meta {
-                    self.mark_metacopy(&copy)?;
+                    self.mark_metacopy(&copy, open)?;
                 }
                 Ok(copy)
             });
@@ -413,7 +432,7 @@ impl Overlay {
                 return Err(Errno::NOENT);
             }
             let pst = rustix::fs::fstat(&*pup)?;
-            self.mark_impure(&pup);
+            self.mark_impure_in(&parent, &pup);
             if let Err(e) = rustix::fs::renameat_with(
                 work,
                 tmp.as_slice(),
@@ -487,7 +506,7 @@ impl Overlay {
             xattrs: true,
         };
         let built = build_copy(&self.stack, layer, &tmp, lower, &st, how).and_then(|copy| {
-            self.carry_override(layer, lower, &st, &copy)?;
+            self.carry_override(layer, lower, &st, &copy, is_open_copy(&st))?;
             Ok(copy)
         });
         let copy = match built {
@@ -573,9 +592,9 @@ impl Overlay {
     /// tree take 47 s against the kernel's 1.8 s). The marker and the
     /// copy's inode reach the journal together, before the rename that
     /// publishes them.
-    fn mark_metacopy(&self, copy: &OwnedFd) -> Result<()> {
+    fn mark_metacopy(&self, copy: &OwnedFd, open: bool) -> Result<()> {
         let name = self.stack.formats.ovl(Ovl::Metacopy);
-        xattr::set(copy, name, b"", XattrFlags::empty())?;
+        xattr::set_on(copy, open, name, b"", XattrFlags::empty())?;
         Ok(())
     }
 
@@ -588,6 +607,7 @@ impl Overlay {
         lower: &Obj,
         st: &Stat,
         copy: &OwnedFd,
+        open: bool,
     ) -> Result<()> {
         let Some(name) = self.stack.override_xattr(0) else {
             return Ok(());
@@ -598,8 +618,21 @@ impl Overlay {
         let ov = self
             .recorded_override(lower_layer, lower, st)
             .unwrap_or_else(|| Override::of_stat(st));
-        xattr::set(copy, name, ov.format().as_bytes(), XattrFlags::empty())
+        xattr::set_on(
+            copy,
+            open,
+            name,
+            ov.format().as_bytes(),
+            XattrFlags::empty(),
+        )
     }
+}
+
+/// Whether `build_copy` holds the copy of an object with attributes `st`
+/// open (for writing: a regular file) rather than as an `O_PATH`
+/// descriptor, so that its xattrs can be set by descriptor.
+fn is_open_copy(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
 }
 
 /// How `build_copy` makes a copy.
@@ -653,7 +686,7 @@ fn build_copy(
                     }
                 }
             }
-            finish_copy(stack, &dst, xattrs.then_some(lower), st)?;
+            finish_copy(stack, &dst, true, xattrs.then_some(lower), st)?;
             // (A metadata copy is not fsync'ed: see `mark_metacopy`.)
             if stack.fsync && data != Data::Meta {
                 rustix::fs::fsync(&dst)?;
@@ -663,7 +696,7 @@ fn build_copy(
         FileType::Directory => {
             rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
             let d = fd::open_path(work, tmp)?;
-            finish_copy(stack, &d, xattrs.then_some(lower), st)?;
+            finish_copy(stack, &d, false, xattrs.then_some(lower), st)?;
             Ok(d)
         }
         FileType::Symlink => {
@@ -674,7 +707,7 @@ fn build_copy(
             rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
             let d = fd::open_path(work, tmp)?;
             if xattrs {
-                copy_xattrs(lower, &d)?;
+                copy_xattrs(lower, &d, false)?;
             }
             fd::give_to(&d, st.st_uid, st.st_gid, stack.fresh_owner(&d)?)?;
             let _ = rustix::fs::utimensat(work, tmp, &fd::times_of(st), AtFlags::SYMLINK_NOFOLLOW);
@@ -683,7 +716,7 @@ fn build_copy(
         _ => {
             rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?;
             let d = fd::open_path(work, tmp)?;
-            finish_copy(stack, &d, xattrs.then_some(lower), st)?;
+            finish_copy(stack, &d, false, xattrs.then_some(lower), st)?;
             Ok(d)
         }
     }
@@ -692,11 +725,18 @@ fn build_copy(
 /// Owner, xattrs (of `xattrs_of`, if any), mode, times: the xattrs after
 /// the chown, which takes a file capability away (the kernel overlay sets
 /// the owner without that), and the mode after both, so that setuid and
-/// setgid survive and an ACL's mask ends as the mode says.
-fn finish_copy(stack: &Stack, dst: &OwnedFd, xattrs_of: Option<&Obj>, st: &Stat) -> Result<()> {
+/// setgid survive and an ACL's mask ends as the mode says. `open`: `dst`
+/// is open for writing, not `O_PATH`.
+fn finish_copy(
+    stack: &Stack,
+    dst: &OwnedFd,
+    open: bool,
+    xattrs_of: Option<&Obj>,
+    st: &Stat,
+) -> Result<()> {
     fd::give_to(dst, st.st_uid, st.st_gid, stack.fresh_owner(dst)?)?;
     if let Some(lower) = xattrs_of {
-        copy_xattrs(lower, dst)?;
+        copy_xattrs(lower, dst, open)?;
     }
     fd::set_mode(dst, st.st_mode & 0o7777)?;
     fd::set_times(dst, &fd::times_of(st))
@@ -704,8 +744,9 @@ fn finish_copy(stack: &Stack, dst: &OwnedFd, xattrs_of: Option<&Obj>, st: &Stat)
 
 /// Copy every xattr of `src` to `dst` except overlay metadata. Attributes
 /// the destination refuses for lack of privilege (trusted.*, security.*
-/// when rootless) are skipped, as the kernel overlay does.
-fn copy_xattrs(src: &Obj, dst: &OwnedFd) -> Result<()> {
+/// when rootless) are skipped, as the kernel overlay does. `open`: `dst`
+/// is open for writing, not `O_PATH`.
+fn copy_xattrs(src: &Obj, dst: &OwnedFd, open: bool) -> Result<()> {
     let all = match src.list_xattr() {
         Ok(l) => l,
         Err(Errno::NOTSUP) => return Ok(()),
@@ -720,7 +761,7 @@ fn copy_xattrs(src: &Obj, dst: &OwnedFd) -> Result<()> {
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
         };
-        match xattr::set(dst, n, &v, XattrFlags::empty()) {
+        match xattr::set_on(dst, open, n, &v, XattrFlags::empty()) {
             Ok(()) => {}
             Err(Errno::PERM) | Err(Errno::NOTSUP) | Err(Errno::ACCESS) => {
                 log::debug!(

@@ -33,7 +33,7 @@ pub(crate) struct NodeState {
     links: Option<Box<Links>>,
     /// The layer of a single backing object.
     layer: u16,
-    /// `DETACHED`, `INDEXED`, `UPPER`, `ORIGIN`, `NAMED`.
+    /// `DETACHED`, `INDEXED`, `UPPER`, `ORIGIN`, `NAMED`, `IMPURE`.
     flags: u8,
 }
 
@@ -52,6 +52,10 @@ const UPPER: u8 = 4;
 const ORIGIN: u8 = 8;
 /// The node's location is in the inode table's name map.
 const NAMED: u8 = 16;
+/// For a directory: its upper part is known to carry the impure mark
+/// (`overlay.impure`), so a copy-up into it need not read it. Cleared
+/// whenever the node's objects are set anew.
+const IMPURE: u8 = 32;
 
 /// How a node holds its objects: `Obj`, but one object reached by the
 /// node's own name keeps no second copy of it.
@@ -131,7 +135,7 @@ impl NodeState {
 
     /// Back the node by `upper` and `lowers`, in the smallest form.
     fn set_objects(&mut self, upper: Option<Obj>, mut lowers: Vec<LayerObj>) {
-        self.flags &= !UPPER;
+        self.flags &= !(UPPER | IMPURE);
         self.layer = 0;
         let single = match (upper, lowers.len()) {
             (None, 0) => None,
@@ -376,6 +380,16 @@ impl NodeState {
     /// takes it out.
     pub(crate) fn set_named(&mut self, on: bool) {
         self.set_flag(NAMED, on);
+    }
+
+    /// Whether the upper part is known to be marked impure (`IMPURE`).
+    pub(crate) fn impure_known(&self) -> bool {
+        self.flags & IMPURE != 0
+    }
+
+    /// Remember that the upper part is marked impure.
+    pub(crate) fn set_impure_known(&mut self) {
+        self.set_flag(IMPURE, true);
     }
 
     fn set_flag(&mut self, flag: u8, on: bool) {

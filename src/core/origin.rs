@@ -52,11 +52,12 @@ pub(crate) fn record_of(stack: &Stack, layer: usize, obj: &Obj) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// Write `record` as the origin of the new copy `copy`. Best effort, as
-/// the kernel: a symlink or device cannot carry a `user.` xattr.
-pub(crate) fn write(stack: &Stack, copy: &OwnedFd, record: &[u8]) {
+/// Write `record` as the origin of the new copy `copy` (`open`: held open
+/// for writing, not `O_PATH`). Best effort, as the kernel: a symlink or
+/// device cannot carry a `user.` xattr.
+pub(crate) fn write(stack: &Stack, copy: &OwnedFd, open: bool, record: &[u8]) {
     let name = stack.formats.ovl(Ovl::Origin);
-    if let Err(e) = xattr::set(copy, name, record, rustix::fs::XattrFlags::empty()) {
+    if let Err(e) = xattr::set_on(copy, open, name, record, rustix::fs::XattrFlags::empty()) {
         log::debug!("origin not recorded: {e}");
     }
 }

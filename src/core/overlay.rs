@@ -613,7 +613,7 @@ impl Overlay {
         if record.is_empty() {
             return None;
         }
-        origin::write(&self.stack, &fd, &record);
+        origin::write(&self.stack, &fd, false, &record);
         if let Some(pup) = self.inodes.get(parent).and_then(|p| p.upper()) {
             self.mark_impure(&pup);
         }

@@ -148,6 +148,34 @@ pub(crate) fn set(fd: impl AsFd, name: &[u8], value: &[u8], flags: XattrFlags) -
     )
 }
 
+/// Set an attribute of an object behind a descriptor that is open for
+/// reading or writing (not `O_PATH`), such as a copy being written: by the
+/// descriptor (`fsetxattr`), which spares the `/proc/self/fd/N` lookup
+/// that `set` makes once any `O_PATH` descriptor was refused. Where the
+/// kernel refuses the descriptor all the same, the path form.
+pub(crate) fn set_open(fd: impl AsFd, name: &[u8], value: &[u8], flags: XattrFlags) -> Result<()> {
+    let fd = fd.as_fd();
+    match rustix::fs::fsetxattr(fd, name, value, flags) {
+        Err(Errno::BADF) => rustix::fs::setxattr(proc_fd_path(fd).as_c_str(), name, value, flags),
+        r => r,
+    }
+}
+
+/// `set_open` for a descriptor that is open when `open`, else `set`.
+pub(crate) fn set_on(
+    fd: impl AsFd,
+    open: bool,
+    name: &[u8],
+    value: &[u8],
+    flags: XattrFlags,
+) -> Result<()> {
+    if open {
+        set_open(fd, name, value, flags)
+    } else {
+        set(fd, name, value, flags)
+    }
+}
+
 /// Remove an attribute.
 pub(crate) fn remove(fd: impl AsFd, name: &[u8]) -> Result<()> {
     let fd = fd.as_fd();
@@ -199,6 +227,30 @@ mod tests {
         remove(&file_fd, b"user.u")?;
         assert_eq!(get(&file_fd, b"user.t"), Err(Errno::NODATA));
         assert_eq!(get(&path_fd, b"user.u"), Err(Errno::NODATA));
+        Ok(())
+    }
+
+    #[test]
+    fn set_open_reaches_the_object_by_an_open_and_by_an_o_path_descriptor() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"x")?;
+        let path_fd = rustix::fs::open(&p, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
+        let file_fd = rustix::fs::open(&p, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        match set_open(&file_fd, b"user.o", b"1", XattrFlags::empty()) {
+            Err(Errno::NOTSUP) => return Ok(()), // no user xattrs here
+            r => r?,
+        }
+        // Refused by descriptor (`O_PATH`), done by path.
+        set_on(&path_fd, true, b"user.p", b"2", XattrFlags::empty())?;
+        set_on(&path_fd, false, b"user.q", b"3", XattrFlags::empty())?;
+        assert_eq!(get(&path_fd, b"user.o")?, b"1");
+        assert_eq!(get(&file_fd, b"user.p")?, b"2");
+        assert_eq!(get(&file_fd, b"user.q")?, b"3");
+        assert_eq!(
+            set_open(&file_fd, b"user.o", b"4", XattrFlags::CREATE),
+            Err(Errno::EXIST)
+        );
         Ok(())
     }
 
