@@ -36,12 +36,14 @@ struct Cli {
     /// default 86400), threads=N, fsync=0|1 (fsync copied-up data, default
     /// 1), volatile (= fsync=0), max_fds=N (open descriptors to stay below:
     /// directories the kernel keeps are dropped from its cache beyond that;
-    /// default 3/4 of the open-file limit, at most 65536), no_open (the
-    /// kernel opens existing files without asking the daemon: no OPEN and
-    /// RELEASE round trips, reads and writes are served by inode; a file
-    /// opened for writing is copied up at its first write or truncate, not
-    /// at the open as on the kernel overlay, so an open for writing that
-    /// writes nothing leaves the upper unchanged; ignored with faults=),
+    /// default 3/4 of the open-file limit, at most 65536), no_open[=0|1]
+    /// (the kernel opens existing files without asking the daemon: no OPEN
+    /// and RELEASE round trips, reads and writes are served by inode; a
+    /// file opened for writing is copied up at its first write or
+    /// truncate, not at the open as on the kernel overlay, so an open for
+    /// writing that writes nothing leaves the upper unchanged; off by
+    /// default, on by default for a read-only mount, where it changes
+    /// nothing; ignored with faults=),
     /// debug,
     /// redirect_dir=on|follow|nofollow|off (on: renaming a directory that
     /// has lower content works, recorded in overlay.redirect as the kernel

@@ -40,12 +40,18 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     if let Some(n) = opts.max_fds {
         config.max_fds = n;
     }
-    if opts.no_open && opts.harness.faults.is_some() {
+    // A read-only mount copies nothing up, so without OPEN it behaves
+    // exactly as with it: on unless asked otherwise.
+    let read_only = !stack.has_upper || opts.fuse.read_only;
+    let no_open = opts.no_open.unwrap_or(read_only);
+    if no_open && opts.harness.faults.is_some() {
         // Rules on reads and writes make their files direct I/O, which
         // only an OPEN's answer can.
-        log::warn!("option no_open ignored: faults= needs the opens");
+        if opts.no_open == Some(true) {
+            log::warn!("option no_open ignored: faults= needs the opens");
+        }
     } else {
-        config.no_open = opts.no_open;
+        config.no_open = no_open;
     }
     Overlay::new(stack, config).map_err(|e| {
         SetupError::new(format!(

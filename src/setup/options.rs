@@ -107,8 +107,9 @@ pub(crate) struct MountOptions {
     pub(crate) fsync: bool,
     /// `no_open`: no OPEN and RELEASE requests for existing files; a file
     /// opened for writing is copied up at its first write (see
-    /// docs/OPTIONS.md).
-    pub(crate) no_open: bool,
+    /// docs/COMPAT.md). `None` when not given: on for read-only mounts,
+    /// where nothing is copied up and it changes nothing a client sees.
+    pub(crate) no_open: Option<bool>,
     /// Generic mount flags.
     pub(crate) fuse: FuseFlags,
     /// Ownership presentation (`uidmapping=`, `squash_to_*`).
@@ -423,10 +424,10 @@ impl MountOptions {
             "fsync" => self.fsync = parse_bool(key, need(key, value)?)?,
             "volatile" => self.fsync = false,
             "no_open" => {
-                self.no_open = match value {
+                self.no_open = Some(match value {
                     None => true,
                     Some(v) => parse_bool(key, v)?,
-                }
+                })
             }
             "debug" => self.debug = true,
             "allow_other" => self.fuse.allow_other = Some(true),
@@ -612,10 +613,10 @@ mod tests {
 
     #[test]
     fn no_open_values() -> Result<(), SetupError> {
-        assert!(!parse("lowerdir=/l")?.no_open);
-        assert!(parse("lowerdir=/l,no_open")?.no_open);
-        assert!(parse("lowerdir=/l,no_open=1")?.no_open);
-        assert!(!parse("lowerdir=/l,no_open,no_open=0")?.no_open);
+        assert_eq!(parse("lowerdir=/l")?.no_open, None);
+        assert_eq!(parse("lowerdir=/l,no_open")?.no_open, Some(true));
+        assert_eq!(parse("lowerdir=/l,no_open=1")?.no_open, Some(true));
+        assert_eq!(parse("lowerdir=/l,no_open,no_open=0")?.no_open, Some(false));
         assert!(parse("lowerdir=/l,no_open=maybe").is_err());
         assert!(parse("lowerdir=/l,no_open")?.warnings.is_empty());
         Ok(())

@@ -9,16 +9,18 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn lowers() -> TempStackBuilder {
+fn lower_layer() -> Layer {
     let mut l = Layer::new();
     for n in ["a", "b", "c", "d", "e", "f", "g", "h", "k", "src"] {
         l = l.file(&format!("dir/{n}"), format!("lower {n} data"));
     }
-    l = l
-        .file("dir/big", "x".repeat(300_000))
+    l.file("dir/big", "x".repeat(300_000))
         .file("dir/exe", "#!/bin/sh\necho ran\n")
-        .mode(0o755);
-    stack(vec![l], Layer::new().file("up", "upper file"))
+        .mode(0o755)
+}
+
+fn lowers() -> TempStackBuilder {
+    stack(vec![lower_layer()], Layer::new().file("up", "upper file"))
 }
 
 fn cvt(r: libc::ssize_t) -> Result<usize, i32> {
@@ -303,6 +305,66 @@ fn no_open_is_ignored_with_fault_rules() {
     assert_eq!(stats["requests"]["open"], 1, "the open was asked for");
     let (_, stderr) = m.unmount_with_stderr();
     assert!(stderr.contains("no_open ignored"), "{stderr}");
+}
+
+/// Read `names` under `m`, each through its own open, and once through a
+/// shared read-only mapping; what each read gave.
+fn read_each(m: &Path, names: &[&str]) -> Vec<Result<Vec<u8>, i32>> {
+    let mut out = Vec::new();
+    for n in names {
+        out.push(
+            sys::open(&m.join(n), libc::O_RDONLY, 0).and_then(|fd| sys::pread(&fd, 1 << 20, 0)),
+        );
+    }
+    out.push(std::fs::read(m.join(names[0])).map_err(|e| e.raw_os_error().unwrap_or(0)));
+    out
+}
+
+#[test]
+fn a_read_only_mount_opens_files_without_open_unless_told_not_to() {
+    let names = ["dir/a", "dir/big", "dir/exe", "dir/src"];
+    let spec = read_only_stack(vec![lower_layer(), Layer::new()]);
+    let p = Pair::new(&spec);
+    let (s, k) = p.both(|m| read_each(m, &names));
+    assert_eq!(s, k, "reads: stratafs (left), kernel overlay (right)");
+    assert_eq!(s[1].as_ref().map(Vec::len), Ok(300_000));
+    // Opens for writing are refused by the read-only mount itself.
+    let (s, k) = p.both(|m| sys::open(&m.join("dir/a"), libc::O_RDWR, 0).map(drop));
+    assert_eq!((s, k), (Err(libc::EROFS), Err(libc::EROFS)));
+    let stats = strata_stats(&p.s.mnt);
+    assert_eq!(
+        stats["requests"]["open"],
+        1,
+        "one OPEN, answered ENOSYS, for {} opens: {}",
+        names.len() + 1,
+        stats["requests"]
+    );
+    assert_eq!(stats["requests"]["release"], 0, "{}", stats["requests"]);
+    p.assert_same_view();
+    drop(p);
+    // `no_open=0` keeps the opens; `ro` with an upper dir is read-only too.
+    let st = spec.build(Markers::Kernel);
+    let m = st.mount_strata_with("no_open=0");
+    let got = read_each(&st.mnt, &names);
+    assert!(got.iter().all(|r| r.is_ok()), "{got:?}");
+    let stats = strata_stats(&st.mnt);
+    assert_eq!(
+        stats["requests"]["open"],
+        names.len() + 1,
+        "{}",
+        stats["requests"]
+    );
+    drop(m);
+    let rw = lowers().build(Markers::AsWritten);
+    let _m = rw.mount_strata_with("ro");
+    assert_eq!(read_string(&rw.m("dir/a")), "lower a data");
+    assert_eq!(read_string(&rw.m("up")), "upper file");
+    let stats = strata_stats(&rw.mnt);
+    assert_eq!(stats["requests"]["open"], 1, "{}", stats["requests"]);
+    assert_eq!(
+        sys::open(&rw.m("dir/a"), libc::O_WRONLY, 0).map(drop),
+        Err(libc::EROFS)
+    );
 }
 
 /// The mount's request counters (`stratafs ctl MNT stats --json`).
