@@ -568,10 +568,11 @@ class Mount:
     active = []  # for cleanup
     run_ctx = None  # the run's context, whose moved-aside directories go at the end
 
-    def __init__(self, ctx, fs, lower=None, extra=None):
+    def __init__(self, ctx, fs, lower=None, extra=None, read_only=False):
         self.ctx, self.fs = ctx, fs
         self.lower = lower or ctx.lower
         self.extra = extra  # more mount options (MOUNT_OPTIONS)
+        self.read_only = read_only  # lower layers only (READ_ONLY)
         self.skip = None  # why the workload is not run on this mount
         self.proc = None  # a daemon running in the foreground (fuse-overlayfs -d)
         ctx.counter += 1
@@ -585,7 +586,9 @@ class Mount:
     def __enter__(self):
         for d in (self.upper, self.work, self.mnt):
             os.makedirs(d)
-        opts = f"lowerdir={self.lower},upperdir={self.upper},workdir={self.work}"
+        opts = f"lowerdir={self.lower}"
+        if not self.read_only:
+            opts += f",upperdir={self.upper},workdir={self.work}"
         if self.extra:
             if self.fs.startswith("stratafs"):
                 binary = self.ctx.baseline if self.fs == "stratafs-baseline" else self.ctx.stratafs
@@ -974,6 +977,15 @@ def wl_smallread(ctx, m):
             timed(m, f"read {kn(n)} small files (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
 
 
+def wl_smallread_ro(ctx, m):
+    n = ctx.manifest["small_files"]
+    c = helper(ctx, "read", os.path.join(ctx.stack, "smallfiles.txt"))
+    exp = f"ok={n} missing=0 failed=0"
+    v = f"read {kn(n)} small files, read-only mount"
+    return [timed(m, f"{v} (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file"),
+            timed(m, f"{v} (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
+
+
 def wl_create(ctx, m):
     n = 20000 if not ctx.smoke else 1000
     c = helper(ctx, "create", f"{m.mnt}/tmp/bench-create", n, 4096)
@@ -1274,6 +1286,7 @@ WORKLOADS = [
     ("stat-missing", wl_stat_missing, MAIN_FS),
     ("seqread", wl_seqread, MAIN_FS),
     ("smallread", wl_smallread, MAIN_FS),
+    ("smallread-ro", wl_smallread_ro, MAIN_FS),
     ("create", wl_create, MAIN_FS),
     ("rmrf", wl_rmrf, MAIN_FS),
     ("rename", wl_rename, MAIN_FS),
@@ -1302,6 +1315,11 @@ MOUNT_OPTIONS = {
     "chowntree": {"kernel": KERNEL_NOCOPY, "stratafs": "redirect_dir=on,metacopy=on"},
     "chownbig": {"kernel": KERNEL_NOCOPY, "stratafs": "redirect_dir=on,metacopy=on"},
 }
+
+
+# Workloads on a read-only mount: the lower layers only, no upper and work
+# dir (as container engines mount image layers).
+READ_ONLY = {"smallread-ro"}
 
 
 def mount_options(wname, fs):
@@ -1792,7 +1810,7 @@ def run_pass(ctx, a, only, runs, counts):
         for rep in range(runs):
             order = fss[rep % len(fss):] + fss[:rep % len(fss)]
             for fs in order:
-                with Mount(ctx, fs, lower, mount_options(wname, fs)) as m:
+                with Mount(ctx, fs, lower, mount_options(wname, fs), wname in READ_ONLY) as m:
                     drop_caches()
                     res = fn(ctx, m)
                 for r in res:
