@@ -868,6 +868,14 @@ def wl_find(ctx, m):
             timed(m, "find (warm)", c, check_out=exp, ops=exp, unit="entry")]
 
 
+def wl_find_ro(ctx, m):
+    exp = ctx.manifest["merged_entries"] + 1
+    c = f"find {m.mnt} | wc -l"
+    v = "find, read-only mount"
+    return [timed(m, f"{v} (cold)", c, check_out=exp, ops=exp, unit="entry"),
+            timed(m, f"{v} (warm)", c, check_out=exp, ops=exp, unit="entry")]
+
+
 def wl_du(ctx, m):
     n = ctx.manifest["merged_entries"] + 1
     c = f"du -s {m.mnt} >/dev/null"
@@ -1280,6 +1288,7 @@ def wl_chownbig(ctx, m):
 
 WORKLOADS = [
     ("find", wl_find, MAIN_FS),
+    ("find-ro", wl_find_ro, MAIN_FS),
     ("du", wl_du, MAIN_FS),
     ("lslr", wl_lslr, MAIN_FS),
     ("stat", wl_stat, MAIN_FS),
@@ -1319,7 +1328,7 @@ MOUNT_OPTIONS = {
 
 # Workloads on a read-only mount: the lower layers only, no upper and work
 # dir (as container engines mount image layers).
-READ_ONLY = {"smallread-ro"}
+READ_ONLY = {"find-ro", "smallread-ro"}
 
 
 def mount_options(wname, fs):

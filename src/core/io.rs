@@ -375,6 +375,40 @@ impl Overlay {
         Ok((e, start))
     }
 
+    /// The listing of directory `ino` from `offset` on, without a handle
+    /// (`no_opendir`, read-only mounts only): the kernel keeps each listing
+    /// it reads in its cache, so a directory is listed here about once,
+    /// batch by batch; the listings of the last `KEPT_LISTINGS` directories
+    /// stay for their later batches. Nothing can change a listing on a
+    /// read-only mount, so a kept one is never stale.
+    pub(crate) fn listing_of(&self, ino: u64, offset: u64) -> Result<(Arc<Vec<DirEntry>>, usize)> {
+        const KEPT_LISTINGS: usize = 8;
+        let node = self.dir_node(ino)?;
+        node.touch();
+        let kept = {
+            let l = self.listings.lock();
+            l.iter().find(|(i, _)| *i == ino).map(|(_, e)| e.clone())
+        };
+        let e = match kept {
+            Some(e) => e,
+            None => {
+                let e = {
+                    let _g = node.dir_lock.read(ino);
+                    Arc::new(self.snapshot(&node)?)
+                };
+                let mut l = self.listings.lock();
+                l.retain(|(i, _)| *i != ino);
+                if l.len() >= KEPT_LISTINGS {
+                    l.remove(0);
+                }
+                l.push((ino, e.clone()));
+                e
+            }
+        };
+        let start = listing::start_after(&e, offset);
+        Ok((e, start))
+    }
+
     /// `releasedir`.
     pub(crate) fn releasedir(&self, fh: u64) {
         self.handles.remove_dir(fh);

@@ -12,6 +12,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rustix::fs::{FileType, Stat};
 
 use super::events::Events;
@@ -56,6 +57,11 @@ pub(crate) struct Config {
     /// none once OPEN is answered `ENOSYS`); reads and writes come without
     /// a handle and are served by node (see `io`).
     pub(crate) no_open: bool,
+    /// Directories are listed without a handle (the kernel sends no
+    /// OPENDIR or RELEASEDIR once OPENDIR is answered `ENOSYS`, and keeps
+    /// every listing in its cache): only where no listing can change, a
+    /// read-only mount (see `io::listing_of`).
+    pub(crate) no_opendir: bool,
 }
 
 impl Default for Config {
@@ -65,6 +71,7 @@ impl Default for Config {
             ids: Ids::default(),
             max_fds: 0,
             no_open: false,
+            no_opendir: false,
         }
     }
 }
@@ -93,6 +100,9 @@ pub(crate) struct Overlay {
     pub(crate) kernel: OnceLock<Arc<dyn KernelCache>>,
     /// What the overlay did, counted (copy-ups, whiteouts, name map).
     pub(crate) events: Events,
+    /// With `no_opendir`: the listings of the last few directories listed,
+    /// newest last (see `io::listing_of`).
+    pub(crate) listings: Mutex<Vec<(u64, Arc<Vec<DirEntry>>)>>,
 }
 
 /// An answer to lookup-like requests: the node, with the lookup reference
@@ -147,6 +157,7 @@ impl Overlay {
             background: OnceLock::new(),
             kernel: OnceLock::new(),
             events: Events::default(),
+            listings: Mutex::default(),
         })
     }
 

@@ -297,9 +297,20 @@ impl FuseOverlay {
         )
     }
 
-    /// The listing of `fh` from `offset` on, in the mount's order.
-    fn listing(&self, call: &Call<'_>, fh: u64, offset: u64) -> Result<crate::harness::Listing> {
-        let (entries, start) = call.run(|| self.fs.dir_entries(fh, offset))?;
+    /// The listing of `fh` (directory `ino`) from `offset` on, in the
+    /// mount's order; without handles (`no_opendir`), of `ino`.
+    fn listing(
+        &self,
+        call: &Call<'_>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> Result<crate::harness::Listing> {
+        let (entries, start) = if self.fs.config.no_opendir {
+            call.run(|| self.fs.listing_of(ino, offset))?
+        } else {
+            call.run(|| self.fs.dir_entries(fh, offset))?
+        };
         Ok(self.h.listing(fh, entries, start, offset))
     }
 }
@@ -676,6 +687,12 @@ impl Filesystem for FuseOverlay {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let call = self.begin(req, Op::Opendir, Target::Node(ino.0));
+        if self.fs.config.no_opendir {
+            // The kernel sends no OPENDIR or RELEASEDIR after this answer;
+            // listings come without a handle (`Overlay::listing_of`).
+            call.finish(Some(Errno::NOSYS));
+            return reply.error(fuser::Errno::ENOSYS);
+        }
         let r = call.run(|| self.fs.opendir(ino.0));
         match call.end(r) {
             // Offsets are name hashes (see readdir.rs), valid across
@@ -699,7 +716,7 @@ impl Filesystem for FuseOverlay {
         mut reply: ReplyDirectoryPlus,
     ) {
         let call = self.begin(req, Op::Readdirplus, Target::Node(ino.0));
-        let listing = match self.listing(&call, fh.0, offset) {
+        let listing = match self.listing(&call, ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => {
                 call.finish(Some(e));
@@ -767,7 +784,7 @@ impl Filesystem for FuseOverlay {
         mut reply: ReplyDirectory,
     ) {
         let call = self.begin(req, Op::Readdir, Target::Node(ino.0));
-        let listing = match self.listing(&call, fh.0, offset) {
+        let listing = match self.listing(&call, ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => {
                 call.finish(Some(e));

@@ -53,6 +53,12 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     } else {
         config.no_open = no_open;
     }
+    // Nor can a listing change there: directories are listed without
+    // handles, unless the test harness orders listings per handle or has
+    // fault rules (which may name opendir).
+    config.no_opendir = read_only
+        && opts.harness.faults.is_none()
+        && opts.harness.order == crate::setup::options::ListOrder::Hash;
     Overlay::new(stack, config).map_err(|e| {
         SetupError::new(format!(
             "cannot read the layer roots: {}",

@@ -202,14 +202,22 @@ pub(crate) fn names(list: &[u8]) -> impl Iterator<Item = &[u8]> {
 mod tests {
     use super::*;
     use rustix::fs::{Mode, OFlags};
+    use std::os::fd::OwnedFd;
 
-    #[test]
-    fn both_descriptor_kinds_reach_the_same_attributes() -> std::io::Result<()> {
+    /// A file in a new temporary directory, held by an `O_PATH` descriptor
+    /// and by one opened with `how`.
+    fn file_by_both(how: OFlags) -> std::io::Result<(tempfile::TempDir, OwnedFd, OwnedFd)> {
         let dir = tempfile::tempdir()?;
         let p = dir.path().join("f");
         std::fs::write(&p, b"x")?;
         let path_fd = rustix::fs::open(&p, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
-        let file_fd = rustix::fs::open(&p, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let file_fd = rustix::fs::open(&p, how | OFlags::CLOEXEC, Mode::empty())?;
+        Ok((dir, path_fd, file_fd))
+    }
+
+    #[test]
+    fn both_descriptor_kinds_reach_the_same_attributes() -> std::io::Result<()> {
+        let (_dir, path_fd, file_fd) = file_by_both(OFlags::RDONLY)?;
         match set(&path_fd, b"user.t", b"1", XattrFlags::empty()) {
             Err(Errno::NOTSUP) => return Ok(()), // no user xattrs here
             r => r?,
@@ -232,11 +240,7 @@ mod tests {
 
     #[test]
     fn set_open_reaches_the_object_by_an_open_and_by_an_o_path_descriptor() -> std::io::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let p = dir.path().join("f");
-        std::fs::write(&p, b"x")?;
-        let path_fd = rustix::fs::open(&p, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())?;
-        let file_fd = rustix::fs::open(&p, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())?;
+        let (_dir, path_fd, file_fd) = file_by_both(OFlags::WRONLY)?;
         match set_open(&file_fd, b"user.o", b"1", XattrFlags::empty()) {
             Err(Errno::NOTSUP) => return Ok(()), // no user xattrs here
             r => r?,

@@ -367,6 +367,79 @@ fn a_read_only_mount_opens_files_without_open_unless_told_not_to() {
     );
 }
 
+/// Every name under `dir` (relative), listed by `readdir`, sorted.
+fn walk_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{d:?}: {e}")) {
+            let e = e.expect("entry");
+            let p = e.path();
+            out.push(
+                p.strip_prefix(dir)
+                    .expect("under dir")
+                    .display()
+                    .to_string(),
+            );
+            if e.file_type().expect("type").is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_read_only_mount_lists_directories_without_handles() {
+    // A directory of many READDIR batches merged from two layers, with
+    // whiteouts and an opaque directory.
+    let mut top = Layer::new()
+        .whiteout("big/n0007")
+        .whiteout("big/n0300")
+        .opaque("op")
+        .file("op/new", "n");
+    let mut bottom = Layer::new().file("op/old", "o").dir("empty");
+    for i in 0..600 {
+        let name = format!("big/n{i:04}-with-a-longer-name-to-fill-the-batches");
+        if i % 2 == 0 {
+            top = top.file(&name, "t");
+        } else {
+            bottom = bottom.file(&name, "b");
+        }
+        bottom = bottom.file(&format!("big/n{i:04}"), "b");
+    }
+    let spec = read_only_stack(vec![top, bottom]);
+    let p = Pair::new(&spec);
+    let (s1, k) = p.both(walk_names);
+    assert_eq!(s1, k, "names: stratafs (left), kernel overlay (right)");
+    assert_eq!(s1.iter().filter(|n| n.starts_with("big/")).count(), 1198);
+    assert!(!s1.contains(&"op/old".to_string()));
+    // Again: from the kernel's cache of the listings.
+    assert_eq!(walk_names(&p.s.mnt), s1);
+    p.assert_same_view();
+    let stats = strata_stats(&p.s.mnt);
+    let r = &stats["requests"];
+    assert_eq!(r["opendir"], 1, "one OPENDIR, answered ENOSYS: {r}");
+    assert_eq!(r["releasedir"], 0, "{r}");
+    // Each directory listed once, however often it was walked.
+    let dirs = 1 + s1
+        .iter()
+        .filter(|n| ["big", "op", "empty"].contains(&n.as_str()))
+        .count();
+    let reads = r["readdir"].as_u64().unwrap_or(0) + r["readdirplus"].as_u64().unwrap_or(0);
+    assert!(reads > dirs as u64, "several batches for big/: {r}");
+    drop(p);
+    // A harness listing order needs handles: the opens stay.
+    let st = spec.build(Markers::Kernel);
+    let _m = st.mount_strata_with("readdir_order=sorted");
+    let names = walk_names(&st.mnt);
+    assert_eq!(names, s1);
+    let r = strata_stats(&st.mnt)["requests"].clone();
+    assert!(r["opendir"].as_u64().unwrap_or(0) >= 4, "{r}");
+    assert_eq!(r["opendir"], r["releasedir"], "{r}");
+}
+
 /// The mount's request counters (`stratafs ctl MNT stats --json`).
 fn strata_stats(mnt: &Path) -> serde_json::Value {
     let out = ctl(mnt, &["stats", "--json"]).unwrap_or_else(|e| panic!("stratafs ctl: {e}"));
