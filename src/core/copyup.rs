@@ -262,7 +262,7 @@ impl Overlay {
             return;
         }
         if self.mark_impure(dir) {
-            parent.state.write().set_impure_known();
+            parent.state.write().set_impure_known(true);
         }
     }
 

@@ -387,9 +387,10 @@ impl NodeState {
         self.flags & IMPURE != 0
     }
 
-    /// Remember that the upper part is marked impure.
-    pub(crate) fn set_impure_known(&mut self) {
-        self.set_flag(IMPURE, true);
+    /// Remember that the upper part is marked impure, or that it is not
+    /// known to be.
+    pub(crate) fn set_impure_known(&mut self, on: bool) {
+        self.set_flag(IMPURE, on);
     }
 
     fn set_flag(&mut self, flag: u8, on: bool) {

@@ -676,6 +676,7 @@ impl Overlay {
         if entries.iter().any(renumbered) {
             return;
         }
+        node.state.write().set_impure_known(false);
         let _ = self.stack.formats.remove_ovl(&*u, Ovl::Impure);
     }
 }
