@@ -435,7 +435,15 @@ fn a_read_only_mount_lists_directories_without_handles() {
     let _m = st.mount_strata_with("readdir_order=sorted");
     let names = walk_names(&st.mnt);
     assert_eq!(names, s1);
-    let r = strata_stats(&st.mnt)["requests"].clone();
+    // RELEASEDIR comes after the close, asynchronously: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = strata_stats(&st.mnt)["requests"].clone();
+        if r["opendir"] == r["releasedir"] || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(r["opendir"].as_u64().unwrap_or(0) >= 4, "{r}");
     assert_eq!(r["opendir"], r["releasedir"], "{r}");
 }
