@@ -861,19 +861,15 @@ def timed(m, variant, cmd, cwd=None, check_out=None, ops=None, unit=None):
     return res
 
 
-def wl_find(ctx, m):
+def wl_find(ctx, m, v="find"):
     exp = ctx.manifest["merged_entries"] + 1
     c = f"find {m.mnt} | wc -l"
-    return [timed(m, "find (cold)", c, check_out=exp, ops=exp, unit="entry"),
-            timed(m, "find (warm)", c, check_out=exp, ops=exp, unit="entry")]
+    return [timed(m, f"{v} (cold)", c, check_out=exp, ops=exp, unit="entry"),
+            timed(m, f"{v} (warm)", c, check_out=exp, ops=exp, unit="entry")]
 
 
 def wl_find_ro(ctx, m):
-    exp = ctx.manifest["merged_entries"] + 1
-    c = f"find {m.mnt} | wc -l"
-    v = "find, read-only mount"
-    return [timed(m, f"{v} (cold)", c, check_out=exp, ops=exp, unit="entry"),
-            timed(m, f"{v} (warm)", c, check_out=exp, ops=exp, unit="entry")]
+    return wl_find(ctx, m, "find, read-only mount")
 
 
 def wl_du(ctx, m):
@@ -977,21 +973,17 @@ def wl_seqread(ctx, m):
             timed(m, f"seq read {mib} MiB (warm)", c, ops=mib, unit="MiB")]
 
 
-def wl_smallread(ctx, m):
+def wl_smallread(ctx, m, where=""):
     n = ctx.manifest["small_files"]
     c = helper(ctx, "read", os.path.join(ctx.stack, "smallfiles.txt"))
     exp = f"ok={n} missing=0 failed=0"
-    return [timed(m, f"read {kn(n)} small files (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file"),
-            timed(m, f"read {kn(n)} small files (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
+    v = f"read {kn(n)} small files{where}"
+    return [timed(m, f"{v} (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file"),
+            timed(m, f"{v} (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
 
 
 def wl_smallread_ro(ctx, m):
-    n = ctx.manifest["small_files"]
-    c = helper(ctx, "read", os.path.join(ctx.stack, "smallfiles.txt"))
-    exp = f"ok={n} missing=0 failed=0"
-    v = f"read {kn(n)} small files, read-only mount"
-    return [timed(m, f"{v} (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file"),
-            timed(m, f"{v} (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
+    return wl_smallread(ctx, m, ", read-only mount")
 
 
 def wl_create(ctx, m):
