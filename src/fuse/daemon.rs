@@ -42,7 +42,7 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     }
     // A read-only mount copies nothing up, so without OPEN it behaves
     // exactly as with it: on unless asked otherwise.
-    let read_only = !stack.has_upper || opts.fuse.read_only;
+    let read_only = read_only(opts, stack.has_upper);
     let no_open = opts.no_open.unwrap_or(read_only);
     if no_open && opts.harness.faults.is_some() {
         // Rules on reads and writes make their files direct I/O, which
@@ -67,7 +67,12 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     })
 }
 
-/// The fuser mount configuration for `opts`.
+/// Whether the mount is read-only: it has no upper layer, or `ro`.
+fn read_only(opts: &MountOptions, has_upper: bool) -> bool {
+    !has_upper || opts.fuse.read_only
+}
+
+/// The fuser mount configuration for `opts` (`read_only`: see `read_only`).
 fn fuser_config(opts: &MountOptions, read_only: bool) -> FuserConfig {
     let f = &opts.fuse;
     let mut mo = vec![
@@ -79,7 +84,7 @@ fn fuser_config(opts: &MountOptions, read_only: bool) -> FuserConfig {
     // Permissions are checked by the kernel from the attributes reported
     // (the daemon does not check them itself): always on.
     mo.push(MountOption::DefaultPermissions);
-    if read_only || f.read_only {
+    if read_only {
         mo.push(MountOption::RO);
     }
     if f.noatime {
@@ -138,7 +143,7 @@ struct Prepared {
 fn prepare(opts: &MountOptions, rules: Vec<RuleSpec>) -> Result<Prepared, SetupError> {
     let overlay = Arc::new(build(opts)?);
     let harness = Arc::new(Harness::new(overlay.clone(), &opts.harness, rules)?);
-    let config = fuser_config(opts, !overlay.stack.has_upper);
+    let config = fuser_config(opts, read_only(opts, overlay.stack.has_upper));
     let fs = FuseOverlay {
         fs: overlay.clone(),
         h: harness.clone(),
