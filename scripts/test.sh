@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full stratafs test suite: build everything, run `cargo test` as root
 # (real FUSE mounts, kernel overlayfs as the oracle), run the integration
-# tests again with `no_open` on every stratafs mount, then run the integration
+# tests again with `no_open` on every stratafs mount and again with
+# `passthrough` on every one, then run the integration
 # tests again as an unprivileged user in a user namespace
 # (scripts/test-rootless.sh; it too a second time with `no_open`), and the
 # podman/buildah end-to-end test with
@@ -84,20 +85,31 @@ cargo_rc=${PIPESTATUS[0]}
 set -e
 unmount_leftovers
 
-echo
-echo "==> cargo test --test it with no_open on every stratafs mount (as $(id -un))"
-# The real-mount suite again, the daemon answering no OPEN (see --help):
-# reads and writes by inode, copy-up at the first write. Fewer
-# differential cases and a shorter stress run than the first pass.
-set +e
-STRATAFS_TEST_OPTS=no_open STRATAFS_DIFF_CASES=$((STRATAFS_DIFF_CASES / 3 + 1)) \
-    STRATAFS_STRESS_SECS=$((STRATAFS_STRESS_SECS / 4 + 1)) \
-    STRATAFS_SKIP_LOG=$logs/skipped-noopen.log TMPDIR=$test_tmp \
-    timeout -k 60 "${STRATAFS_CARGO_TEST_TIMEOUT:-2400}" \
-    cargo test --no-fail-fast --test it 2>&1 | tee "$logs/cargo-test-noopen.log"
-noopen_rc=${PIPESTATUS[0]}
-set -e
-unmount_leftovers
+# option_pass OPTS NAME: the real-mount suite again with the mount options
+# OPTS on every stratafs mount (log cargo-test-NAME.log, skips
+# skipped-NAME.log); sets pass_rc. Fewer differential cases and a shorter
+# stress run than the first pass.
+option_pass() {
+    local opts=$1 name=$2
+    echo
+    echo "==> cargo test --test it with $opts on every stratafs mount (as $(id -un))"
+    set +e
+    STRATAFS_TEST_OPTS=$opts STRATAFS_DIFF_CASES=$((STRATAFS_DIFF_CASES / 3 + 1)) \
+        STRATAFS_STRESS_SECS=$((STRATAFS_STRESS_SECS / 4 + 1)) \
+        STRATAFS_SKIP_LOG=$logs/skipped-$name.log TMPDIR=$test_tmp \
+        timeout -k 60 "${STRATAFS_CARGO_TEST_TIMEOUT:-2400}" \
+        cargo test --no-fail-fast --test it 2>&1 | tee "$logs/cargo-test-$name.log"
+    pass_rc=${PIPESTATUS[0]}
+    set -e
+    unmount_leftovers
+}
+# The daemon answering no OPEN (see --help): reads and writes by inode,
+# copy-up at the first write.
+option_pass no_open noopen
+noopen_rc=$pass_rc
+# Reads and writes of upper files passed through to the kernel (root only).
+option_pass passthrough passthrough
+pt_rc=$pass_rc
 
 echo
 echo "==> scripts/test-rootless.sh"
@@ -149,6 +161,8 @@ count_cargo "$logs/cargo-test.log" "$logs/skipped-root.log" "$cargo_rc"
 root_passed=$c_passed root_failed=$c_failed root_skipped=$c_skipped root_skips=("${c_skips[@]}")
 count_cargo "$logs/cargo-test-noopen.log" "$logs/skipped-noopen.log" "$noopen_rc"
 no_passed=$c_passed no_failed=$c_failed no_skipped=$c_skipped no_skips=("${c_skips[@]}")
+count_cargo "$logs/cargo-test-passthrough.log" "$logs/skipped-passthrough.log" "$pt_rc"
+pt_passed=$c_passed pt_failed=$c_failed pt_skipped=$c_skipped pt_skips=("${c_skips[@]}")
 
 # count_rootless LOG RC: sets r_passed, r_failed, r_skipped, r_skips from
 # the summary scripts/test-rootless.sh printed.
@@ -194,6 +208,9 @@ list_skips "${root_skips[@]}"
 printf 'integration tests (no_open):  %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$no_passed" "$no_failed" "$no_skipped" "$noopen_rc"
 list_skips "${no_skips[@]}"
+printf 'integration tests (passthrough): %d passed, %d failed, %d skipped (exit status %d)\n' \
+    "$pt_passed" "$pt_failed" "$pt_skipped" "$pt_rc"
+list_skips "${pt_skips[@]}"
 printf 'integration tests (rootless): %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$rl_passed" "$rl_failed" "$rl_skipped" "$rootless_rc"
 list_skips "${rl_skips[@]}"
@@ -202,8 +219,8 @@ printf 'integration tests (rootless, no_open): %d passed, %d failed, %d skipped 
 list_skips "${rn_skips[@]}"
 printf 'podman/buildah end to end:    %d passed, %d failed, %d skipped (exit status %d)\n' \
     "$e2e_passed" "$e2e_failed" "$e2e_skipped" "$e2e_rc"
-echo "total: $((root_passed + no_passed + rl_passed + rn_passed + e2e_passed)) passed," \
-    "$((root_failed + no_failed + rl_failed + rn_failed + e2e_failed)) failed," \
-    "$((root_skipped + no_skipped + rl_skipped + rn_skipped + e2e_skipped)) skipped"
+echo "total: $((root_passed + no_passed + pt_passed + rl_passed + rn_passed + e2e_passed)) passed," \
+    "$((root_failed + no_failed + pt_failed + rl_failed + rn_failed + e2e_failed)) failed," \
+    "$((root_skipped + no_skipped + pt_skipped + rl_skipped + rn_skipped + e2e_skipped)) skipped"
 
-((cargo_rc == 0 && noopen_rc == 0 && rootless_rc == 0 && rootless_no_rc == 0 && e2e_rc == 0))
+((cargo_rc == 0 && noopen_rc == 0 && pt_rc == 0 && rootless_rc == 0 && rootless_no_rc == 0 && e2e_rc == 0))

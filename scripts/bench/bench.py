@@ -973,6 +973,24 @@ def wl_seqread(ctx, m):
             timed(m, f"seq read {mib} MiB (warm)", c, ops=mib, unit="MiB")]
 
 
+def wl_seqwrite(ctx, m):
+    """A new file written in 1 MiB writes, then rewritten in place in 64
+    KiB writes: one WRITE request per write(2) through the daemon, none
+    with FUSE passthrough (option `passthrough`). No fsync: the rows time
+    the write path, not the disk; the dirty pages are synced, and the file
+    removed, after each row, untimed."""
+    mib = 1024 if not ctx.smoke else 16
+    f = f"{m.mnt}/tmp/bench-seqwrite.bin"
+    out = []
+    for v, c in [(f"seq write {mib} MiB, new file", f"dd if=/dev/zero of={f} bs=1M count={mib} status=none"),
+                 (f"rewrite {mib} MiB in 64 KiB writes",
+                  f"dd if=/dev/zero of={f} bs=64k count={mib * 16} conv=notrunc status=none")]:
+        out.append(timed(m, v, c, ops=mib, unit="MiB"))
+        subprocess.run(["sync"], check=False)
+    os.unlink(f)
+    return out
+
+
 def wl_smallread(ctx, m, where=""):
     n = ctx.manifest["small_files"]
     c = helper(ctx, "read", os.path.join(ctx.stack, "smallfiles.txt"))
@@ -1286,6 +1304,7 @@ WORKLOADS = [
     ("stat", wl_stat, MAIN_FS),
     ("stat-missing", wl_stat_missing, MAIN_FS),
     ("seqread", wl_seqread, MAIN_FS),
+    ("seqwrite", wl_seqwrite, MAIN_FS),
     ("smallread", wl_smallread, MAIN_FS),
     ("smallread-ro", wl_smallread_ro, MAIN_FS),
     ("create", wl_create, MAIN_FS),

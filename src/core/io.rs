@@ -130,6 +130,19 @@ impl Overlay {
         self.file_fd(&f)
     }
 
+    /// The descriptor of the open file `fh` if its data is in the upper
+    /// layer for good (a regular file opened on the upper layer, not a
+    /// metadata copy read from its lower data file): what FUSE passthrough
+    /// may hand to the kernel.
+    pub(crate) fn upper_data_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+        let f = self.handles.file(fh).ok()?;
+        if f.node.kind != FileType::RegularFile || !f.on_upper.load(Ordering::Acquire) {
+            return None;
+        }
+        let fd = f.fd.read().clone();
+        Some(fd)
+    }
+
     /// The fd for an I/O request on node `ino` through handle `fh`: the
     /// handle's, or for handle 0 (`no_open`) the node's file opened now.
     pub(crate) fn request_fd(&self, ino: u64, fh: u64, u: Use) -> Result<Arc<OwnedFd>> {

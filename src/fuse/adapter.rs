@@ -23,6 +23,7 @@ use fuser::{
 };
 use rustix::fs::{FileType, Stat, Timespec};
 
+use super::passthrough::{Mode, Passthrough, Registrar};
 use crate::core::attrs::{SetAttr, SetTime};
 use crate::core::listing::NO_LAYER;
 use crate::core::namespace::NewNode;
@@ -40,6 +41,10 @@ pub(crate) struct FuseOverlay {
     pub(crate) fs: Arc<Overlay>,
     /// Its test harness (faults, trace, metrics, listing order).
     pub(crate) h: Arc<Harness>,
+    /// Passthrough of upper files' I/O, where the mount may use it (root,
+    /// no `no_open`, no harness); `None` as well when the kernel does not
+    /// offer it.
+    pub(crate) pt: Option<Passthrough>,
 }
 
 /// The kernel's caches, reached through the session's notifier.
@@ -297,6 +302,33 @@ impl FuseOverlay {
         )
     }
 
+    /// How the open file `fh` of node `ino` is served, and the flags of
+    /// the reply: passed through to its upper file where the mount uses
+    /// passthrough (`Passthrough::open`), through the daemon otherwise.
+    fn mode(
+        &self,
+        ino: u64,
+        fh: u64,
+        target: Target<'_>,
+        r: &impl Registrar,
+    ) -> (Mode, FopenFlags) {
+        let Some(pt) = &self.pt else {
+            return (Mode::Daemon, open_flags(self.h.direct_io(target)));
+        };
+        if fh == 0 {
+            return (Mode::Daemon, open_flags(false));
+        }
+        let upper = self.fs.upper_data_fd(fh);
+        match pt.open(ino, upper.as_deref(), r) {
+            // A passed-through open may carry no cache flag.
+            m @ Mode::Backing(_) => (m, FopenFlags::empty()),
+            // An upper file's pages in the kernel may be older than what
+            // passed-through writes put in the file since: not kept.
+            m if upper.is_some() => (m, FopenFlags::empty()),
+            m => (m, open_flags(false)),
+        }
+    }
+
     /// The listing of `fh` (directory `ino`) from `offset` on, in the
     /// mount's order; without handles (`no_opendir`), of `ino`.
     fn listing(
@@ -345,6 +377,17 @@ impl Filesystem for FuseOverlay {
         ] {
             if config.add_capabilities(cap).is_err() {
                 log::debug!("kernel lacks capability {cap:?}");
+            }
+        }
+        if self.pt.is_some() {
+            // Depth 1: the backing files may not sit on a stacked
+            // filesystem, and a kernel overlay may still stack on this one.
+            let ok = config.set_max_stack_depth(1).is_ok()
+                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok();
+            if !ok {
+                log::debug!("kernel lacks passthrough");
+                let _ = config.set_max_stack_depth(0);
+                self.pt = None;
             }
         }
         let _ = config.set_max_write(1 << 20);
@@ -565,7 +608,10 @@ impl Filesystem for FuseOverlay {
         }
         let r = call.run(|| self.fs.open(ino.0, flags.0, kill_suidgid));
         match call.end(r) {
-            Ok(fh) => reply.opened(FileHandle(fh), open_flags(self.h.direct_io(target))),
+            Ok(fh) => match self.mode(ino.0, fh, target, &reply) {
+                (Mode::Backing(b), flags) => reply.opened_passthrough(FileHandle(fh), flags, &b),
+                (Mode::Daemon, flags) => reply.opened(FileHandle(fh), flags),
+            },
             Err(e) => reply.error(err(e)),
         }
     }
@@ -669,6 +715,9 @@ impl Filesystem for FuseOverlay {
     ) {
         let call = self.begin(req, Op::Release, Target::Node(ino.0));
         self.fs.release(fh.0);
+        if let Some(pt) = &self.pt {
+            pt.release(ino.0);
+        }
         call.finish(None);
         reply.ok();
     }
@@ -940,13 +989,14 @@ impl Filesystem for FuseOverlay {
         }
         match call.end(created) {
             Ok((e, fh)) => {
-                reply.created(
-                    &ttl,
-                    &self.attr_of(&e),
-                    Generation(0),
-                    FileHandle(fh),
-                    open_flags(self.h.direct_io(target)),
-                );
+                let attr = self.attr_of(&e);
+                let fh_ = FileHandle(fh);
+                match self.mode(e.node.ino, fh, target, &reply) {
+                    (Mode::Backing(b), flags) => {
+                        reply.created_passthrough(&ttl, &attr, Generation(0), fh_, flags, &b)
+                    }
+                    (Mode::Daemon, flags) => reply.created(&ttl, &attr, Generation(0), fh_, flags),
+                }
                 e.node.hand_over();
             }
             Err(e) => reply.error(err(e)),

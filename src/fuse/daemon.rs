@@ -18,6 +18,7 @@ use std::time::Duration;
 use fuser::{Config as FuserConfig, MountOption, Session, SessionACL};
 
 use super::adapter::{FuseOverlay, Notify};
+use super::passthrough::Passthrough;
 use crate::core::background;
 use crate::core::overlay::{Config, Overlay};
 use crate::error::SetupError;
@@ -65,6 +66,35 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
             crate::error::describe(e)
         ))
     })
+}
+
+/// Whether the mount passes the I/O of upper files through to the kernel
+/// (`passthrough`, off unless given): where it may, for the kernel
+/// registers backing files only for a daemon with `CAP_SYS_ADMIN` in the
+/// initial user namespace, passthrough needs the opens `no_open` goes
+/// without, and fault rules and traces are about the reads and writes it
+/// would hide.
+fn passthrough(opts: &MountOptions, config: &Config) -> bool {
+    if opts.passthrough != Some(true) {
+        return false;
+    }
+    let harness = opts.harness.faults.is_some() || opts.harness.trace.is_some();
+    let may = !config.no_open && !harness && initial_namespace_root();
+    if !may {
+        log::warn!(
+            "option passthrough ignored: it needs root outside a user namespace, \
+             and no no_open, faults= or trace="
+        );
+    }
+    may
+}
+
+/// Whether the daemon runs as root in the initial user namespace (its uid
+/// map is the identity of all ids).
+fn initial_namespace_root() -> bool {
+    rustix::process::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
 }
 
 /// Whether the mount is read-only: it has no upper layer, or `ro`.
@@ -147,6 +177,7 @@ fn prepare(opts: &MountOptions, rules: Vec<RuleSpec>) -> Result<Prepared, SetupE
     let fs = FuseOverlay {
         fs: overlay.clone(),
         h: harness.clone(),
+        pt: passthrough(opts, &overlay.config).then(Passthrough::default),
     };
     let real_mountpoint =
         std::fs::canonicalize(&opts.mountpoint).unwrap_or_else(|_| opts.mountpoint.clone());

@@ -110,6 +110,11 @@ pub(crate) struct MountOptions {
     /// docs/COMPAT.md). `None` when not given: on for read-only mounts,
     /// where nothing is copied up and it changes nothing a client sees.
     pub(crate) no_open: Option<bool>,
+    /// `passthrough[=0|1]`: reads and writes of files whose data is in the
+    /// upper layer go from the kernel to the upper file without a request
+    /// (FUSE passthrough; root in the initial user namespace only, not
+    /// with `no_open`, fault rules or a trace). Off unless given.
+    pub(crate) passthrough: Option<bool>,
     /// Generic mount flags.
     pub(crate) fuse: FuseFlags,
     /// Ownership presentation (`uidmapping=`, `squash_to_*`).
@@ -429,6 +434,12 @@ impl MountOptions {
                     Some(v) => parse_bool(key, v)?,
                 })
             }
+            "passthrough" => {
+                self.passthrough = Some(match value {
+                    None => true,
+                    Some(v) => parse_bool(key, v)?,
+                })
+            }
             "debug" => self.debug = true,
             "allow_other" => self.fuse.allow_other = Some(true),
             "allow_root" => self.fuse.allow_root = true,
@@ -619,6 +630,10 @@ mod tests {
         assert_eq!(parse("lowerdir=/l,no_open,no_open=0")?.no_open, Some(false));
         assert!(parse("lowerdir=/l,no_open=maybe").is_err());
         assert!(parse("lowerdir=/l,no_open")?.warnings.is_empty());
+        assert_eq!(parse("lowerdir=/l")?.passthrough, None);
+        assert_eq!(parse("lowerdir=/l,passthrough")?.passthrough, Some(true));
+        assert_eq!(parse("lowerdir=/l,passthrough=0")?.passthrough, Some(false));
+        assert!(parse("lowerdir=/l,passthrough=perhaps").is_err());
         Ok(())
     }
 
@@ -797,6 +812,7 @@ mod fuzz {
         "fsync",
         "volatile",
         "no_open",
+        "passthrough",
         "debug",
         "allow_other",
         "allow_root",

@@ -19,6 +19,7 @@ mod lifecycle;
 mod metacopy;
 mod no_open;
 mod ownership;
+mod passthrough;
 mod privileges;
 mod read_path;
 mod redirect;

@@ -64,7 +64,7 @@ fn drop_cache(fd: &OwnedFd) -> Result<(), i32> {
 
 /// Write `data` at `off` of the file open as `fd` through a shared mapping
 /// of its first page, then sync it.
-fn mmap_write(fd: &OwnedFd, off: usize, data: &[u8]) -> Result<(), i32> {
+pub(crate) fn mmap_write(fd: &OwnedFd, off: usize, data: &[u8]) -> Result<(), i32> {
     // SAFETY: a fresh shared mapping of one page of an open file, written
     // inside its bounds (the files here are longer than `off + data`), then
     // synced and unmapped before return.
@@ -449,7 +449,7 @@ fn a_read_only_mount_lists_directories_without_handles() {
 }
 
 /// The mount's request counters (`stratafs ctl MNT stats --json`).
-fn strata_stats(mnt: &Path) -> serde_json::Value {
+pub(crate) fn strata_stats(mnt: &Path) -> serde_json::Value {
     let out = ctl(mnt, &["stats", "--json"]).unwrap_or_else(|e| panic!("stratafs ctl: {e}"));
     serde_json::from_str(&out).expect("stats JSON")
 }
