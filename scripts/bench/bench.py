@@ -966,11 +966,15 @@ def wl_memory(ctx, m):
     return [r]
 
 
-def wl_seqread(ctx, m):
+def wl_seqread(ctx, m, where=""):
     mib = ctx.manifest["big_file_mib"]
     c = f"dd if={m.mnt}/var/lib/images/big1g.bin of=/dev/null bs=1M status=none"
-    return [timed(m, f"seq read {mib} MiB (cold)", c, ops=mib, unit="MiB"),
-            timed(m, f"seq read {mib} MiB (warm)", c, ops=mib, unit="MiB")]
+    return [timed(m, f"seq read {mib} MiB{where} (cold)", c, ops=mib, unit="MiB"),
+            timed(m, f"seq read {mib} MiB{where} (warm)", c, ops=mib, unit="MiB")]
+
+
+def wl_seqread_ro(ctx, m):
+    return wl_seqread(ctx, m, ", read-only mount")
 
 
 def wl_seqwrite(ctx, m):
@@ -1304,6 +1308,7 @@ WORKLOADS = [
     ("stat", wl_stat, MAIN_FS),
     ("stat-missing", wl_stat_missing, MAIN_FS),
     ("seqread", wl_seqread, MAIN_FS),
+    ("seqread-ro", wl_seqread_ro, MAIN_FS),
     ("seqwrite", wl_seqwrite, MAIN_FS),
     ("smallread", wl_smallread, MAIN_FS),
     ("smallread-ro", wl_smallread_ro, MAIN_FS),
@@ -1339,7 +1344,7 @@ MOUNT_OPTIONS = {
 
 # Workloads on a read-only mount: the lower layers only, no upper and work
 # dir (as container engines mount image layers).
-READ_ONLY = {"find-ro", "smallread-ro"}
+READ_ONLY = {"find-ro", "smallread-ro", "seqread-ro"}
 
 
 def mount_options(wname, fs):

@@ -48,7 +48,8 @@ struct Cli {
     /// upper layer go from the kernel to the upper file without a request,
     /// as fast as on the kernel overlay for large files, a little slower
     /// for many small new ones; off by default; ignored with no_open,
-    /// faults= or trace=),
+    /// faults= or trace=; on a read-only mount only with no_open=0, and
+    /// then for every file),
     /// debug,
     /// redirect_dir=on|follow|nofollow|off (on: renaming a directory that
     /// has lower content works, recorded in overlay.redirect as the kernel

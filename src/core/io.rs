@@ -130,13 +130,16 @@ impl Overlay {
         self.file_fd(&f)
     }
 
-    /// The descriptor of the open file `fh` if its data is in the upper
-    /// layer for good (a regular file opened on the upper layer, not a
-    /// metadata copy read from its lower data file): what FUSE passthrough
+    /// The descriptor of the open regular file `fh` if it holds the
+    /// file's data for good: a file opened on the upper layer (not a
+    /// metadata copy read from its lower data file), or any file of a
+    /// read-only mount, where nothing is copied up. What FUSE passthrough
     /// may hand to the kernel.
-    pub(crate) fn upper_data_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+    pub(crate) fn final_data_fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
         let f = self.handles.file(fh).ok()?;
-        if f.node.kind != FileType::RegularFile || !f.on_upper.load(Ordering::Acquire) {
+        if f.node.kind != FileType::RegularFile
+            || !(self.config.read_only || f.on_upper.load(Ordering::Acquire))
+        {
             return None;
         }
         let fd = f.fd.read().clone();

@@ -62,6 +62,9 @@ pub(crate) struct Config {
     /// every listing in its cache): only where no listing can change, a
     /// read-only mount (see `io::listing_of`).
     pub(crate) no_opendir: bool,
+    /// The mount is read-only (no upper layer, or `ro`): nothing is ever
+    /// copied up, so an open file keeps its layer's file for good.
+    pub(crate) read_only: bool,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             max_fds: 0,
             no_open: false,
             no_opendir: false,
+            read_only: false,
         }
     }
 }

@@ -318,7 +318,7 @@ impl FuseOverlay {
         if fh == 0 {
             return (Mode::Daemon, open_flags(false));
         }
-        let upper = self.fs.upper_data_fd(fh);
+        let upper = self.fs.final_data_fd(fh);
         match pt.open(ino, upper.as_deref(), r) {
             // A passed-through open may carry no cache flag.
             m @ Mode::Backing(_) => (m, FopenFlags::empty()),

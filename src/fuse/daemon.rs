@@ -44,6 +44,7 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     // A read-only mount copies nothing up, so without OPEN it behaves
     // exactly as with it: on unless asked otherwise.
     let read_only = read_only(opts, stack.has_upper);
+    config.read_only = read_only;
     let no_open = opts.no_open.unwrap_or(read_only);
     if no_open && opts.harness.faults.is_some() {
         // Rules on reads and writes make their files direct I/O, which
@@ -68,14 +69,20 @@ fn build(opts: &MountOptions) -> Result<Overlay, SetupError> {
     })
 }
 
-/// Whether the mount passes the I/O of upper files through to the kernel
+/// Whether the mount passes the I/O of files through to the kernel
 /// (`passthrough`, off unless given): where it may, for the kernel
 /// registers backing files only for a daemon with `CAP_SYS_ADMIN` in the
 /// initial user namespace, passthrough needs the opens `no_open` goes
 /// without, and fault rules and traces are about the reads and writes it
-/// would hide.
+/// would hide. A read-only mount keeps its default `no_open` unless
+/// `no_open=0` is given: its reads of small files gain more from going
+/// without OPEN and RELEASE than large ones from passthrough.
 fn passthrough(opts: &MountOptions, config: &Config) -> bool {
     if opts.passthrough != Some(true) {
+        return false;
+    }
+    if config.no_open && opts.no_open.is_none() {
+        log::debug!("no passthrough on a read-only mount without no_open=0");
         return false;
     }
     let harness = opts.harness.faults.is_some() || opts.harness.trace.is_some();

@@ -111,9 +111,10 @@ pub(crate) struct MountOptions {
     /// where nothing is copied up and it changes nothing a client sees.
     pub(crate) no_open: Option<bool>,
     /// `passthrough[=0|1]`: reads and writes of files whose data is in the
-    /// upper layer go from the kernel to the upper file without a request
-    /// (FUSE passthrough; root in the initial user namespace only, not
-    /// with `no_open`, fault rules or a trace). Off unless given.
+    /// upper layer (every file of a read-only mount) go from the kernel to
+    /// the file without a request (FUSE passthrough; root in the initial
+    /// user namespace only, not with `no_open`, the default of a read-only
+    /// mount, fault rules or a trace). Off unless given.
     pub(crate) passthrough: Option<bool>,
     /// Generic mount flags.
     pub(crate) fuse: FuseFlags,

@@ -192,3 +192,51 @@ fn passthrough_where_the_mount_cannot_have_it_is_ignored_with_a_warning() {
         b"through the daemon"
     );
 }
+
+#[test]
+fn a_read_only_mount_passes_every_file_through() {
+    if !passthrough_here("a_read_only_mount_passes_every_file_through") {
+        return;
+    }
+    // Nothing is copied up on a read-only mount, so lower files are
+    // passed through too, where the mount has opens: with `no_open=0`
+    // (its default `no_open` stays otherwise, without a warning).
+    let lower = Layer::new()
+        .file("dir/low", "lower data\n")
+        .file("dir/big", "b".repeat(300_000));
+    let spec = read_only_stack(vec![
+        Layer::new()
+            .file("dir/low", "top data\n")
+            .whiteout("dir/gone"),
+        lower.file("dir/gone", "hidden"),
+    ]);
+    let p = Pair::with_strata_options(&spec, "passthrough,no_open=0");
+    let read = |m: &Path| {
+        ["dir/low", "dir/big", "dir/gone"]
+            .iter()
+            .map(|n| sys::read_all(&m.join(n)))
+            .collect::<Vec<_>>()
+    };
+    let (s, k) = p.both(read);
+    assert_eq!(s, k, "stratafs (left), kernel overlay (right)");
+    assert_eq!(s[0].as_deref(), Ok(&b"top data\n"[..]));
+    assert_eq!(s[1].as_ref().map(Vec::len), Ok(300_000));
+    let stats = strata_stats(&p.s.mnt);
+    let req = &stats["requests"];
+    assert_eq!(req["read"], 0, "every read passed through: {req}");
+    assert_eq!(req["open"], 2, "{req}");
+    p.assert_same_view();
+    drop(p);
+    let st = spec.build(Markers::Kernel);
+    let m = st.mount_strata_with("passthrough");
+    assert_eq!(read(&st.mnt), s);
+    let stats = strata_stats(&st.mnt);
+    let req = &stats["requests"];
+    assert_eq!(req["open"], 1, "one OPEN, answered ENOSYS: {req}");
+    assert!(
+        req["read"].as_u64() > Some(0),
+        "served by the daemon: {req}"
+    );
+    let (_, stderr) = m.unmount_with_stderr();
+    assert!(!stderr.contains("passthrough"), "daemon stderr: {stderr}");
+}
