@@ -30,6 +30,12 @@ fn passthrough_here(test: &str) -> bool {
     true
 }
 
+/// Stratafs with `passthrough` and the kernel overlay over `layers()`;
+/// `None` (the skip recorded) where this run cannot use passthrough.
+fn passthrough_pair(test: &str) -> Option<Pair> {
+    passthrough_here(test).then(|| Pair::with_strata_options(&layers(), "passthrough"))
+}
+
 fn layers() -> TempStackBuilder {
     stack(
         vec![Layer::new()
@@ -62,12 +68,10 @@ fn small_io(m: &Path) -> Vec<Result<Vec<u8>, i32>> {
 
 #[test]
 fn upper_files_are_read_and_written_without_requests() {
-    if !passthrough_here("upper_files_are_read_and_written_without_requests") {
+    let Some(p) = passthrough_pair("upper_files_are_read_and_written_without_requests") else {
         return;
-    }
-    let p = Pair::with_strata_options(&layers(), "passthrough");
-    let (s, k) = p.both(small_io);
-    assert_eq!(s, k, "stratafs (left), kernel overlay (right)");
+    };
+    let s = p.same("small I/O", small_io);
     assert_eq!(s[5].as_deref(), Ok(&b"lower data\nappended\n"[..]));
     let stats = strata_stats(&p.s.mnt);
     let req = &stats["requests"];
@@ -99,15 +103,16 @@ fn overlapping_opens(m: &Path) -> Vec<Result<Vec<u8>, i32>> {
     let mut out = Vec::new();
     let open = |flags| sys::open(&f, flags, 0);
     let read = |fd: &Result<OwnedFd, i32>| fd.clone_ok().and_then(|fd| sys::pread(&fd, 16, 0));
+    let write = |fd: &Result<OwnedFd, i32>, data: &[u8], off| {
+        fd.clone_ok()
+            .and_then(|fd| sys::pwrite(&fd, data, off))
+            .map(|_| Vec::new())
+    };
     // A reader of the lower file, then a writer that copies it up.
     let r = open(libc::O_RDONLY);
     out.push(read(&r));
     let w = open(libc::O_WRONLY);
-    out.push(
-        w.clone_ok()
-            .and_then(|w| sys::pwrite(&w, b"AAAA", 0))
-            .map(|_| Vec::new()),
-    );
+    out.push(write(&w, b"AAAA", 0));
     out.push(read(&r));
     drop(r);
     // Opens while the writer is still open, then after every close.
@@ -117,11 +122,7 @@ fn overlapping_opens(m: &Path) -> Vec<Result<Vec<u8>, i32>> {
     drop(r2);
     let a = open(libc::O_RDONLY);
     let b = open(libc::O_RDWR);
-    out.push(
-        b.clone_ok()
-            .and_then(|b| sys::pwrite(&b, b"BB", 1))
-            .map(|_| Vec::new()),
-    );
+    out.push(write(&b, b"BB", 1));
     out.push(read(&a));
     out.push(
         b.clone_ok()
@@ -155,12 +156,12 @@ impl CloneOk for Result<OwnedFd, i32> {
 
 #[test]
 fn descriptors_open_across_a_copy_up_and_reopens_all_see_the_latest_data() {
-    if !passthrough_here("descriptors_open_across_a_copy_up_and_reopens_all_see_the_latest_data") {
+    let Some(p) =
+        passthrough_pair("descriptors_open_across_a_copy_up_and_reopens_all_see_the_latest_data")
+    else {
         return;
-    }
-    let p = Pair::with_strata_options(&layers(), "passthrough");
-    let (s, k) = p.both(overlapping_opens);
-    assert_eq!(s, k, "stratafs (left), kernel overlay (right)");
+    };
+    let s = p.same("overlapping opens", overlapping_opens);
     assert!(s.iter().all(|r| r.is_ok()), "{s:?}");
     assert_eq!(s[7].as_deref(), Ok(&b"ABBCCbbbbbbbbbbb"[..]));
     p.assert_same_view();
