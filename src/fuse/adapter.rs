@@ -41,7 +41,7 @@ pub(crate) struct FuseOverlay {
     pub(crate) fs: Arc<Overlay>,
     /// Its test harness (faults, trace, metrics, listing order).
     pub(crate) h: Arc<Harness>,
-    /// Passthrough of upper files' I/O, where the mount may use it (root,
+    /// Passthrough of files' I/O, where the mount may use it (root,
     /// no `no_open`, no harness); `None` as well when the kernel does not
     /// offer it.
     pub(crate) pt: Option<Passthrough>,
@@ -303,7 +303,7 @@ impl FuseOverlay {
     }
 
     /// How the open file `fh` of node `ino` is served, and the flags of
-    /// the reply: passed through to its upper file where the mount uses
+    /// the reply: passed through to its file where the mount uses
     /// passthrough (`Passthrough::open`), through the daemon otherwise.
     fn mode(
         &self,
@@ -318,13 +318,13 @@ impl FuseOverlay {
         if fh == 0 {
             return (Mode::Daemon, open_flags(false));
         }
-        let upper = self.fs.final_data_fd(fh);
-        match pt.open(ino, upper.as_deref(), r) {
+        let data = self.fs.final_data_fd(fh);
+        match pt.open(ino, data.as_deref(), r) {
             // A passed-through open may carry no cache flag.
             m @ Mode::Backing(_) => (m, FopenFlags::empty()),
-            // An upper file's pages in the kernel may be older than what
-            // passed-through writes put in the file since: not kept.
-            m if upper.is_some() => (m, FopenFlags::empty()),
+            // Such a file's pages in the kernel may be older than what
+            // passed-through writes put in it since: not kept.
+            m if data.is_some() => (m, FopenFlags::empty()),
             m => (m, open_flags(false)),
         }
     }

@@ -1,6 +1,7 @@
 //! FUSE passthrough (root only): the reads and writes of an open file
-//! whose data is in the upper layer go from the kernel straight to the
-//! upper file, without a READ or WRITE request.
+//! whose data is in the upper layer (or of any file of a read-only mount)
+//! go from the kernel straight to that file, without a READ or WRITE
+//! request.
 //!
 //! The kernel (6.9 and later) lets a daemon register an open file as the
 //! backing file of a FUSE open (`FUSE_DEV_IOC_BACKING_OPEN`, which needs
@@ -9,10 +10,11 @@
 //! on the backing file's path with the open's flags. Metadata requests
 //! (GETATTR, SETATTR, FSYNC, ...) still reach the daemon.
 //!
-//! Only files whose data is in the upper layer are passed through: a file
-//! read from a lower layer must switch to its copy at a copy-up made
-//! through another descriptor (`Overlay::io_fd`), which a backing file in
-//! the kernel would not do.
+//! Only files whose data is in the upper layer are passed through on a
+//! writable mount: a file read from a lower layer must switch to its copy
+//! at a copy-up made through another descriptor (`Overlay::io_fd`), which
+//! a backing file in the kernel would not do. A read-only mount copies
+//! nothing up (`Overlay::final_data_fd`).
 //!
 //! The kernel keeps one I/O mode per inode while it is open: either every
 //! open of it is passed through (to one backing file) or none is, and an
@@ -80,16 +82,16 @@ impl Registrar for ReplyCreate {
 
 impl Passthrough {
     /// The mode of a new open of node `ino`, counted as open until its
-    /// `release`. `upper`: the open file's descriptor if its data is in
-    /// the upper layer (it is then registered as the backing file when
-    /// the node has no other open).
-    pub(crate) fn open<F: AsFd>(&self, ino: u64, upper: Option<F>, r: &impl Registrar) -> Mode {
+    /// `release`. `data`: the open file's descriptor if it holds the
+    /// file's data for good (it is then registered as the backing file
+    /// when the node has no other open).
+    pub(crate) fn open<F: AsFd>(&self, ino: u64, data: Option<F>, r: &impl Registrar) -> Mode {
         let mut slot = self.nodes.entry(ino).or_insert(Slot {
             open: 0,
             backing: None,
         });
         if slot.open == 0 {
-            slot.backing = match upper {
+            slot.backing = match data {
                 Some(fd) if !self.off.load(Ordering::Relaxed) => match r.register(fd.as_fd()) {
                     Ok(id) => Some(Arc::new(id)),
                     Err(e) => {
