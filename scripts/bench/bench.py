@@ -861,11 +861,17 @@ def timed(m, variant, cmd, cwd=None, check_out=None, ops=None, unit=None):
     return res
 
 
+def cold_warm(m, v, cmd, **kw):
+    """`cmd` timed twice on mount m, as rows "v (cold)" and "v (warm)": the
+    first run on the fresh mount, after the drop_caches every workload
+    starts with, the second from the caches it filled. kw: as for timed()."""
+    return [timed(m, f"{v} (cold)", cmd, **kw), timed(m, f"{v} (warm)", cmd, **kw)]
+
+
 def wl_find(ctx, m, v="find"):
     exp = ctx.manifest["merged_entries"] + 1
     c = f"find {m.mnt} | wc -l"
-    return [timed(m, f"{v} (cold)", c, check_out=exp, ops=exp, unit="entry"),
-            timed(m, f"{v} (warm)", c, check_out=exp, ops=exp, unit="entry")]
+    return cold_warm(m, v, c, check_out=exp, ops=exp, unit="entry")
 
 
 def wl_find_ro(ctx, m):
@@ -875,7 +881,7 @@ def wl_find_ro(ctx, m):
 def wl_du(ctx, m):
     n = ctx.manifest["merged_entries"] + 1
     c = f"du -s {m.mnt} >/dev/null"
-    return [timed(m, "du -s (cold)", c, ops=n, unit="entry"), timed(m, "du -s (warm)", c, ops=n, unit="entry")]
+    return cold_warm(m, "du -s", c, ops=n, unit="entry")
 
 
 def wl_lslr(ctx, m):
@@ -899,16 +905,14 @@ def wl_stat(ctx, m):
     n = ctx.manifest["stat_paths"]
     c = helper(ctx, "stat", os.path.join(ctx.stack, "statlist.txt"))
     exp = f"ok={n} missing=0 failed=0"
-    return [timed(m, f"stat {kn(n)} paths (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="path"),
-            timed(m, f"stat {kn(n)} paths (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="path")]
+    return cold_warm(m, f"stat {kn(n)} paths", c, cwd=m.mnt, check_out=exp, ops=n, unit="path")
 
 
 def wl_stat_missing(ctx, m):
     n = ctx.manifest["stat_paths"]
     c = helper(ctx, "stat", os.path.join(ctx.stack, "missing.txt"))
     exp = f"ok=0 missing={n} failed=0"
-    return [timed(m, f"stat {kn(n)} missing names (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="name"),
-            timed(m, f"stat {kn(n)} missing names (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="name")]
+    return cold_warm(m, f"stat {kn(n)} missing names", c, cwd=m.mnt, check_out=exp, ops=n, unit="name")
 
 
 def wl_rtt(ctx, m):
@@ -969,8 +973,7 @@ def wl_memory(ctx, m):
 def wl_seqread(ctx, m, where=""):
     mib = ctx.manifest["big_file_mib"]
     c = f"dd if={m.mnt}/var/lib/images/big1g.bin of=/dev/null bs=1M status=none"
-    return [timed(m, f"seq read {mib} MiB{where} (cold)", c, ops=mib, unit="MiB"),
-            timed(m, f"seq read {mib} MiB{where} (warm)", c, ops=mib, unit="MiB")]
+    return cold_warm(m, f"seq read {mib} MiB{where}", c, ops=mib, unit="MiB")
 
 
 def wl_seqread_ro(ctx, m):
@@ -1000,8 +1003,7 @@ def wl_smallread(ctx, m, where=""):
     c = helper(ctx, "read", os.path.join(ctx.stack, "smallfiles.txt"))
     exp = f"ok={n} missing=0 failed=0"
     v = f"read {kn(n)} small files{where}"
-    return [timed(m, f"{v} (cold)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file"),
-            timed(m, f"{v} (warm)", c, cwd=m.mnt, check_out=exp, ops=n, unit="file")]
+    return cold_warm(m, v, c, cwd=m.mnt, check_out=exp, ops=n, unit="file")
 
 
 def wl_smallread_ro(ctx, m):
@@ -1179,8 +1181,7 @@ def wl_statwalk(ctx, m):
     c = helper(ctx, "walk", m.mnt)
     exp = f"ok={n} missing=0 failed=0"
     v = f"stat walk of {kn(w['files'])} files in {w['dirs']} dirs"
-    return [timed(m, f"{v} (cold)", c, check_out=exp, ops=n, unit="entry"),
-            timed(m, f"{v} (warm)", c, check_out=exp, ops=n, unit="entry")]
+    return cold_warm(m, v, c, check_out=exp, ops=n, unit="entry")
 
 
 def upper_kib(m):
